@@ -1,0 +1,3 @@
+from lpmr_edge.cli import main
+
+main()

@@ -1,0 +1,40 @@
+"""The ``lpmr-edge`` command line: a thin layer over the Python API.
+
+Each area registers its commands from its own module; every command turns a UserError into a
+one-line message and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import typer
+
+from lpmr_edge.errors import UserError
+
+app = typer.Typer(name="lpmr-edge", help="Less precise, more reliable: measure what quantization does to CLIP "
+                  "reliability, on the device, through the runtime that ships.", no_args_is_help=True,
+                  rich_markup_mode="rich", pretty_exceptions_enable=False)
+
+
+def _quiet_libraries() -> None:
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main() -> None:
+    """Entry point of the console script and ``python -m lpmr_edge``."""
+    _quiet_libraries()
+    from lpmr_edge.cli import commands  # noqa: F401  (registers the commands)
+
+    try:
+        app()
+    except UserError as error:
+        typer.secho(f"error: {error}", err=True, fg="red")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; results written so far are kept, re-run to resume", err=True, fg="yellow")
+        sys.exit(130)

@@ -1,0 +1,125 @@
+"""The dataset type and its image sources (in-memory arrays or files on disk)."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lpmr_edge.errors import UserError
+
+
+class ImageSource(Protocol):
+    """Anything that yields PIL images by index and can hash its content."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> Image.Image: ...
+
+    def content_hash(self) -> str: ...
+
+    def take(self, indices: Sequence[int]) -> ImageSource: ...
+
+
+@dataclass(frozen=True)
+class ArrayImages:
+    """Images held as a uint8 array ``[N,H,W]`` (grey) or ``[N,H,W,3]`` (RGB)."""
+
+    pixels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def load(self, index: int) -> Image.Image:
+        return Image.fromarray(self.pixels[index]).convert("RGB")
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes()).hexdigest()
+
+    def take(self, indices: Sequence[int]) -> ArrayImages:
+        return ArrayImages(self.pixels[np.asarray(indices, dtype=np.int64)])
+
+
+@dataclass(frozen=True)
+class FileImages:
+    """Images stored as files; a file that stops being readable is a clear error."""
+
+    paths: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> Image.Image:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            raise UserError(f"cannot read image {path} ({type(error).__name__}); fix or remove it, "
+                            "or pass --skip-bad-images") from None
+
+    def content_hash(self) -> str:
+        digest = hashlib.sha256()
+        for path in self.paths:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    def take(self, indices: Sequence[int]) -> FileImages:
+        return FileImages(tuple(self.paths[i] for i in indices))
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images with integer labels (-1 where unlabelled), class names and prompt templates."""
+
+    name: str
+    images: ImageSource
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    templates: tuple[str, ...]
+    source: str
+    licence: str
+    groups: np.ndarray | None = None
+    skipped: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def sha256(self) -> str:
+        """Content hash: images, labels, class names and templates."""
+        digest = hashlib.sha256(self.images.content_hash().encode())
+        digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        digest.update("\n".join(self.class_names).encode() + b"\0" + "\n".join(self.templates).encode())
+        return digest.hexdigest()
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> ImageDataset:
+        """The samples at ``indices`` (in that order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return replace(self, name=name or self.name, images=self.images.take(indices),
+                       labels=self.labels[indices],
+                       groups=None if self.groups is None else self.groups[indices])
+
+    def head(self, limit: int | None) -> ImageDataset:
+        """The first ``limit`` samples, or everything when limit is None."""
+        return self if limit is None or limit >= len(self) else self.subset(range(limit))
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry for this dataset."""
+        return {"name": self.name, "n": len(self), "sha256": self.sha256, "classes": list(self.class_names),
+                "templates": list(self.templates), "source": self.source, "licence": self.licence,
+                "skipped": list(self.skipped)}
+
+
+def preprocess_batches(dataset: ImageDataset, preprocess: Callable[[Image.Image], Any],
+                       batch_size: int) -> Iterator[np.ndarray]:
+    """Yield preprocessed float32 batches ``[B,3,H,W]`` in dataset order."""
+    for start in range(0, len(dataset), batch_size):
+        stop = min(start + batch_size, len(dataset))
+        yield np.stack([np.asarray(preprocess(dataset.images.load(i)), dtype=np.float32)
+                        for i in range(start, stop)])

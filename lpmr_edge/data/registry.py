@@ -1,0 +1,177 @@
+"""Named datasets: Fashion-MNIST, OOD sets, shipped calibration sets and user folders."""
+from __future__ import annotations
+
+import gzip
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lpmr_edge.data.core import ArrayImages, FileImages, ImageDataset
+from lpmr_edge.errors import UserError
+from lpmr_edge.manifest import read_json, sha256_file
+
+FMNIST_DIR = Path(os.environ.get("LPMR_EDGE_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+CALIBRATION_DIR = Path(os.environ.get("LPMR_EDGE_CALIBRATION_DIR",
+                                      Path(__file__).resolve().parents[2] / "calibration_data"))
+FMNIST_CLASSES = ("t-shirt", "pair of trousers", "pullover sweater", "dress", "coat", "sandal", "shirt",
+                  "sneaker", "bag", "ankle boot")
+FMNIST_TEMPLATES = (
+    "a photo of a {}.", "a black and white photo of a {}.", "a low resolution photo of a {}.",
+    "a photo of the {}, a type of clothing.", "a grayscale image of a {}.", "a picture of a {}.",
+    "a product photo of a {}.", "a close-up photo of a {}.",
+)
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+MIN_IMAGE_SIDE = 8
+OOD_SIZE = 1000
+FMNIST_LICENCE = "MIT (Zalando Research), via Debian package dataset-fashion-mnist"
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"Fashion-MNIST not found at {path.parent}; install it with "
+                        "`apt-get install dataset-fashion-mnist` (or set LPMR_EDGE_FMNIST_DIR)")
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+@lru_cache(maxsize=2)
+def fashion_mnist_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Raw Fashion-MNIST ``(images [N,28,28] uint8, labels [N] int64)`` for ``train`` or ``test``."""
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = _read_idx(FMNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
+    labels = _read_idx(FMNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+    return images, labels
+
+
+def _fashion_mnist(split: str) -> ImageDataset:
+    images, labels = fashion_mnist_arrays(split)
+    return ImageDataset(name=f"fmnist-{split}", images=ArrayImages(images), labels=labels,
+                        class_names=FMNIST_CLASSES, templates=FMNIST_TEMPLATES,
+                        source=f"Fashion-MNIST {split} split", licence=FMNIST_LICENCE)
+
+
+def _digits() -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images / 16.0 * 255).round().astype(np.uint8)
+    upscaled = np.stack([np.asarray(Image.fromarray(p).resize((28, 28), Image.Resampling.BILINEAR))
+                         for p in pixels])
+    return ImageDataset(name="digits", images=ArrayImages(upscaled), labels=np.full(len(upscaled), -1),
+                        class_names=(), templates=(), source="scikit-learn load_digits, 8x8 upscaled to 28x28",
+                        licence="BSD-3-Clause (scikit-learn; UCI optdigits)")
+
+
+def _textiles() -> ImageDataset:
+    try:
+        import conformal_clip_data
+    except ImportError:
+        raise UserError("the textiles OOD set needs conformal-clip-data; `pip install conformal-clip-data`") from None
+    root = Path(conformal_clip_data.__file__).parent / "data" / "textile_images" / "simulated" / "nominal"
+    paths = tuple(sorted(root.glob("*.jpg")))[:OOD_SIZE]
+    return ImageDataset(name="textiles", images=FileImages(paths), labels=np.full(len(paths), -1),
+                        class_names=(), templates=(), source="conformal-clip-data simulated nominal textiles",
+                        licence="MIT (conformal-clip-data)")
+
+
+def _readable(path: Path) -> str | None:
+    """None if the image can be decoded and is large enough, else the reason."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if min(image.size) < MIN_IMAGE_SIDE:
+                return f"too small ({image.size[0]}x{image.size[1]}, need >= {MIN_IMAGE_SIDE} px)"
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        return f"unreadable ({type(error).__name__})"
+    return None
+
+
+def _read_lines(path: Path) -> tuple[str, ...]:
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def load_image_folder(root: Path, name: str | None = None, skip_bad_images: bool = False,
+                      licence: str = "user data") -> ImageDataset:
+    """A user ImageFolder: one sub-folder per class, optional classnames.txt and templates.txt."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"image folder not found: {root}")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise UserError(f"{root} has no class sub-folders; put each class's images in its own sub-folder")
+    class_names = tuple(p.name.replace("_", " ") for p in class_dirs)
+    if (root / "classnames.txt").is_file():
+        listed = _read_lines(root / "classnames.txt")
+        if len(listed) != len(class_dirs):
+            raise UserError(f"{root}/classnames.txt lists {len(listed)} names but there are {len(class_dirs)} "
+                            "class sub-folders; give one name per sub-folder, in sorted sub-folder order")
+        class_names = listed
+    templates = DEFAULT_TEMPLATES
+    if (root / "templates.txt").is_file():
+        templates = _read_lines(root / "templates.txt")
+        if not templates or any("{}" not in t for t in templates):
+            raise UserError(f"{root}/templates.txt: every line must contain '{{}}' where the class name goes")
+    paths, labels, skipped = [], [], []
+    for label, class_dir in enumerate(class_dirs):
+        for path in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            problem = _readable(path)
+            if problem is None:
+                paths.append(path)
+                labels.append(label)
+            elif skip_bad_images:
+                skipped.append(f"{path}: {problem}")
+            else:
+                raise UserError(f"image {path} is {problem}; fix or remove it, or pass --skip-bad-images")
+    if not paths:
+        raise UserError(f"{root} contains no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return ImageDataset(name=name or root.name, images=FileImages(tuple(paths)), labels=np.asarray(labels),
+                        class_names=class_names, templates=templates, source=str(root), licence=licence,
+                        skipped=tuple(skipped))
+
+
+def calibration_set_names() -> list[str]:
+    """Calibration sets shipped in calibration_data/."""
+    return sorted(p.name for p in CALIBRATION_DIR.iterdir() if (p / "manifest.json").is_file()) \
+        if CALIBRATION_DIR.is_dir() else []
+
+
+def load_calibration_set(name: str) -> ImageDataset:
+    """A shipped calibration set, its files verified against its manifest."""
+    root = CALIBRATION_DIR / name
+    if not (root / "manifest.json").is_file():
+        raise UserError(f"no calibration set '{name}' in {CALIBRATION_DIR}; available: {calibration_set_names()}")
+    manifest = read_json(root / "manifest.json", "calibration manifest")
+    for relative, expected in manifest["files"].items():
+        if not (root / relative).is_file() or sha256_file(root / relative) != expected:
+            raise UserError(f"calibration file {root / relative} is missing or differs from its manifest; "
+                            "restore it from git (`git checkout calibration_data`)")
+    dataset = load_image_folder(root, name=f"calib:{name}", licence=manifest["licence"])
+    return dataset
+
+
+_BUILTIN = {
+    "fmnist-test": lambda: _fashion_mnist("test"),
+    "fmnist-train": lambda: _fashion_mnist("train"),
+    "digits": _digits,
+    "textiles": _textiles,
+}
+DATASET_NAMES = tuple(_BUILTIN) + ("calib:NAME", "folder:PATH")
+
+
+def load_dataset(name: str, skip_bad_images: bool = False) -> ImageDataset:
+    """Resolve a dataset name (see the package docstring) to a dataset."""
+    if name in _BUILTIN:
+        return _BUILTIN[name]()
+    if name.startswith("calib:"):
+        return load_calibration_set(name.removeprefix("calib:"))
+    path = Path(name.removeprefix("folder:"))
+    if name.startswith("folder:") or path.is_dir():
+        return load_image_folder(path, skip_bad_images=skip_bad_images)
+    raise UserError(f"unknown dataset '{name}'; use one of {', '.join(DATASET_NAMES)}")

@@ -1,0 +1,240 @@
+"""Turn a model spec into a loaded CLIP: towers, tokenizer, preprocessing and logit scale.
+
+Specs:
+  ``lpmr-tiny-fmnist``            a bundled stand-in (trained by us, not a pretrained CLIP)
+  ``random:ARCH``                 an open_clip architecture with seeded random weights
+  ``ARCH:TAG``                    open_clip pretrained weights (needs network or a warm cache)
+  ``ARCH:/path/to/weights``       a local safetensors file or weights-only torch state dict
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import pickle
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpmr_edge._compat import import_open_clip
+from lpmr_edge.errors import UserError
+from lpmr_edge.models.bundled import BUNDLED_MODELS, CONFIG_DIR
+
+RANDOM_SEED = 0
+KIND_LABELS = {
+    "bundled": "stand-in trained by lpmr-edge, not a pretrained CLIP",
+    "random": "random weights, not a trained model",
+    "pretrained": "open_clip pretrained weights",
+    "checkpoint": "local checkpoint",
+}
+
+
+@dataclass
+class ClipModel:
+    """A loaded CLIP-style model and everything needed to run it zero-shot."""
+
+    spec: str
+    kind: str
+    architecture: str
+    model: torch.nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    preprocess: Callable[[Any], torch.Tensor]
+    image_size: int
+    context_length: int
+    embed_dim: int
+    logit_scale: float
+    weights_sha256: str
+
+    @property
+    def label(self) -> str:
+        """Human-readable provenance, shown in every output."""
+        return KIND_LABELS[self.kind]
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry for this model."""
+        return {"spec": self.spec, "kind": self.kind, "label": self.label, "architecture": self.architecture,
+                "weights_sha256": self.weights_sha256, "image_size": self.image_size,
+                "context_length": self.context_length, "embed_dim": self.embed_dim,
+                "logit_scale": self.logit_scale, "preprocess": _jsonable(self.model.visual.preprocess_cfg)}
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        """Token ids ``[len(texts), context_length]`` as int64."""
+        return self.tokenizer(texts).numpy().astype(np.int64)
+
+    def image_tower(self) -> torch.nn.Module:
+        """Module mapping ``[B,3,H,W]`` float images to unnormalised image features."""
+        return _Tower(self.model, "image")
+
+    def text_tower(self) -> torch.nn.Module:
+        """Module mapping ``[B,context_length]`` int64 tokens to unnormalised text features."""
+        return _Tower(self.model, "text")
+
+
+class _Tower(torch.nn.Module):
+    def __init__(self, clip: torch.nn.Module, which: str) -> None:
+        super().__init__()
+        self.clip = clip
+        self.which = which
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.which == "image":
+            return self.clip.encode_image(inputs)
+        return self.clip.encode_text(inputs)
+
+
+def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
+
+
+def build_preprocess(model_info: Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """The eval image transform recorded in a model's manifest entry (no weights needed)."""
+    open_clip = import_open_clip()
+    from open_clip.transform import PreprocessCfg
+
+    config = {key: tuple(value) if isinstance(value, list) else value
+              for key, value in model_info["preprocess"].items()}
+    return open_clip.image_transform_v2(PreprocessCfg(**config), is_train=False)
+
+
+def build_tokenizer(model_info: Mapping[str, Any]) -> Callable[[list[str]], np.ndarray]:
+    """The tokenizer of a model's architecture (no weights needed), returning int64 arrays."""
+    open_clip = import_open_clip()
+    _register_bundled_configs(open_clip)
+    tokenizer = open_clip.get_tokenizer(model_info["architecture"])
+    return lambda texts: tokenizer(texts).numpy().astype(np.int64)
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's tensors (names, dtypes, shapes and bytes) in sorted order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _register_bundled_configs(open_clip: Any) -> None:
+    if not set(BUNDLED_MODELS) <= set(open_clip.list_models()):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file or a weights-only torch checkpoint; never unpickle arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise UserError(f"{path} is not a readable safetensors file ({error})") from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} is not a weights-only state dict ({first_line}); save it with "
+                        "torch.save(model.state_dict(), path) or as safetensors") from None
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not (isinstance(loaded, Mapping) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values())):
+        raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors); save it with "
+                        "torch.save(model.state_dict(), path)")
+    return {key.removeprefix("module."): value for key, value in loaded.items()}
+
+
+def _load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    result = model.load_state_dict(state_dict, strict=False)
+    problems = [*result.missing_keys, *result.unexpected_keys]
+    if problems:
+        raise UserError(f"{source} does not fit this architecture ({len(result.missing_keys)} missing, "
+                        f"{len(result.unexpected_keys)} unexpected keys, e.g. {problems[0]}); "
+                        "check the architecture name in the spec")
+
+
+def _split_spec(spec: str) -> tuple[str, str, str]:
+    """Return (kind, architecture, source) for a spec string."""
+    if spec in BUNDLED_MODELS:
+        return "bundled", BUNDLED_MODELS[spec].architecture, spec
+    if spec.startswith("random:"):
+        return "random", spec.removeprefix("random:"), ""
+    if ":" in spec:
+        architecture, source = spec.split(":", 1)
+        kind = "checkpoint" if ("/" in source or Path(source).suffix) else "pretrained"
+        return kind, architecture, source
+    raise UserError(f"model spec '{spec}' is incomplete: use ARCH:TAG (e.g. ViT-B-32:laion2b_s34b_b79k), "
+                    f"ARCH:/path/to/weights.safetensors, random:ARCH or one of {sorted(BUNDLED_MODELS)}")
+
+
+def _create(open_clip: Any, architecture: str, spec: str, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+    if architecture not in open_clip.list_models():
+        raise UserError(f"unknown open_clip architecture '{architecture}' in '{spec}'; "
+                        "run `lpmr-edge models` to list them")
+    model, _, preprocess = open_clip.create_model_and_transforms(architecture, **kwargs)
+    return model, preprocess
+
+
+def _create_pretrained(open_clip: Any, architecture: str, tag: str, spec: str) -> tuple[torch.nn.Module, Any]:
+    """Load pretrained weights from the local cache first, then (if that fails) from the hub."""
+    for offline in (True, False):
+        with _hub_offline(offline):
+            try:
+                return _create(open_clip, architecture, spec, pretrained=tag)
+            except UserError:
+                raise
+            except Exception as error:  # open_clip/HF raise RuntimeError, OSError and HF errors offline
+                reason = type(error).__name__
+    raise UserError(f"pretrained weights '{tag}' for {architecture} are not in the local cache and could not "
+                    f"be downloaded ({reason}); fetch them where there is network into the Hugging Face cache, "
+                    f"or pass a local file as {architecture}:/path/to/weights.safetensors")
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Force huggingface_hub's offline switch (read once at its import) for the duration."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline or previous
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def load_model(spec: str) -> ClipModel:
+    """Load a CLIP model from a spec (see module docstring) in eval mode, FP32, on CPU."""
+    open_clip = import_open_clip()
+    _register_bundled_configs(open_clip)
+    kind, architecture, source = _split_spec(spec)
+    if kind == "pretrained":
+        model, preprocess = _create_pretrained(open_clip, architecture, source, spec)
+    else:
+        torch.manual_seed(RANDOM_SEED)
+        options = {"force_preprocess_cfg": BUNDLED_MODELS[source].preprocess} if kind == "bundled" else {}
+        model, preprocess = _create(open_clip, architecture, spec, **options)
+        if kind == "bundled":
+            weights = BUNDLED_MODELS[source].weights_path
+            if not weights.is_file():
+                raise UserError(f"bundled weights missing: {weights}; run `make standin` to train them")
+            _load_weights(model, read_state_dict(weights), str(weights))
+        elif kind == "checkpoint":
+            _load_weights(model, read_state_dict(Path(source)), source)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(architecture)
+    image_size = model.visual.image_size
+    return ClipModel(
+        spec=spec, kind=kind, architecture=architecture, model=model, tokenizer=tokenizer,
+        preprocess=preprocess,
+        image_size=int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size),
+        context_length=int(getattr(tokenizer, "context_length", 77)),
+        embed_dim=int(model.text_projection.shape[1] if hasattr(model, "text_projection") else 0),
+        logit_scale=float(model.logit_scale.detach().exp()),
+        weights_sha256=state_dict_sha256(model),
+    )

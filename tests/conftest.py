@@ -1,0 +1,33 @@
+"""Shared fixtures: an isolated cache, and models loaded once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own lpmr-edge cache directory."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("LPMR_EDGE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_random():
+    """The stand-in architecture with seeded random weights."""
+    from lpmr_edge.models import load_model
+
+    return load_model("random:lpmr-tiny-fmnist")
+
+
+@pytest.fixture(scope="session")
+def standin():
+    """The bundled, trained stand-in."""
+    from lpmr_edge.models import load_model
+
+    return load_model("lpmr-tiny-fmnist")

@@ -1,0 +1,108 @@
+"""Data registry, user folders and their errors, shipped calibration set."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lpmr_edge.data import load_dataset
+from lpmr_edge.data import registry
+from lpmr_edge.errors import UserError
+
+
+def _write_png(path: Path, value: int, size: int = 16) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    for label, name in enumerate(["cats", "dogs"]):
+        for i in range(3):
+            _write_png(tmp_path / "set" / name / f"{i}.png", 40 * label + i)
+    return tmp_path / "set"
+
+
+def test_fashion_mnist_test_split():
+    dataset = load_dataset("fmnist-test")
+    assert len(dataset) == 10_000 and len(dataset.class_names) == 10
+    assert np.bincount(dataset.labels).tolist() == [1000] * 10
+    assert dataset.images.load(0).size == (28, 28)
+    assert all("{}" in t for t in dataset.templates)
+
+
+@pytest.mark.parametrize("name, minimum", [("digits", 1000), ("textiles", 500)])
+def test_ood_sets_are_real_and_unlabelled(name: str, minimum: int):
+    dataset = load_dataset(name)
+    assert len(dataset) >= minimum and set(dataset.labels.tolist()) == {-1}
+    assert dataset.images.load(len(dataset) - 1).mode == "RGB"
+
+
+def test_image_folder_with_classnames_and_templates(folder: Path):
+    (folder / "classnames.txt").write_text("cat\ndog\n")
+    (folder / "templates.txt").write_text("a photo of a {}.\na drawing of a {}.\n")
+    dataset = load_dataset(f"folder:{folder}")
+    assert dataset.class_names == ("cat", "dog") and len(dataset.templates) == 2
+    assert dataset.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert dataset.subset([3, 0]).labels.tolist() == [1, 0]
+
+
+def test_hash_changes_with_content(folder: Path):
+    before = load_dataset(str(folder)).sha256
+    _write_png(folder / "cats" / "0.png", 255)
+    assert load_dataset(str(folder)).sha256 != before
+
+
+def test_classnames_mismatch(folder: Path):
+    (folder / "classnames.txt").write_text("cat\n")
+    with pytest.raises(UserError, match="lists 1 names but there are 2"):
+        load_dataset(str(folder))
+
+
+def test_templates_without_placeholder(folder: Path):
+    (folder / "templates.txt").write_text("a photo\n")
+    with pytest.raises(UserError, match="must contain"):
+        load_dataset(str(folder))
+
+
+def test_empty_folder(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no class sub-folders"):
+        load_dataset(f"folder:{tmp_path / 'empty'}")
+    (tmp_path / "empty" / "a").mkdir()
+    with pytest.raises(UserError, match="no readable images"):
+        load_dataset(f"folder:{tmp_path / 'empty'}")
+
+
+def test_corrupt_and_tiny_images_fail_or_are_skipped_and_counted(folder: Path):
+    (folder / "cats" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="broken.png is unreadable"):
+        load_dataset(str(folder))
+    _write_png(folder / "dogs" / "tiny.png", 0, size=2)
+    dataset = load_dataset(str(folder), skip_bad_images=True)
+    assert len(dataset) == 6 and len(dataset.skipped) == 2
+    assert any("too small" in reason for reason in dataset.skipped)
+
+
+def test_unknown_dataset():
+    with pytest.raises(UserError, match="unknown dataset"):
+        load_dataset("imagenet-21k")
+
+
+def test_shipped_calibration_set_is_train_only_and_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    dataset = load_dataset("calib:fmnist-train-300")
+    assert len(dataset) == 300 and np.bincount(dataset.labels).tolist() == [30] * 10
+    manifest = registry.read_json(registry.CALIBRATION_DIR / "fmnist-train-300" / "manifest.json", "m")
+    assert "train" in manifest["source"] and manifest["licence"].startswith("MIT")
+    copy = tmp_path / "calibration"
+    shutil.copytree(registry.CALIBRATION_DIR, copy)
+    monkeypatch.setattr(registry, "CALIBRATION_DIR", copy)
+    victim = next((copy / "fmnist-train-300" / "03").glob("*.png"))
+    _write_png(victim, 7, size=28)
+    with pytest.raises(UserError, match="differs from its manifest"):
+        load_dataset("calib:fmnist-train-300")
+    with pytest.raises(UserError, match="no calibration set 'nope'"):
+        load_dataset("calib:nope")

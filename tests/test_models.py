@@ -1,0 +1,106 @@
+"""Model specs: bundled, random, checkpoint files, pretrained tags offline."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lpmr_edge.errors import UserError
+from lpmr_edge.models import load_model, read_state_dict
+from lpmr_edge.models.bundled import BUNDLED_MODELS
+
+
+def test_random_spec_is_seeded_and_labelled(tiny_random):
+    again = load_model("random:lpmr-tiny-fmnist")
+    assert again.weights_sha256 == tiny_random.weights_sha256
+    assert tiny_random.kind == "random" and "random weights" in tiny_random.label
+    assert (tiny_random.image_size, tiny_random.context_length, tiny_random.embed_dim) == (28, 77, 64)
+
+
+def test_towers_produce_features(tiny_random):
+    images = torch.zeros(2, 3, 28, 28)
+    tokens = torch.from_numpy(tiny_random.tokenize(["a photo of a coat.", "a bag"]))
+    with torch.no_grad():
+        assert tiny_random.image_tower()(images).shape == (2, 64)
+        assert tiny_random.text_tower()(tokens).shape == (2, 64)
+
+
+def test_bundled_standin_matches_its_published_sha256(standin):
+    weights = BUNDLED_MODELS["lpmr-tiny-fmnist"].weights_path
+    published = weights.with_suffix(".sha256").read_text().split()[0]
+    from lpmr_edge.manifest import sha256_file
+
+    assert sha256_file(weights) == published
+    assert standin.kind == "bundled" and "not a pretrained CLIP" in standin.label
+    assert weights.stat().st_size <= 15_000_000
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_local_checkpoint_roundtrip(tmp_path: Path, tiny_random, suffix: str):
+    state = {k: v.clone() + 1.0 if v.is_floating_point() else v.clone()
+             for k, v in tiny_random.model.state_dict().items()}
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    loaded = load_model(f"lpmr-tiny-fmnist:{path}")
+    assert loaded.kind == "checkpoint"
+    assert torch.equal(loaded.model.state_dict()["logit_scale"], state["logit_scale"])
+    assert loaded.weights_sha256 != tiny_random.weights_sha256
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused(tmp_path: Path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"weights": _Evil()}, handle)
+    with pytest.raises(UserError, match="not a weights-only state dict"):
+        read_state_dict(path)
+
+
+def test_checkpoint_that_is_not_a_state_dict(tmp_path: Path):
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(UserError, match="does not hold a state dict"):
+        read_state_dict(path)
+
+
+def test_checkpoint_for_another_architecture(tmp_path: Path):
+    path = tmp_path / "other.safetensors"
+    save_file({"foo.weight": torch.zeros(2)}, str(path))
+    with pytest.raises(UserError, match="does not fit this architecture"):
+        load_model(f"lpmr-tiny-fmnist:{path}")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ViT-B-32", "incomplete"),
+    ("random:NoSuchNet", "unknown open_clip architecture"),
+    ("lpmr-tiny-fmnist:/nonexistent/weights.safetensors", "checkpoint not found"),
+])
+def test_bad_specs(spec: str, message: str):
+    with pytest.raises(UserError, match=message):
+        load_model(spec)
+
+
+def test_pretrained_tag_without_cache_or_network_is_a_clear_error():
+    with pytest.raises(UserError, match="not in the local cache and could not be downloaded"):
+        load_model("RN50:openai")
+
+
+def test_preprocess_recorded_in_describe_rebuilds_the_same_transform(standin):
+    from PIL import Image
+
+    from lpmr_edge.models import build_preprocess
+
+    image = Image.fromarray((np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)).convert("RGB")
+    rebuilt = build_preprocess(standin.describe())
+    assert torch.equal(rebuilt(image), standin.preprocess(image))
