@@ -91,12 +91,12 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_preprocess(model_info: Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
     """The eval image transform recorded in a model's manifest entry (no weights needed)."""
-    open_clip = import_open_clip()
-    from open_clip.transform import PreprocessCfg
+    import_open_clip()
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     config = {key: tuple(value) if isinstance(value, list) else value
               for key, value in model_info["preprocess"].items()}
-    return open_clip.image_transform_v2(PreprocessCfg(**config), is_train=False)
+    return image_transform_v2(PreprocessCfg(**config), is_train=False)
 
 
 def build_tokenizer(model_info: Mapping[str, Any]) -> Callable[[list[str]], np.ndarray]:
@@ -217,7 +217,8 @@ def load_model(spec: str) -> ClipModel:
         model, preprocess = _create_pretrained(open_clip, architecture, source, spec)
     else:
         torch.manual_seed(RANDOM_SEED)
-        options = {"force_preprocess_cfg": BUNDLED_MODELS[source].preprocess} if kind == "bundled" else {}
+        options = {f"image_{key}": value for key, value in BUNDLED_MODELS[source].preprocess.items()} \
+            if kind == "bundled" else {}
         model, preprocess = _create(open_clip, architecture, spec, **options)
         if kind == "bundled":
             weights = BUNDLED_MODELS[source].weights_path
