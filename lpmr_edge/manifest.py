@@ -71,6 +71,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see either the old or the complete new content."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results and weights are meant to be shared
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
