@@ -5,12 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
+SSHD := /usr/sbin/sshd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup system demo test test-fast bench lint standin clean
+.PHONY: setup system demo test test-fast bench lint standin clean arm-root browser sshd
 
-setup: $(STAMP) system
+setup: $(STAMP) system browser sshd
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,18 @@ system: $(FMNIST)
 $(FMNIST):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# Headless Debian chromium: the report tests render report.html in it.
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium
+
+# Debian's OpenSSH server: the SSH device tests start their own on 127.0.0.1 (it is not configured here).
+sshd: $(SSHD)
+
+$(SSHD):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server
+
 demo: setup
 	$(BIN)/lpmr-edge eval --model lpmr-tiny-fmnist --runtime torch --out lpmr-results/demo/torch-fp32
 
@@ -30,13 +44,19 @@ test: setup
 	$(BIN)/pytest -q
 
 bench: setup
-	$(BIN)/lpmr-edge eval --model random:ViT-B-32 --runtime torch --limit 64
+	$(BIN)/lpmr-edge bench --model random:ViT-B-32 --target x86 --runtime openvino --batch 1 --batch 32 \
+		--threads 2 --torch --json-out lpmr-results/bench/vit-b-32-x86-openvino.json
 
 lint: setup
 	$(BIN)/ruff check lpmr_edge tests
 
 standin: setup
 	$(BIN)/lpmr-edge train-standin
+
+# Emulated arm64 device (Debian arm64 root + QEMU 10) in ${LPMR_EDGE_ARM_ROOT:-~/.cache/lpmr-edge/arm64-root};
+# needs root, like the tests that use it.
+arm-root:
+	bash scripts/build-arm64-root.sh
 
 clean:
 	rm -rf $(VENV) lpmr-results
