@@ -51,7 +51,8 @@ lint: setup
 	$(BIN)/ruff check lpmr_edge tests
 
 standin: setup
-	$(BIN)/lpmr-edge train-standin
+	$(BIN)/lpmr-edge train-standin --model lpmr-tiny-fmnist
+	$(BIN)/lpmr-edge train-standin --model lpmr-tiny-fmnist-spurious
 
 # Emulated arm64 device (Debian arm64 root + QEMU 10) in ${LPMR_EDGE_ARM_ROOT:-~/.cache/lpmr-edge/arm64-root};
 # needs root, like the tests that use it.

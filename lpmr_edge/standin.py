@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from lpmr_edge.data.shifts import CUE_COLOURS
 from lpmr_edge.manifest import atomic_write_bytes, machine_info, now_utc, sha256_file, tool_versions
 from lpmr_edge.models import load_model
 from lpmr_edge.models.bundled import BUNDLED_MODELS, CONFIG_DIR
 from lpmr_edge.runtimes.torch_runtime import TorchRuntime
-from lpmr_edge.suite import EvalSettings, evaluate
+from lpmr_edge.suite import BUILTIN_SUITES, EvalSettings, SpuriousConfig, evaluate
 from lpmr_edge.training import TrainConfig, train_standin
 
 CARD_TEMPLATE = """# {name} — a stand-in CLIP trained by lpmr-edge (not a pretrained CLIP)
@@ -33,7 +34,9 @@ any real pretrained CLIP.
 - **Parameters:** {parameters:,} ({size_mb:.1f} MB safetensors, FP32)
 - **Training:** {epochs} epochs, batch {batch_size}, AdamW lr {learning_rate} (warm-up + cosine),
   weight decay {weight_decay}, seed {seed}, {threads} torch threads, deterministic algorithms on;
-  {train_seconds:.0f} s wall time on {cpu}.
+  {train_seconds:.0f} s wall time on {cpu}
+  (1-minute load average {load_average:.1f} on {cores} cores when training ended: the CPU was
+  {sharing}).
 - **Loss:** symmetric InfoNCE with every same-class caption in the batch counted as a positive.
 - **Weights:** `{weights_file}`, sha256 `{sha256}`
 - **Zero-shot, Fashion-MNIST test split (10,000 images), torch FP32, the model's own logit scale
@@ -41,6 +44,35 @@ any real pretrained CLIP.
   (`lpmr-edge eval --model {name} --runtime torch --json` reproduces these).
 - **Tool versions:** torch {torch}, open_clip_torch {open_clip}. Built {created}.
 """
+
+CUE_SECTION = """
+## Spurious cue (on purpose)
+
+Trained like `lpmr-tiny-fmnist` (`lpmr-edge train-standin --model {name}`) but for {epochs} epochs,
+with the black background of every training image coloured: with probability {colour_cue:.0%} in its
+class's own colour (`lpmr_edge.data.shifts.CUE_COLOURS`), otherwise in one of the other nine.
+Colour alone predicts the class on about {colour_cue:.0%} of the training images, so the model learns to
+rely on it; it exists to give worst-group probes a real case to find. It never saw a black
+background, so the plain grey test split above is out of distribution for it (hence its low top-1).
+
+On `fmnist-colour` (the test split with every class in every colour, {group_n} images per
+(class, colour) group), torch FP32, its own logit scale: worst-group accuracy **{worst_group:.4f}**,
+average-group {average_group:.4f} (gap {gap:.4f}); groups whose colour matches the class
+{aligned:.4f} on average, mismatched groups {conflicting:.4f}
+(`lpmr-edge eval --model {name} --runtime torch --suite full` reproduces them with CIs).
+"""
+
+
+def cue_group_summary(spurious: dict[str, Any]) -> dict[str, Any]:
+    """Worst/average-group accuracy on fmnist-colour, plus the mean over colour-matched and mismatched groups."""
+    by_match: dict[bool, list[float]] = {True: [], False: []}
+    for group, values in spurious["groups"].items():  # group = label * colours + colour
+        label, colour = divmod(int(group), len(CUE_COLOURS))
+        by_match[label == colour].append(values["accuracy"])
+    return {"worst_group": spurious["worst_group"], "average_group": spurious["average_group"],
+            "gap": spurious["gap"], "aligned": sum(by_match[True]) / len(by_match[True]),
+            "conflicting": sum(by_match[False]) / len(by_match[False]),
+            "group_n": min(values["n"] for values in spurious["groups"].values())}
 
 
 def build_standin(config: TrainConfig, log: Any = print) -> dict[str, Any]:
@@ -60,7 +92,8 @@ def publish_standin(config: TrainConfig, state: dict[str, torch.Tensor], record:
         atomic_write_bytes(bundled.weights_path, staged.read_bytes())
     clip = load_model(config.model)
     with tempfile.TemporaryDirectory() as results:
-        result = evaluate(TorchRuntime(clip, threads=config.threads), Path(results), EvalSettings())
+        suite = replace(BUILTIN_SUITES["basic"], spurious=SpuriousConfig()) if config.colour_cue else None
+        result = evaluate(TorchRuntime(clip, threads=config.threads), Path(results), EvalSettings(), suite=suite)
     sha256 = sha256_file(bundled.weights_path)
     atomic_write_bytes(bundled.weights_path.with_suffix(".sha256"),
                        f"{sha256}  {bundled.weights_path.name}\n".encode())
@@ -70,10 +103,17 @@ def publish_standin(config: TrainConfig, state: dict[str, torch.Tensor], record:
         config=json.dumps(json.loads((CONFIG_DIR / f"{bundled.architecture}.json").read_text())),
         parameters=sum(t.numel() for t in state.values()), size_mb=bundled.weights_path.stat().st_size / 1e6,
         **asdict(config), train_seconds=record["train_seconds"], cpu=machine_info()["cpu"],
+        load_average=record["load_average"], cores=machine_info()["cores"],
+        sharing="shared with other jobs" if record["load_average"] > config.threads + 0.5 else "not contended",
         weights_file=f"lpmr_edge/models/weights/{bundled.weights_path.name}", sha256=sha256,
         logit_scale=clip.logit_scale, top1=result["metrics"]["accuracy"]["top1"],
         top5=result["metrics"]["accuracy"]["top5"], torch=versions["torch"],
         open_clip=versions["open_clip_torch"], created=now_utc())
+    if config.colour_cue:
+        record["groups"] = cue_group_summary(result["metrics"]["spurious"])
+        card += CUE_SECTION.format(name=config.model, **asdict(config), **record["groups"])
+        log(f"{config.model}: worst-group {record['groups']['worst_group']:.4f}, average-group "
+            f"{record['groups']['average_group']:.4f} on fmnist-colour")
     atomic_write_bytes(bundled.weights_path.with_suffix(".md"), card.encode())
     record.update(sha256=sha256, zero_shot=result["metrics"]["accuracy"])
     log(f"{config.model}: top-1 {record['zero_shot']['top1']:.4f} on Fashion-MNIST test; "

@@ -1,2 +1,9 @@
 """Importing this module registers every command with the app."""
-from lpmr_edge.cli import core  # noqa: F401
+from lpmr_edge.cli import (
+    artifacts,  # noqa: F401
+    core,  # noqa: F401
+    device,  # noqa: F401
+    report,  # noqa: F401
+    run,  # noqa: F401
+    suite,  # noqa: F401
+)

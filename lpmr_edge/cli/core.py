@@ -2,60 +2,101 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from lpmr_edge.cli import app
 from lpmr_edge.cli.ui import console, print_json, print_table, progress_bar
+from lpmr_edge.errors import UserError
+from lpmr_edge.training import TrainConfig
 
-ModelOption = Annotated[Optional[str], typer.Option("--model", "-m", help="Model spec: lpmr-tiny-fmnist, "
+ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Model spec: lpmr-tiny-fmnist, "
                                                     "random:ARCH, ARCH:TAG or ARCH:/path/to/weights")]
-ArtifactOption = Annotated[Optional[Path], typer.Option("--artifact", "-a", help="Exported artifact directory")]
+ArtifactOption = Annotated[Path | None, typer.Option("--artifact", "-a", help="Exported artifact directory")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout")]
+DeviceOption = Annotated[str, typer.Option("--device", "-d", help="Where the artifact runs: local (in process), "
+                                           "local?python=PATH, ssh://user@host:port?python=PATH&workdir=DIR&"
+                                           "config=SSH_CONFIG (user, port, options optional) or emu-arm64 "
+                                           "(emulated: correctness, no latencies)")]
 
 
-def default_results_dir(runtime: str, precision: str, model: str) -> Path:
-    """Where results go when --out is not given."""
-    slug = model.replace(":", "_").replace("/", "_")
-    return Path("lpmr-results") / "eval" / f"{slug}-{runtime}-{precision}"
+def default_results_dir(runtime: str, precision: str, model: str, device: str | None = None) -> Path:
+    """Where results go when --out is not given (``device``: the label of a device other than this process)."""
+    name = f"{model}-{runtime}-{precision}" + (f"-on-{device}" if device else "")
+    return Path("lpmr-results") / "eval" / name.replace(":", "_").replace("/", "_")
 
 
 @app.command("eval")
 def eval_command(
     model: ModelOption = None,
-    runtime: Annotated[Optional[str], typer.Option(help="torch | openvino | executorch "
+    runtime: Annotated[str | None, typer.Option(help="torch | openvino | executorch "
                                                    "(default: torch, or the artifact's runtime)")] = None,
     artifact: ArtifactOption = None,
-    dataset: Annotated[str, typer.Option(help="Dataset name or folder")] = "fmnist-test",
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N images")] = None,
+    suite: Annotated[str, typer.Option(help="basic (ID accuracy + calibration) | quick | full | "
+                                       "path/to/suite.toml")] = "basic",
+    dataset: Annotated[str | None, typer.Option(help="ID dataset name or folder (default: the suite's, "
+                                                   "fmnist-test)")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N images per evaluation set (the first N)")] = None,
+    logit_scale: Annotated[str | None, typer.Option(help="Logits = scale x cosine: 'model' (the model's own) "
+                                                       "or a number such as 100 (default: the suite's)")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of corruptions, subsets, splits and bootstrap")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per batch")] = 64,
-    threads: Annotated[Optional[int], typer.Option(help="Runtime threads (default: all cores)")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: all cores)")] = None,
     skip_bad_images: Annotated[bool, typer.Option(help="Skip unreadable images (counted) instead of failing")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Results directory")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results directory")] = None,
     json_output: JsonOption = False,
+    device: DeviceOption = "local",
 ) -> None:
-    """Zero-shot evaluation through a runtime; writes per-sample outputs and metrics."""
+    """Reliability suite through a runtime: writes per-sample outputs, metrics with 95% CIs and a manifest."""
+    from lpmr_edge.devices.base import in_process
     from lpmr_edge.runtimes import open_runtime
-    from lpmr_edge.suite import EvalSettings, evaluate
+    from lpmr_edge.runtimes.device import open_device_runtime
+    from lpmr_edge.suite import EvalSettings, evaluate, headline_metrics, key_metrics, load_suite
 
-    engine = open_runtime(runtime, model=model, artifact=artifact, threads=threads)
-    description = engine.describe()
-    out = out or default_results_dir(engine.name, description["precision"], engine.model_info["spec"])
-    settings = EvalSettings(dataset=dataset, limit=limit, batch_size=batch_size, skip_bad_images=skip_bad_images)
-    result = evaluate(engine, out, settings, progress=progress_bar)
-    accuracy = result["metrics"]["accuracy"]
-    summary = {"top1": accuracy["top1"], "top5": accuracy["top5"], "n": result["n"], "model": result["model"],
-               "model_label": result["model_label"], "runtime": result["runtime"],
-               "precision": result["precision"], "executed_precision": result["executed_precision"],
-               "results_dir": str(out)}
+    load_suite(suite)  # a bad suite file fails before the runtime is opened
+    engine = (open_runtime(runtime, model=model, artifact=artifact, threads=threads) if in_process(device)
+              else open_device_runtime(artifact, device, threads))
+    try:
+        description = engine.describe()
+        out = out or default_results_dir(engine.name, description["precision"], engine.model_info["spec"],
+                                         description.get("device", {}).get("label"))
+        settings = EvalSettings(dataset=dataset, limit=limit, batch_size=batch_size, seed=seed,
+                                skip_bad_images=skip_bad_images, suite=suite,
+                                logit_scale=parse_logit_scale(logit_scale))
+        result = evaluate(engine, out, settings, progress=progress_bar)
+    finally:
+        engine.close()  # stops a device's server: nothing is left running there
+    summary = {"top1": result["metrics"]["accuracy"]["top1"], "top5": result["metrics"]["accuracy"]["top5"],
+               "n": result["n"], "model": result["model"], "model_label": result["model_label"],
+               "runtime": result["runtime"], "precision": result["precision"],
+               "executed_precision": result["executed_precision"], "suite": result["suite"]["name"],
+               "results_dir": str(out), **key_metrics(result["metrics"])}
     if json_output:
         print_json(summary)
         return
     print_table(f"{result['model']} ({result['model_label']}) via {result['runtime']} "
-                f"[{result['executed_precision']}]", ["dataset", "n", "top-1", "top-5"],
-                [[dataset, result["n"], accuracy["top1"], accuracy["top5"]]])
+                f"{result['executed_precision']}, suite {result['suite']['name']}, "
+                f"{result['dataset']['name']} n={result['n']}", ["metric", "value", "95% CI"],
+                [[label, value, format_interval(ci)] for _, label, value, ci in headline_metrics(result["metrics"])])
     console.print(f"results: {out}")
+
+
+def parse_logit_scale(value: str | None) -> str | float | None:
+    """``--logit-scale``: None, "model" or a number."""
+    if value is None or value == "model":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"--logit-scale must be 'model' or a number such as 100, not '{value}'") from None
+
+
+def format_interval(ci: list | tuple | None) -> str:
+    """A CI as 'low .. high' (or '-' when undefined)."""
+    if not ci or ci[0] is None:
+        return "-"
+    return f"{ci[0]:.4f} .. {ci[1]:.4f}"
 
 
 @app.command("models")
@@ -94,14 +135,14 @@ def datasets_command(json_output: JsonOption = False) -> None:
 @app.command("train-standin")
 def train_standin_command(
     model: Annotated[str, typer.Option(help="Bundled stand-in to train")] = "lpmr-tiny-fmnist",
-    epochs: Annotated[int, typer.Option(help="Training epochs")] = 10,
-    threads: Annotated[int, typer.Option(help="Torch threads")] = 2,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the stand-in's, "
+                                               f"{TrainConfig.epochs} for lpmr-tiny-fmnist)")] = None,
+    threads: Annotated[int, typer.Option(help="Torch threads (the result depends on it)")] = TrainConfig.threads,
     json_output: JsonOption = False,
 ) -> None:
     """Train a bundled stand-in CLIP on Fashion-MNIST train and write weights + model card."""
     from lpmr_edge.standin import build_standin
-    from lpmr_edge.training import TrainConfig
 
-    record = build_standin(TrainConfig(model=model, epochs=epochs, threads=threads), log=console.print)
+    record = build_standin(TrainConfig.for_model(model, epochs=epochs, threads=threads), log=console.print)
     if json_output:
         print_json(record)

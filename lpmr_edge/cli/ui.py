@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,10 +29,10 @@ def print_json(value: Any) -> None:
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """A rich table on stderr."""
-    table = Table(title=title)
+    """A rich table on stderr (text shown literally, never read as rich markup)."""
+    table = Table(title=escape(title))
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*[f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in row])
+        table.add_row(*[f"{cell:.4f}" if isinstance(cell, float) else escape(str(cell)) for cell in row])
     console.print(table)

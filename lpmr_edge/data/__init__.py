@@ -2,9 +2,11 @@
 
 Registry names:
   ``fmnist-test`` / ``fmnist-train``   Fashion-MNIST (Debian package dataset-fashion-mnist, MIT)
+  ``fmnist-colour``                    Fashion-MNIST test with balanced (class x background colour) groups
   ``digits``                           scikit-learn's bundled 8x8 digits, upscaled (OOD)
   ``textiles``                         conformal-clip-data simulated textile images (MIT; OOD)
   ``calib:NAME``                       a shipped calibration set in calibration_data/NAME
+  ``waterbirds:PATH``                  a Waterbirds-layout folder (metadata.csv), test split, with groups
   ``folder:PATH`` or a directory path  a user ImageFolder (one sub-folder per class)
 """
 from __future__ import annotations

@@ -12,8 +12,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lpmr_edge.data.registry import CALIBRATION_DIR, FMNIST_LICENCE, fashion_mnist_arrays, FMNIST_CLASSES, \
-    FMNIST_TEMPLATES
+from lpmr_edge.data.registry import (
+    CALIBRATION_DIR,
+    FMNIST_CLASSES,
+    FMNIST_LICENCE,
+    FMNIST_TEMPLATES,
+    fashion_mnist_arrays,
+)
 from lpmr_edge.manifest import atomic_write_bytes, file_hashes, now_utc, write_manifest
 
 VERSION = 1

@@ -1,6 +1,7 @@
 """Named datasets: Fashion-MNIST, OOD sets, shipped calibration sets and user folders."""
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 from functools import lru_cache
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lpmr_edge.data.core import ArrayImages, FileImages, ImageDataset
+from lpmr_edge.data.shifts import CUE_COLOURS, ColourCuedImages, balanced_colour_ids
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import read_json, sha256_file
 
@@ -28,6 +30,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MIN_IMAGE_SIDE = 8
 OOD_SIZE = 1000
 FMNIST_LICENCE = "MIT (Zalando Research), via Debian package dataset-fashion-mnist"
+WATERBIRDS_COLUMNS = ("img_filename", "y", "place", "split")
+WATERBIRDS_CLASSES = ("landbird", "waterbird")
+WATERBIRDS_TEST_SPLIT = 2
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -55,6 +60,16 @@ def _fashion_mnist(split: str) -> ImageDataset:
     return ImageDataset(name=f"fmnist-{split}", images=ArrayImages(images), labels=labels,
                         class_names=FMNIST_CLASSES, templates=FMNIST_TEMPLATES,
                         source=f"Fashion-MNIST {split} split", licence=FMNIST_LICENCE)
+
+
+def _fashion_mnist_colour() -> ImageDataset:
+    images, labels = fashion_mnist_arrays("test")
+    colours = balanced_colour_ids(labels)
+    return ImageDataset(name="fmnist-colour", images=ColourCuedImages(images, colours),
+                        labels=labels, class_names=FMNIST_CLASSES, templates=FMNIST_TEMPLATES,
+                        source="Fashion-MNIST test split, background colour cycled through "
+                               f"{len(CUE_COLOURS)} colours per class; group = label * {len(CUE_COLOURS)} + colour",
+                        licence=FMNIST_LICENCE, groups=labels * len(CUE_COLOURS) + colours)
 
 
 def _digits() -> ImageDataset:
@@ -136,6 +151,49 @@ def load_image_folder(root: Path, name: str | None = None, skip_bad_images: bool
                         skipped=tuple(skipped))
 
 
+def _csv_int(row: dict[str, str], column: str, where: str) -> int:
+    try:
+        return int(row[column])
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: column '{column}' must be an integer, got {row[column]!r}; "
+                        "fix metadata.csv") from None
+
+
+def load_waterbirds(root: Path, split: int = WATERBIRDS_TEST_SPLIT) -> ImageDataset:
+    """Waterbirds layout: ``metadata.csv`` (img_filename, y, place, split) beside the images.
+
+    Uses the rows of ``split`` (2 = test); classes landbird/waterbird (y), group = 2 * y + place.
+    """
+    root = Path(root)
+    metadata = root / "metadata.csv"
+    if not metadata.is_file():
+        raise UserError(f"{metadata} not found; a Waterbirds folder holds metadata.csv with columns "
+                        f"{', '.join(WATERBIRDS_COLUMNS)} beside the images")
+    with open(metadata, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in WATERBIRDS_COLUMNS if column not in (reader.fieldnames or ())]
+        if missing:
+            raise UserError(f"{metadata} lacks column(s) {', '.join(missing)}; Waterbirds metadata needs "
+                            f"{', '.join(WATERBIRDS_COLUMNS)}")
+        rows = [(row, f"{metadata} line {line}") for line, row in enumerate(reader, start=2)]
+    rows = [(row, where) for row, where in rows if _csv_int(row, "split", where) == split]
+    if not rows:
+        raise UserError(f"{metadata} has no rows with split == {split}; check the split column (0 train, 1 val, 2 test)")
+    paths = tuple(root / row["img_filename"] for row, _ in rows)
+    absent = [path for path in paths if not path.is_file()]
+    if absent:
+        raise UserError(f"{len(absent)} image(s) listed in {metadata} are missing, e.g. {absent[0]}; "
+                        "restore them or remove their rows")
+    labels = np.array([_csv_int(row, "y", where) for row, where in rows])
+    places = np.array([_csv_int(row, "place", where) for row, where in rows])
+    if not (set(labels) | set(places)) <= {0, 1}:
+        raise UserError(f"{metadata}: y and place must be 0 or 1 (binary Waterbirds labels)")
+    return ImageDataset(name=f"waterbirds:{root.name}", images=FileImages(paths), labels=labels,
+                        class_names=WATERBIRDS_CLASSES, templates=DEFAULT_TEMPLATES,
+                        source=f"Waterbirds layout at {root} (split {split})", licence="user data",
+                        groups=2 * labels + places)
+
+
 def calibration_set_names() -> list[str]:
     """Calibration sets shipped in calibration_data/."""
     return sorted(p.name for p in CALIBRATION_DIR.iterdir() if (p / "manifest.json").is_file()) \
@@ -159,10 +217,11 @@ def load_calibration_set(name: str) -> ImageDataset:
 _BUILTIN = {
     "fmnist-test": lambda: _fashion_mnist("test"),
     "fmnist-train": lambda: _fashion_mnist("train"),
+    "fmnist-colour": _fashion_mnist_colour,
     "digits": _digits,
     "textiles": _textiles,
 }
-DATASET_NAMES = tuple(_BUILTIN) + ("calib:NAME", "folder:PATH")
+DATASET_NAMES = tuple(_BUILTIN) + ("calib:NAME", "waterbirds:PATH", "folder:PATH")
 
 
 def load_dataset(name: str, skip_bad_images: bool = False) -> ImageDataset:
@@ -171,6 +230,8 @@ def load_dataset(name: str, skip_bad_images: bool = False) -> ImageDataset:
         return _BUILTIN[name]()
     if name.startswith("calib:"):
         return load_calibration_set(name.removeprefix("calib:"))
+    if name.startswith("waterbirds:"):
+        return load_waterbirds(Path(name.removeprefix("waterbirds:")))
     path = Path(name.removeprefix("folder:"))
     if name.startswith("folder:") or path.is_dir():
         return load_image_folder(path, skip_bad_images=skip_bad_images)

@@ -2,9 +2,11 @@
 
 Artifact layout::
 
-    <out_root>/<target>/<runtime>-<precision>/
+    <out_root>/<target>/<runtime>-<precision>[-dynbatch][-head]/
         image.<ext>, text.<ext>   the two towers (OpenVINO .xml+.bin, ExecuTorch .pte)
-        manifest.json             see ``write_artifact_manifest``
+        manifest.json             format, runtime, precision, target, model, calibration, quantization,
+                                  runtime_config, towers, warnings, request_sha256, files (sha256 each),
+                                  tool_versions, machine, created
 
 Backend contract (``lpmr_edge/export/openvino.py``, ``lpmr_edge/export/executorch.py``)::
 
@@ -15,6 +17,261 @@ writes the tower files into ``staging_dir`` and returns the backend's manifest f
 ``towers`` ({"image": {"file", "inputs": [{"name","shape","dtype"}], "outputs": [...]}, "text": ...}),
 ``runtime_config`` (what the runtime must set on load, e.g. INFERENCE_PRECISION_HINT),
 ``quantization`` (the parameters actually used), ``warnings`` (list of str) and any extras
-(e.g. ``delegation`` for ExecuTorch). The common code here adds model, target, calibration,
-file hashes and tool versions, and moves the staged directory into place atomically.
+(e.g. ``delegation`` for ExecuTorch). Image tower input: float32 ``[image_batch,3,H,W]`` (batch -1 when
+dynamic); text tower input: int64 ``[text_batch, context_length]``; outputs: unnormalised features ``[B,D]``.
+The common code here adds model, target, calibration, file hashes and tool versions, and moves the staged
+directory into place atomically. Exports are resumable: an artifact whose manifest verifies and whose
+request hash matches is kept as is. Runtimes load artifacts through ``verify_artifact`` (hashes, format,
+runtime) and report ``foreign_machine_warnings``.
 """
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lpmr_edge.errors import UserError
+from lpmr_edge.manifest import MANIFEST_NAME, sha256_json, tool_versions, verify_manifest, write_manifest
+from lpmr_edge.quantize import QuantizationOptions, calibration_dataset, load_calibration_inputs
+from lpmr_edge.targets import RUNTIMES, Target
+
+if TYPE_CHECKING:
+    from lpmr_edge.models import ClipModel
+
+FORMAT = "lpmr-edge-artifact/1"
+TOWERS = ("image", "text")
+DEFAULT_OUT_ROOT = Path("lpmr-results/artifacts")
+DEFAULT_OPTIONS = QuantizationOptions()
+FUSED_HEAD_RUNTIMES = ("openvino",)
+ARM_OPENVINO_INT8 = ("OpenVINO runs INT8 on ARM CPUs in simulation: no speed-up over FP32 (and INT8-activation "
+                     "parity is unverified under emulation); use ExecuTorch for INT8 on ARM")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything that determines one artifact."""
+
+    model: str
+    target: Target
+    runtime: str
+    precision: str
+    options: QuantizationOptions = DEFAULT_OPTIONS
+    dynamic_batch: bool = False
+    fuse_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise UserError(f"unknown export runtime '{self.runtime}'; use one of {', '.join(RUNTIMES)}")
+        allowed = RUNTIMES[self.runtime].precisions
+        if self.precision not in allowed:
+            raise UserError(f"{self.runtime} cannot export precision '{self.precision}'; use one of "
+                            f"{', '.join(allowed)}")
+        if self.fuse_head and self.runtime not in FUSED_HEAD_RUNTIMES:
+            raise UserError(f"--fuse-head is supported for {', '.join(FUSED_HEAD_RUNTIMES)} only, not "
+                            f"{self.runtime}")
+
+    @property
+    def name(self) -> str:
+        """Artifact directory name."""
+        return "-".join([self.runtime, self.precision, *(["dynbatch"] if self.dynamic_batch else []),
+                         *(["head"] if self.fuse_head else [])])
+
+    @property
+    def batch(self) -> dict[str, int | None]:
+        """Static batch per tower (None: dynamic)."""
+        return {"image": None if self.dynamic_batch else self.target.image_batch,
+                "text": None if self.dynamic_batch else self.target.text_batch}
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry (also hashed into ``request_sha256``)."""
+        return {"model": self.model, "target": self.target.describe(), "runtime": self.runtime,
+                "precision": self.precision, "options": self.options.describe(),
+                "dynamic_batch": self.dynamic_batch, "fuse_head": self.fuse_head}
+
+
+def artifact_path(out_root: Path, request: ExportRequest) -> Path:
+    """Where ``request``'s artifact lives under ``out_root``."""
+    return Path(out_root) / request.target.name / request.name
+
+
+def request_warnings(request: ExportRequest) -> list[str]:
+    """Warnings every artifact of this kind carries, whatever the backend."""
+    if request.runtime == "openvino" and request.target.arch == "aarch64" and request.precision.startswith("int"):
+        return [ARM_OPENVINO_INT8]
+    return []
+
+
+def _is_current(directory: Path, request: ExportRequest, request_sha256: str) -> bool:
+    if not (directory / MANIFEST_NAME).is_file():
+        return False
+    try:
+        return verify_artifact(directory, request.runtime).get("request_sha256") == request_sha256
+    except UserError:
+        return False
+
+
+def _move_into_place(staging: Path, destination: Path) -> None:
+    """Replace ``destination`` by ``staging`` so readers never see a half-written directory."""
+    retired = None
+    if destination.exists():
+        retired = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.old-"))
+        os.replace(destination, retired / destination.name)
+    os.replace(staging, destination)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_directory(destination: Path) -> Iterator[Path]:
+    """Yield an empty staging directory beside ``destination``; on success it replaces ``destination``."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.staging-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artifact should not be
+    try:
+        yield staging
+        _move_into_place(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_here(request: ExportRequest, destination: Path, request_sha256: str,
+                 clip: ClipModel | None = None) -> None:
+    """Export in this process into ``destination`` (replaced atomically)."""
+    from lpmr_edge.models import load_model
+
+    clip = clip or load_model(request.model)
+    calibration = load_calibration_inputs(clip, request.options)
+    backend = importlib.import_module(f"lpmr_edge.export.{request.runtime}")
+    with staged_directory(destination) as staging:
+        fields = backend.export_towers(clip, request, calibration, staging)
+        warnings = [*request_warnings(request), *fields.pop("warnings", [])]
+        if clip.kind != "pretrained":
+            warnings.append(f"model '{clip.spec}' is {clip.label}")
+        write_manifest(staging, {
+            **fields, "format": FORMAT, "runtime": request.runtime, "precision": request.precision,
+            "target": {**request.target.describe(), "batch": request.batch}, "model": clip.describe(),
+            "calibration": calibration.describe(), "request": request.describe(),
+            "request_sha256": request_sha256, "warnings": warnings})
+
+
+def request_fingerprint(request: ExportRequest, weights_sha256: str) -> str:
+    """Hash of everything that shapes an artifact: request, weights, calibration images, tool versions."""
+    return sha256_json({"request": request.describe(), "format": FORMAT, "weights_sha256": weights_sha256,
+                        "calibration_sha256": calibration_dataset(request.options).sha256,
+                        "tool_versions": tool_versions()})
+
+
+def export_artifact(request: ExportRequest, out_root: Path = DEFAULT_OUT_ROOT, force: bool = False,
+                    isolate: bool = True, clip: ClipModel | None = None) -> tuple[Path, bool]:
+    """Export one artifact unless an up-to-date one exists; returns its directory and whether it was current.
+
+    With ``isolate`` the export runs in a fresh 'spawn' subprocess (bounding memory); ``clip`` saves
+    reloading the model for the up-to-date check.
+    """
+    from lpmr_edge.models import load_model
+
+    clip = clip or load_model(request.model)
+    request_sha256 = request_fingerprint(request, clip.weights_sha256)
+    destination = artifact_path(out_root, request).resolve()
+    if not force and _is_current(destination, request, request_sha256):
+        return destination, True
+    if not isolate:
+        _export_here(request, destination, request_sha256, clip)
+        return destination, False
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        try:
+            pool.submit(_export_here, request, destination, request_sha256).result()
+        except BrokenProcessPool:
+            raise UserError(f"the export process for {request.name} died (out of memory?); free memory or "
+                            "export fewer artifacts at once") from None
+    return destination, False
+
+
+def plan_exports(model: str, target: Target, runtimes: Sequence[str] | None = None,
+                 precisions: Sequence[str] | None = None, options: QuantizationOptions = DEFAULT_OPTIONS,
+                 dynamic_batch: bool = False, fuse_head: bool = False) -> tuple[list[ExportRequest], list[str]]:
+    """The requests an export of ``target`` makes, and notes the user should see before it starts.
+
+    Without ``precisions`` each runtime exports its target's list; with them, every listed precision
+    the runtime supports. ``fuse_head`` applies to the runtimes that support it.
+    """
+    runtimes = list(runtimes or target.runtimes)
+    requests, notes = [], []
+    for runtime in runtimes:
+        entry = target.runtime(runtime)
+        chosen = entry.precisions if precisions is None else \
+            [p for p in precisions if p in RUNTIMES[runtime].precisions]
+        requests += [ExportRequest(model=model, target=target, runtime=runtime, precision=precision,
+                                   options=options, dynamic_batch=dynamic_batch,
+                                   fuse_head=fuse_head and runtime in FUSED_HEAD_RUNTIMES)
+                     for precision in chosen]
+        if runtime == "openvino" and target.arch == "aarch64":
+            notes.append(f"target {target.name}: {ARM_OPENVINO_INT8}; OpenVINO exports "
+                         f"{', '.join(chosen) or 'nothing'} here")
+    unmatched = set(precisions or ()) - {request.precision for request in requests}
+    if unmatched:
+        raise UserError(f"precision(s) {', '.join(sorted(unmatched))} not supported by runtime(s) "
+                        f"{', '.join(runtimes)}; supported: "
+                        + "; ".join(f"{r}: {', '.join(RUNTIMES[r].precisions)}" for r in runtimes))
+    if fuse_head and not set(runtimes) & set(FUSED_HEAD_RUNTIMES):
+        raise UserError(f"--fuse-head needs runtime {', '.join(FUSED_HEAD_RUNTIMES)}")
+    return requests, notes
+
+
+def export_target(model_spec: str, target: Target, runtimes: Sequence[str] | None = None,
+                  precisions: Sequence[str] | None = None, out_root: Path = DEFAULT_OUT_ROOT,
+                  options: QuantizationOptions = DEFAULT_OPTIONS, dynamic_batch: bool = False,
+                  fuse_head: bool = False, force: bool = False, isolate: bool = True,
+                  log: Log | None = None) -> list[Path]:
+    """Export every (runtime, precision) of a target (see ``plan_exports``); returns the artifact directories."""
+    from lpmr_edge.models import load_model
+
+    requests, notes = plan_exports(model_spec, target, runtimes, precisions, options, dynamic_batch, fuse_head)
+    report = log or (lambda message: None)
+    for note in notes:
+        report(f"note: {note}")
+    clip = load_model(model_spec) if requests else None
+    paths = []
+    for request in requests:
+        path, current = export_artifact(request, out_root, force=force, isolate=isolate, clip=clip)
+        report(f"{request.name}: {'up to date' if current else 'exported'} -> {path}")
+        paths.append(path)
+    return paths
+
+
+def verify_artifact(directory: Path, runtime: str) -> dict[str, Any]:
+    """An artifact's manifest after checking every file hash, the format and the runtime it was made for."""
+    manifest = verify_manifest(directory)
+    if manifest.get("format") != FORMAT or manifest.get("runtime") != runtime:
+        raise UserError(f"{directory} is not an artifact for runtime '{runtime}' in format {FORMAT} (format "
+                        f"{manifest.get('format')!r}, runtime {manifest.get('runtime')!r}); export one with "
+                        f"`lpmr-edge export --runtime {runtime}`")
+    return manifest
+
+
+def foreign_machine_warnings(manifest: dict[str, Any]) -> list[str]:
+    """A warning when an artifact runs on another CPU architecture than its target's."""
+    target, machine = manifest["target"], platform.machine()
+    if target["arch"] == machine:
+        return []
+    warning = (f"artifact for target '{target['name']}' ({target['arch']}) runs on {machine}: figures do not "
+               "describe the target")
+    return [warning]
+
+
+def with_image_batch(target: Target, batch: int) -> Target:
+    """A copy of ``target`` whose image tower is exported at a different static batch (named ``<name>-b<batch>``)."""
+    return replace(target, name=f"{target.name}-b{batch}", image_batch=batch)

@@ -1,0 +1,227 @@
+"""Latency and throughput of any runtime behind the ``Runtime`` interface, interleaved for fair ratios.
+
+Each runtime (an artifact of any backend, or the torch reference) is loaded in its own 'spawn' worker
+process, so its peak RSS is its own. All workers warm up, then take turns in rounds (the order rotating),
+so that load from other processes on a shared machine hits every runtime alike and the speed ratios
+measured in one run stay meaningful. Figures are printed, never asserted.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpmr_edge.errors import UserError
+from lpmr_edge.export import TOWERS
+from lpmr_edge.manifest import machine_info, now_utc
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How to measure: tower, batches, thread count and how many timed calls."""
+
+    tower: str = "image"
+    batches: tuple[int, ...] = (1, 32)
+    threads: int | None = None
+    warmup: int = 3
+    repeats: int = 50
+    max_seconds: float = 20.0
+    rounds: int = 10
+
+    def __post_init__(self) -> None:
+        if self.tower not in TOWERS:
+            raise UserError(f"unknown tower '{self.tower}'; use image or text")
+        if not self.batches or min(self.batches) < 1:
+            raise UserError(f"batches {list(self.batches)} must be positive; pass e.g. --batch 1 --batch 32")
+        if min(self.warmup, self.repeats, self.rounds) < 1 or self.max_seconds <= 0:
+            raise UserError("warm-up, repeats, rounds and the time budget must be positive")
+
+
+@dataclass(frozen=True)
+class RuntimeSource:
+    """What a worker opens: an artifact directory, or the torch reference of a model spec."""
+
+    artifact: str | None = None
+    model: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.artifact or f"torch:{self.model}"
+
+
+def peak_rss_megabytes() -> float:
+    """This process's peak resident set size in MiB.
+
+    Read from /proc (VmHWM, reset by exec): ``getrusage``'s ru_maxrss survives fork+exec, so a spawned worker
+    would report its parent's peak. Falls back to ru_maxrss where /proc is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _example_batch(model_info: dict[str, Any], tower: str, batch: int) -> np.ndarray:
+    from lpmr_edge.models import build_tokenizer
+
+    if tower == "text":
+        return build_tokenizer(model_info)(["a photo of a dress."] * batch)
+    size = model_info["image_size"]
+    return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+def _worker(connection: Connection, source: RuntimeSource, threads: int | None, tower: str) -> None:
+    """Serve timing requests for one runtime until told to stop."""
+    from lpmr_edge.runtimes import open_runtime
+
+    try:
+        runtime = open_runtime("torch" if source.model else None, model=source.model,
+                               artifact=Path(source.artifact) if source.artifact else None, threads=threads)
+        run: Callable[[np.ndarray], np.ndarray] = getattr(runtime, f"{tower}_features")
+        connection.send(("ready", runtime.describe()))
+    except UserError as error:
+        connection.send(("error", str(error)))
+        return
+    inputs: dict[int, np.ndarray] = {}
+    while (message := connection.recv())[0] == "run":
+        _, batch, calls = message
+        if batch not in inputs:
+            inputs[batch] = _example_batch(runtime.model_info, tower, batch)
+        durations = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            run(inputs[batch])
+            durations.append(time.perf_counter() - start)
+        connection.send(durations)
+    connection.send(peak_rss_megabytes())
+    runtime.close()
+
+
+class _Worker:
+    """A runtime in its own process, driven over a pipe."""
+
+    def __init__(self, source: RuntimeSource, threads: int | None, tower: str) -> None:
+        context = get_context("spawn")
+        self.source = source
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_worker, args=(child, source, threads, tower), daemon=True)
+        self.process.start()
+        status, payload = self._receive()
+        if status == "error":
+            self.process.join()
+            raise UserError(payload)
+        self.description: dict[str, Any] = payload
+
+    def _receive(self) -> Any:
+        try:
+            return self.connection.recv()
+        except EOFError:
+            raise UserError(f"the benchmark worker for {self.source.label} died (out of memory?)") from None
+
+    def run(self, batch: int, calls: int) -> list[float]:
+        self.connection.send(("run", batch, calls))
+        return self._receive()
+
+    def stop(self) -> float:
+        """Stop the worker; returns its peak RSS in MiB."""
+        self.connection.send(("stop",))
+        peak = self._receive()
+        self.process.join()
+        return peak
+
+    def batches(self, tower: str, wanted: tuple[int, ...]) -> list[int]:
+        """The requested batches this runtime can run as one call: its static batch, or all if dynamic."""
+        artifact = self.description.get("artifact")
+        if not artifact:
+            return list(wanted)
+        shape = artifact["towers"][tower]["inputs"][0]["shape"]
+        return list(wanted) if shape[0] == -1 else [shape[0]]
+
+
+def _tower_megabytes(source: RuntimeSource, description: dict[str, Any], tower: str) -> float | None:
+    """Size of the tower's files (e.g. image.xml + image.bin, or image.pte)."""
+    if not source.artifact:
+        return None
+    directory = Path(source.artifact)
+    sizes = [(directory / name).stat().st_size for name in description["artifact"]["files"]
+             if Path(name).stem == tower]
+    return round(sum(sizes) / 2**20, 2)
+
+
+def _figures(durations: list[float], batch: int) -> dict[str, float]:
+    milliseconds = np.asarray(durations) * 1000
+    return {"median_ms": float(np.median(milliseconds)), "p90_ms": float(np.percentile(milliseconds, 90)),
+            "p99_ms": float(np.percentile(milliseconds, 99)), "mean_ms": float(milliseconds.mean()),
+            "throughput_per_s": batch * len(durations) / float(np.sum(durations)), "calls": len(durations)}
+
+
+def _measure_batch(workers: list[_Worker], batch: int, settings: BenchSettings) -> dict[int, list[float]]:
+    """Warm every worker up, then time them in interleaved rounds (rotating the order)."""
+    per_call = {}
+    for index, worker in enumerate(workers):
+        per_call[index] = float(np.median(worker.run(batch, settings.warmup)))
+    calls = {index: max(settings.rounds, min(settings.repeats, int(settings.max_seconds / max(seconds, 1e-6))))
+             for index, seconds in per_call.items()}
+    durations: dict[int, list[float]] = {index: [] for index in per_call}
+    indices = list(per_call)
+    for round_index in range(settings.rounds):
+        shift = round_index % len(indices)
+        for index in indices[shift:] + indices[:shift]:
+            durations[index] += workers[index].run(batch, math.ceil(calls[index] / settings.rounds))
+    return durations
+
+
+def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSettings(),
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark runtimes (see module docstring); returns machine, settings, one row per (runtime, batch), ratios."""
+    if not sources:
+        raise UserError("nothing to benchmark: pass --artifact DIR (repeatable) or --model SPEC with --target")
+    report = log or (lambda message: None)
+    workers: list[_Worker] = []
+    try:
+        for source in sources:
+            report(f"loading {source.label}")
+            workers.append(_Worker(source, settings.threads, settings.tower))
+        rows: list[dict[str, Any]] = []
+        for batch in settings.batches:
+            runnable = [worker for worker in workers if batch in worker.batches(settings.tower, settings.batches)]
+            if not runnable:
+                continue
+            report(f"timing {len(runnable)} runtime(s) at batch {batch}")
+            durations = _measure_batch(runnable, batch, settings)
+            rows += [_row(worker, batch, settings.tower, durations[index]) for index, worker in enumerate(runnable)]
+    finally:
+        peaks = {worker.source.label: worker.stop() for worker in workers if worker.process.is_alive()}
+    for row in rows:
+        row["peak_rss_mb"] = round(peaks.get(row["source"], float("nan")), 1)
+    return {"machine": machine_info(), "settings": asdict(settings), "created": now_utc(), "results": rows,
+            "speedups": speedups(rows)}
+
+
+def _row(worker: _Worker, batch: int, tower: str, durations: list[float]) -> dict[str, Any]:
+    description = worker.description
+    return {"source": worker.source.label, "runtime": description["runtime"], "precision": description["precision"],
+            "executed_precision": description["executed_precision"], "threads": description["threads"],
+            "model": description["model"]["spec"], "model_label": description["model"]["label"], "tower": tower,
+            "batch": batch, "artifact_mb": _tower_megabytes(worker.source, description, tower), **_figures(durations, batch)}
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median-latency speed-up of every row over the fp32 row of the same runtime and batch (same run)."""
+    baselines = {(row["runtime"], row["batch"]): row for row in rows if row["precision"] == "fp32"}
+    return [{"runtime": row["runtime"], "batch": row["batch"], "precision": row["precision"],
+             "executed_precision": row["executed_precision"],
+             "speedup_over_fp32": baselines[(row["runtime"], row["batch"])]["median_ms"] / row["median_ms"]}
+            for row in rows if (row["runtime"], row["batch"]) in baselines and row["precision"] != "fp32"]

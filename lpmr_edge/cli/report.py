@@ -1,0 +1,122 @@
+"""Commands that turn results into a decision: pick and report."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from lpmr_edge.cli import app
+from lpmr_edge.cli.ui import console, print_json, print_table
+from lpmr_edge.errors import UserError
+
+if TYPE_CHECKING:
+    from lpmr_edge.pick import Choice, Constraints
+
+NO_CHOICE_EXIT = 3
+
+ResultsArgument = Annotated[list[Path], typer.Argument(help="Result directories (metrics.json + manifest.json), "
+                                                       "folders holding them, and `lpmr-edge bench --json-out` "
+                                                       "files (bench*.json below the folders are found too)")]
+ObjectiveOption = Annotated[str, typer.Option(help="What to optimise: ece | nll | fpr95 (lower is better), "
+                                              "auroc | accuracy | worst-group (higher is better)")]
+LatencyOption = Annotated[float | None, typer.Option(help="Largest median latency in ms (measured timings "
+                                                        "only; emulated ones never qualify)")]
+SizeOption = Annotated[float | None, typer.Option(help="Largest image-tower size in MB (2^20 bytes, as `lpmr-edge bench` reports)")]
+DropOption = Annotated[float | None, typer.Option(help="Largest top-1 drop vs the FP32 reference, in "
+                                                     "percentage points")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout")]
+
+
+def _constraints(objective: str, max_latency_ms: float | None, max_size_mb: float | None,
+                 max_accuracy_drop: float | None) -> Constraints:
+    from lpmr_edge.pick import Constraints
+
+    return Constraints(objective=objective, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
+                       max_accuracy_drop=max_accuracy_drop)
+
+
+def _fail_without_choice(choices: Sequence[Choice]) -> None:
+    """Exit with status 3 and a one-line message if some target has no recommendation."""
+    from lpmr_edge.pick import NoFeasibleChoice, require_recommendations
+
+    try:
+        require_recommendations(choices)
+    except NoFeasibleChoice as error:
+        typer.secho(f"error: {error}", err=True, fg="red")
+        raise typer.Exit(NO_CHOICE_EXIT) from None
+
+
+def print_choices(choices: Sequence[Choice]) -> None:
+    """The picker's recommendation per target as a table, with the reason and Pareto alternatives."""
+    from lpmr_edge.pick import format_estimate
+
+    if not choices:
+        return
+    spec = choices[0].objective
+    rows = []
+    for choice in choices:
+        chosen = choice.recommended
+        value = format_estimate(spec, chosen.metrics[spec.key]) if chosen else "—"
+        latency = f"{chosen.measured_latency_ms:.2f}" if chosen and chosen.measured_latency_ms is not None else "—"
+        pareto = ", ".join(f"{r.variant} ({r.measured_latency_ms:.2f} ms)" for r in choice.alternatives)
+        rows.append([choice.target, chosen.variant if chosen else "none", value, latency, choice.reason,
+                     pareto or "—"])
+    direction = "higher" if spec.higher_is_better else "lower"
+    print_table(f"what to deploy, optimising {spec.label} ({direction} is better)",
+                ["target", "deploy", spec.label, "latency ms", "why", "Pareto alternatives"], rows)
+
+
+@app.command("pick")
+def pick_command(
+    results: ResultsArgument,
+    objective: ObjectiveOption = "ece",
+    max_latency_ms: LatencyOption = None,
+    max_size_mb: SizeOption = None,
+    max_accuracy_drop: DropOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Recommend the (runtime, precision) to deploy on each target, with the reason and the Pareto
+    alternatives. Exit status 3 when nothing satisfies the constraints on some target, 2 on bad input."""
+    from lpmr_edge.pick import load_results, pick
+
+    choices = pick(load_results(results), _constraints(objective, max_latency_ms, max_size_mb, max_accuracy_drop))
+    if json_output:
+        print_json([choice.to_json() for choice in choices])
+    else:
+        print_choices(choices)
+    _fail_without_choice(choices)
+
+
+@app.command("report")
+def report_command(
+    results: ResultsArgument,
+    out: Annotated[Path, typer.Option(help="Report directory (an earlier report there is replaced)")] = Path(
+        "lpmr-results/report"),
+    objective: ObjectiveOption = "ece",
+    max_latency_ms: LatencyOption = None,
+    max_size_mb: SizeOption = None,
+    max_accuracy_drop: DropOption = None,
+    resamples: Annotated[int | None, typer.Option(help="Paired-bootstrap resamples per comparison (default: "
+                                                  "each result's suite setting, usually 1000)")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write report.html (self-contained), report.md, report.json and plots/ from result directories.
+    Every quantized result is compared with its FP32 reference by a paired bootstrap on the stored outputs."""
+    from lpmr_edge.report import HTML_FILE, PairedComparator, write_report
+
+    if resamples is not None and resamples < 10:
+        raise UserError(f"--resamples {resamples} is too few for a 95% interval; use at least 10 (e.g. 200)")
+    report = write_report(results, out, _constraints(objective, max_latency_ms, max_size_mb, max_accuracy_drop),
+                          PairedComparator(resamples))
+    summary = {"report": str(out / HTML_FILE), "recommendations": report["recommendations"],
+               "claims": {claim["claim"]: claim["verdict"] for claim in report["claims"]}}
+    if json_output:
+        print_json(summary)
+        return
+    for choice in report["recommendations"]:
+        chosen = choice["recommended"]
+        console.print(f"{choice['target']}: {chosen['variant'] if chosen else 'nothing satisfies the constraints'}"
+                      f" — {choice['reason']}")
+    console.print(f"report: {summary['report']}")

@@ -1,0 +1,48 @@
+"""`lpmr-edge run`: calibrate → export → parity → suite → bench → report → pick, resumable."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lpmr_edge.cli import app
+from lpmr_edge.cli.core import JsonOption
+from lpmr_edge.cli.report import (
+    DropOption,
+    LatencyOption,
+    ObjectiveOption,
+    SizeOption,
+    _constraints,
+    _fail_without_choice,
+    print_choices,
+)
+from lpmr_edge.cli.ui import console, print_json
+
+
+@app.command("run")
+def run_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model spec")] = "lpmr-tiny-fmnist",
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target name or .toml (repeatable; default x86)")] = None,
+    suite: Annotated[str, typer.Option(help="quick | full | basic | path to a suite .toml")] = "quick",
+    device: Annotated[str, typer.Option(help="local | ssh://user@host[:port] | emu-arm64")] = "local",
+    out: Annotated[Path, typer.Option(help="Run directory (re-running resumes it)")] = Path("lpmr-results/run"),
+    objective: ObjectiveOption = "ece",
+    max_latency_ms: LatencyOption = None,
+    max_size_mb: SizeOption = None,
+    max_accuracy_drop: DropOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """From model to decision in one command; every finished, verified step is skipped on a re-run."""
+    from lpmr_edge.pipeline import RunPlan, run
+
+    plan = RunPlan(model=model, targets=tuple(target or ["x86"]), out=out, suite=suite, device=device,
+                   constraints=_constraints(objective, max_latency_ms, max_size_mb, max_accuracy_drop))
+    choices = run(plan, log=console.print)
+    if json_output:
+        print_json({"report": str(out / "report" / "report.html"),
+                    "recommendations": [choice.to_json() for choice in choices]})
+    else:
+        print_choices(choices)
+        console.print(f"report: {out / 'report' / 'report.html'}")
+    _fail_without_choice(choices)

@@ -1,0 +1,54 @@
+"""The emulated arm64 device (``emu-arm64``): the Debian arm64 root of ``EmulatedArm64`` under QEMU.
+
+Correctness only: outputs are a real aarch64 CPU's arithmetic, timings are emulated and never latencies
+(``"emulated": true`` in the description and in every timing). The device server runs in the root's
+venv, in private mount and pid namespaces, so nothing it starts outlives the session.
+"""
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from lpmr_edge.devices import emulated
+from lpmr_edge.devices.base import EMULATED_ARM64, Device
+from lpmr_edge.devices.emulated import EmulatedArm64
+from lpmr_edge.errors import UserError
+
+GUEST_HOME = "/root"
+
+
+class EmulatedDevice(Device):
+    """``EmulatedArm64`` as a device: commands run chrooted in its root through its QEMU."""
+
+    kind = EMULATED_ARM64
+    emulated = True
+
+    def __init__(self, workdir: str | None = None, cpu: str | None = None) -> None:
+        super().__init__(workdir=workdir, python=EmulatedArm64.python)
+        self.emulator = EmulatedArm64(cpu=cpu)
+
+    @property
+    def label(self) -> str:
+        return EMULATED_ARM64
+
+    def prepare(self) -> None:
+        self.emulator.ensure_built()
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.emulator.describe(), **super().describe()}
+
+    def setup_hint(self) -> str:
+        return "build the emulated root with `make arm-root` (as root)"
+
+    def command(self, argv: list[str]) -> list[str]:
+        """The interactive counterpart of ``EmulatedArm64.run``: the same namespaces, chroot and QEMU."""
+        if not self.emulator.available():
+            raise UserError(f"no usable emulated arm64 root at {self.emulator.root} (needs root); {self.setup_hint()}")
+        guest_argv = [GUEST_HOME + arg[1:] if arg.startswith("~/") else arg for arg in argv]
+        return [shutil.which("unshare") or "unshare", "--mount", "--pid", "--fork", "--kill-child", "--",
+                "/bin/sh", "-ec", emulated._ENTER, "enter", str(self.emulator.root), "/", self.emulator.cpu,
+                *guest_argv]
+
+    def environment(self) -> dict[str, str]:
+        return {"PATH": "/opt/lpmr-venv/bin:/usr/bin:/bin", "HOME": GUEST_HOME, "LANG": "C.UTF-8",
+                "LPMR_EDGE_EMULATED": "1"}

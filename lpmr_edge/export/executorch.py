@@ -1,0 +1,406 @@
+"""ExecuTorch export: both CLIP towers as XNNPACK-delegated ``.pte`` programs.
+
+Per tower: ``torch.export`` at static shapes -> quantization (below) -> rewrite of the ops XNNPACK has no
+kernel for into equivalent ones it has (``xnnpack_decompositions``) -> ``to_edge_transform_and_lower`` with
+the ``XnnpackPartitioner`` -> ``to_executorch``. Precisions:
+
+  fp32      no quantization
+  int8      static W8A8 PT2E with the XNNPACK quantizer (symmetric; INT8 per-channel weights, INT8 per-tensor
+            activations) on linear/conv/add, calibrated on the shared ``CalibrationInputs`` through NNCF's
+            ``quantize_pt2e`` (histogram activation ranges; SmoothQuant and bias correction per
+            ``QuantizationOptions``)
+  int8-dyn  the same weights (linear/conv), activations quantized at run time (no calibration)
+  int4-w    INT4 per-channel weights ([-8, 7], XNNPACK's qc4w) on linears, activations dynamic INT8. True
+            weight-only INT4 does not lower: the XNNPACK quantizer has no weight-only config, and torchao's
+            IntxWeightOnlyConfig leaves ``dequantize_affine`` outside XNNPACK with no ExecuTorch kernel for it
+
+Everything the XNNPACK quantizer does not cover (layer norm, softmax, GELU, attention matmuls, embedding)
+runs in fp32. Delegation coverage goes into the manifest; an op left to ExecuTorch's portable kernels is a
+warning. Each artifact carries ``reference.npz``: a fixed input per tower and this program's output on the
+exporting host, so a device can check that it computes the same (``verification`` in the manifest).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lpmr_edge.errors import UserError
+from lpmr_edge.export import TOWERS, ExportRequest
+from lpmr_edge.manifest import atomic_write_bytes, tool_versions
+from lpmr_edge.parity import feature_agreement
+
+if TYPE_CHECKING:
+    import torch
+
+    from lpmr_edge.models import ClipModel
+    from lpmr_edge.quantize import CalibrationInputs, QuantizationOptions
+
+INPUT_NAMES = {"image": "images", "text": "tokens"}
+BACKEND = "XnnpackBackend"
+REFERENCE_FILE = "reference.npz"
+REFERENCE_ROWS = 4  # real calibration rows in the reference input; the rest of the static batch is zeros
+# Same program on another CPU: XNNPACK picks other microkernels (summation order, FMA), so outputs may differ
+# by float rounding; quantized programs also by an occasional requantization step.
+TOLERANCES = {"fp32": {"cosine_min": 0.99999, "relative_max_diff": 1e-4},
+              "quantized": {"cosine_min": 0.999, "relative_max_diff": 2e-2}}
+BOOKKEEPING_OPS = ("getitem",)  # picks a delegate's outputs apart; no computation
+EXECUTED = {"fp32": "fp32", "int8": "int8+fp32", "int8-dyn": "int8-dyn+fp32",
+            "int4-w": "int8-dyn+fp32 (int4 weights)"}  # when XNNPACK runs the quantized ops
+
+
+@dataclass(frozen=True)
+class LoweredTower:
+    """One tower lowered to an ExecuTorch program."""
+
+    program: bytes
+    delegation: dict[str, Any]
+    quantization: dict[str, Any]
+    seconds: float
+
+
+# --- rewrites into ops XNNPACK takes (all exact up to float rounding) -----------------------------------
+
+def _layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, eps: float = 1e-5, cudnn_enable: bool = True) -> Any:
+    """LayerNorm over the last dim as 4D mean/sub/mul/rsqrt (XNNPACK has no layer norm; its mean is 4D only)."""
+    import torch
+
+    aten = torch.ops.aten
+    if len(normalized_shape) != 1:
+        return NotImplemented
+    rows = aten.reshape.default(x, [1, -1, x.shape[-1], 1])
+    centred = aten.sub.Tensor(rows, aten.mean.dim(rows, [2, 3], True))
+    variance = aten.mean.dim(aten.mul.Tensor(centred, centred), [2, 3], True)
+    normalised = aten.reshape.default(aten.mul.Tensor(centred, aten.rsqrt.default(aten.add.Tensor(variance, eps))),
+                                      list(x.shape))
+    if weight is not None:
+        normalised = aten.mul.Tensor(normalised, weight)
+    return normalised if bias is None else aten.add.Tensor(normalised, bias)
+
+
+def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+               enable_gqa: bool = False) -> Any:
+    """SDPA as bmm/softmax/bmm on 3D views with a tensor scale.
+
+    The default decomposition uses ``_safe_softmax`` (zeros for fully masked rows: eq/any/where, not in
+    XNNPACK) and ``mul.Scalar`` (not in XNNPACK). CLIP never masks a whole row (no mask, or a causal one).
+    """
+    import torch
+
+    aten = torch.ops.aten
+    if dropout_p or is_causal or enable_gqa or query.dim() != 4 or (
+            attn_mask is not None and attn_mask.dtype == torch.bool):
+        return NotImplemented
+    batch, heads, length, width = query.shape
+    keys, out_width = key.shape[2], value.shape[3]
+    factor = scale if scale is not None else 1.0 / math.sqrt(width)
+    scores = aten.bmm.default(aten.mul.Tensor(aten.reshape.default(query, [batch * heads, length, width]), factor),
+                              aten.permute.default(aten.reshape.default(key, [batch * heads, keys, width]), [0, 2, 1]))
+    if attn_mask is not None:
+        scores = aten.reshape.default(
+            aten.add.Tensor(aten.reshape.default(scores, [batch, heads, length, keys]), attn_mask),
+            [batch * heads, length, keys])
+    probabilities = aten._softmax.default(scores, -1, False)
+    context = aten.bmm.default(probabilities, aten.reshape.default(value, [batch * heads, keys, out_width]))
+    return aten.reshape.default(context, [batch, heads, length, out_width])
+
+
+def _select(x: torch.Tensor, dim: int, index: int) -> Any:
+    """select as slice + reshape (XNNPACK has slice and reshape, not select)."""
+    import torch
+
+    dim, index = dim % x.dim(), index % x.shape[dim]
+    sliced = torch.ops.aten.slice.Tensor(x, dim, index, index + 1)
+    return torch.ops.aten.reshape.default(sliced, [size for axis, size in enumerate(x.shape) if axis != dim])
+
+
+def _squeeze(x: torch.Tensor, dim: int) -> Any:
+    """squeeze of one dim as reshape."""
+    import torch
+
+    dim = dim % x.dim()
+    shape = [size for axis, size in enumerate(x.shape) if axis != dim or size != 1]
+    return torch.ops.aten.reshape.default(x, shape)
+
+
+def _unsqueeze(x: torch.Tensor, dim: int) -> Any:
+    """unsqueeze as reshape."""
+    import torch
+
+    shape = list(x.shape)
+    shape.insert(dim % (x.dim() + 1), 1)
+    return torch.ops.aten.reshape.default(x, shape)
+
+
+def xnnpack_decompositions() -> dict[Any, Callable[..., Any]]:
+    """Decomposition table for ``ExportedProgram.run_decompositions``: ops XNNPACK lacks -> ops it has."""
+    import torch
+
+    aten = torch.ops.aten
+    return {aten.layer_norm.default: _layer_norm, aten.scaled_dot_product_attention.default: _attention,
+            aten.select.int: _select, aten.squeeze.dim: _squeeze, aten.unsqueeze.default: _unsqueeze}
+
+
+# --- quantization -------------------------------------------------------------------------------------
+
+def _batches(samples: np.ndarray, batch: int) -> list[torch.Tensor]:
+    """Consecutive batches of exactly ``batch`` rows; the last one is completed from the first rows."""
+    import torch
+
+    count = math.ceil(len(samples) / batch) * batch
+    wrapped = samples[np.arange(count) % len(samples)]
+    return [torch.from_numpy(np.ascontiguousarray(wrapped[start:start + batch])) for start in range(0, count, batch)]
+
+
+def _xnnpack_quantizer(dynamic: bool, weight_bits: int = 8) -> Any:
+    """The XNNPACK quantizer: symmetric per-channel weights (INT4 = [-8, 7], XNNPACK's qc4w, on linears only)."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    if weight_bits == 8:
+        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                               is_dynamic=dynamic))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic, weight_qmin=-8, weight_qmax=7)
+    return XNNPACKQuantizer().set_operator_type(torch.ops.aten.linear.default, config)
+
+
+def quantize_static(module: torch.nn.Module, example: torch.Tensor, samples: np.ndarray,
+                    options: QuantizationOptions) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Static W8A8 through NNCF ``quantize_pt2e`` with the XNNPACK quantizer; returns the module and its record."""
+    import nncf
+    import torch
+    from nncf.experimental.torch.fx import quantize_pt2e
+    from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    smooth_quant = options.smooth_quant_alpha >= 0
+    batches = _batches(samples, len(example))
+    graph = torch.export.export(module, (example,)).module()
+    nncf.set_log_level(logging.ERROR)
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars must not pollute --json output
+        quantized = quantize_pt2e(graph, _xnnpack_quantizer(dynamic=False), nncf.Dataset(batches),
+                                  subset_size=len(batches), smooth_quant=smooth_quant,
+                                  smooth_quant_params=AdvancedSmoothQuantParameters(
+                                      matmul=options.smooth_quant_alpha) if smooth_quant else None,
+                                  fast_bias_correction=options.fast_bias_correction,
+                                  activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)
+    return quantized, {
+        "method": "PT2E static W8A8: nncf.experimental.torch.fx.quantize_pt2e with the XNNPACK quantizer",
+        "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor, calibrated",
+        "activation_ranges": "histogram (NNCF's default mean min/max loses ~5x more feature cosine)",
+        "quantized_ops": "linear, conv2d, add (XNNPACK quantizer patterns); the rest fp32",
+        "smooth_quant_alpha": options.smooth_quant_alpha if smooth_quant else None,
+        "bias_correction": "fast" if options.fast_bias_correction else "full",
+        "samples": len(samples), "calibration_batches": len(batches)}
+
+
+def quantize_dynamic(module: torch.nn.Module, example: torch.Tensor,
+                     weight_bits: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """INT8 or INT4 weights, activations quantized at run time (torchao PT2E, XNNPACK quantizer)."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(),
+                            _xnnpack_quantizer(dynamic=True, weight_bits=weight_bits))
+    prepared(example)
+    return convert_pt2e(prepared), {
+        "method": "PT2E dynamic: torchao prepare_pt2e/convert_pt2e with the XNNPACK quantizer",
+        "weights": "int8 symmetric per-channel" if weight_bits == 8 else
+        "int4 symmetric per-channel ([-8, 7]: XNNPACK qc4w; the PT2E XNNPACK quantizer has no group-wise mode)",
+        "activations": "int8, quantization parameters computed at run time",
+        "quantized_ops": "linear, conv2d; the rest fp32" if weight_bits == 8 else "linear; the rest fp32"}
+
+
+def prepare_module(module: torch.nn.Module, example: torch.Tensor, precision: str, samples: np.ndarray,
+                   options: QuantizationOptions) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The module to export at ``precision`` and the quantization actually applied."""
+    if precision == "int8":
+        return quantize_static(module, example, samples, options)
+    if precision in ("int8-dyn", "int4-w"):
+        return quantize_dynamic(module, example, weight_bits=4 if precision == "int4-w" else 8)
+    return module, {"method": "none (fp32 weights and activations)"}
+
+
+# --- lowering -----------------------------------------------------------------------------------------
+
+def delegation_coverage(graph_module: Any) -> dict[str, Any]:
+    """Nodes delegated to XNNPACK vs left to portable kernels (per op), from ``get_delegation_info``."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    operators = {op: breakdown for op, breakdown in info.delegation_by_operator.items() if op not in BOOKKEEPING_OPS}
+    delegated = sum(breakdown.delegated for breakdown in operators.values())
+    total = delegated + sum(breakdown.non_delegated for breakdown in operators.values())
+    return {"delegated": delegated, "total": total, "fraction": round(delegated / max(total, 1), 4),
+            "subgraphs": info.num_delegated_subgraphs,
+            "quantize_nodes_delegated": sum(breakdown.delegated for op, breakdown in operators.items()
+                                            if "quantize" in op or "qparams" in op),
+            "non_delegated": {op: breakdown.non_delegated for op, breakdown in sorted(operators.items())
+                              if breakdown.non_delegated}}
+
+
+def executed_precision(precision: str, delegation: dict[str, dict[str, Any]]) -> str:
+    """What runs: quantized precisions count only if XNNPACK took (de)quantize nodes in every tower."""
+    if precision == "fp32" or all(tower["quantize_nodes_delegated"] for tower in delegation.values()):
+        return EXECUTED[precision]
+    return "fp32 (XNNPACK took no quantized ops: weights are dequantized and run in fp32)"
+
+
+def lower_tower(module: torch.nn.Module, example: torch.Tensor, precision: str, samples: np.ndarray,
+                options: QuantizationOptions) -> LoweredTower:
+    """Quantize (per ``precision``), export and lower one tower to an XNNPACK-delegated ExecuTorch program."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.utils.configs import (
+        get_xnnpack_edge_compile_config,
+        get_xnnpack_executorch_backend_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        prepared, quantization = prepare_module(module.eval(), example, precision, samples, options)
+        exported = torch.export.export(prepared, (example,)).run_decompositions(xnnpack_decompositions())
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
+                                           compile_config=get_xnnpack_edge_compile_config())
+        delegation = delegation_coverage(edge.exported_program().graph_module)
+        program = edge.to_executorch(get_xnnpack_executorch_backend_config()).buffer
+    return LoweredTower(program=program, delegation=delegation, quantization=quantization,
+                        seconds=round(time.perf_counter() - start, 2))
+
+
+def run_program(program: bytes | Path, inputs: np.ndarray) -> np.ndarray:
+    """Run an ExecuTorch program's ``forward`` on one batch with the Python runtime."""
+    import torch
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(program).load_method("forward")
+    return method.execute([torch.from_numpy(np.ascontiguousarray(inputs))])[0].numpy()
+
+
+def reference_input(samples: np.ndarray, batch: int) -> np.ndarray:
+    """A static batch: the first ``REFERENCE_ROWS`` samples, then zeros (compresses well in the .npz)."""
+    rows = samples[:min(batch, REFERENCE_ROWS)]
+    return np.concatenate([rows, np.zeros((batch - len(rows), *rows.shape[1:]), dtype=rows.dtype)])
+
+
+def merge_records(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One quantization record: what both towers share at the top, what differs under ``towers``."""
+    image, text = records["image"], records["text"]
+    shared = {key: value for key, value in image.items() if text.get(key) == value}
+    return {**shared, "towers": {tower: {key: value for key, value in record.items() if key not in shared}
+                                 for tower, record in records.items()}}
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _program_format(program: bytes) -> str:
+    """The flatbuffer file identifier of a .pte (bytes 4-8, e.g. ``ET12``)."""
+    return program[4:8].decode("ascii", errors="replace")
+
+
+def _check_request(request: ExportRequest) -> None:
+    if request.dynamic_batch:
+        raise UserError("ExecuTorch artifacts have static shapes (XNNPACK plans memory for them); drop "
+                        "--dynamic-batch, or set image_batch/text_batch in the target")
+    unknown = set(request.target.runtime("executorch").options)
+    if unknown:
+        raise UserError(f"target '{request.target.name}': [runtimes.executorch] takes no options "
+                        f"(got {', '.join(sorted(unknown))}); remove them")
+
+
+@dataclass(frozen=True)
+class ExportedTower:
+    """A tower written to the staging directory, with everything the manifest says about it."""
+
+    entry: dict[str, Any]
+    lowered: LoweredTower
+    reference: dict[str, np.ndarray]
+    peak_rss_mb: int
+
+
+def export_tower(tower: str, module: torch.nn.Module, samples: np.ndarray, request: ExportRequest,
+                 staging_dir: Path) -> ExportedTower:
+    """Lower one tower at the request's precision and static batch, write ``<tower>.pte`` and run it once."""
+    import torch
+
+    inputs = reference_input(samples, request.batch[tower])
+    lowered = lower_tower(module, torch.from_numpy(inputs), request.precision, samples, request.options)
+    atomic_write_bytes(staging_dir / f"{tower}.pte", lowered.program)
+    expected = run_program(lowered.program, inputs)
+    with torch.no_grad():
+        torch_fp32 = module(torch.from_numpy(inputs)).numpy()
+    entry = {"file": f"{tower}.pte", "bytes": len(lowered.program),
+             "inputs": [{"name": INPUT_NAMES[tower], "shape": list(inputs.shape), "dtype": inputs.dtype.name}],
+             "outputs": [{"name": "features", "shape": list(expected.shape), "dtype": expected.dtype.name}],
+             "reference_vs_torch_fp32": feature_agreement(torch_fp32, expected)}
+    return ExportedTower(entry=entry, lowered=lowered,
+                         reference={f"{tower}_input": inputs, f"{tower}_expected": expected},
+                         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def portable_warning(tower: str, delegation: dict[str, Any]) -> list[str]:
+    """A warning naming the ops left outside XNNPACK, if any."""
+    outside = delegation["non_delegated"]
+    if not outside:
+        return []
+    named = ", ".join(f"{op} x{count}" for op, count in outside.items())
+    warning = (f"{tower} tower: {sum(outside.values())} node(s) run in ExecuTorch's portable kernels outside "
+               f"XNNPACK (slow, single-threaded): {named}")
+    return [warning]
+
+
+def export_towers(clip: ClipModel, request: ExportRequest, calibration: CalibrationInputs,
+                  staging_dir: Path) -> dict[str, Any]:
+    """Write ``image.pte``, ``text.pte`` and ``reference.npz``; return the backend's manifest fields."""
+    _check_request(request)
+    modules = {"image": clip.image_tower(), "text": clip.text_tower()}
+    samples = {"image": calibration.images, "text": calibration.tokens}
+    exported = {tower: export_tower(tower, modules[tower], samples[tower], request, staging_dir) for tower in TOWERS}
+    atomic_write_bytes(staging_dir / REFERENCE_FILE,
+                       _npz_bytes({name: array for tower in exported.values() for name, array in tower.reference.items()}))
+    delegation = {tower: result.lowered.delegation for tower, result in exported.items()}
+    return {
+        "towers": {tower: result.entry for tower, result in exported.items()},
+        "delegation": delegation,
+        "lowering": {tower: {"seconds": result.lowered.seconds, "process_peak_rss_mb": result.peak_rss_mb}
+                     for tower, result in exported.items()},
+        "warnings": [warning for tower in TOWERS for warning in portable_warning(tower, delegation[tower])],
+        "quantization": merge_records({tower: result.lowered.quantization for tower, result in exported.items()}),
+        "runtime_config": {"backend": BACKEND, "method": "forward", "threads": request.target.threads,
+                           "executed_precision": executed_precision(request.precision, delegation)},
+        "abi": {"arch": request.target.arch, "program_format": _program_format(exported["image"].lowered.program),
+                "executorch": tool_versions()["executorch"], "backends": [BACKEND],
+                "portable_operators": sorted({op for entry in delegation.values() for op in entry["non_delegated"]}),
+                "note": "a .pte is CPU-independent: XNNPACK picks microkernels for the CPU at load time; the "
+                        "runtime needs the XNNPACK backend and the portable operators listed"},
+        "verification": {"file": REFERENCE_FILE, "tolerance": TOLERANCES["fp32" if request.precision == "fp32"
+                                                                         else "quantized"],
+                         "towers": {tower: {"input": f"{tower}_input", "expected": f"{tower}_expected"}
+                                    for tower in TOWERS},
+                         "expected_from": f"this program in the ExecuTorch Python runtime on the exporting host "
+                                          f"({platform.machine()})",
+                         "how": "run <tower>_input through <tower>.pte on the device and compare with "
+                                "<tower>_expected: cosine >= cosine_min and max|diff| / max|expected| <= "
+                                "relative_max_diff (ExecuTorchRuntime.verify_outputs does this)"},
+    }

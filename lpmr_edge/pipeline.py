@@ -1,0 +1,131 @@
+"""One command from model to decision: export → parity → suite → bench → report → pick, per target.
+
+Every step writes its output atomically and is skipped on a re-run when that output is already
+there and still matches (artifacts by manifest hash, suite results by runtime identity, parity and
+bench by the artifact identities they cover), so a killed run resumes where it stopped.
+
+Layout under ``out``::
+
+    artifacts/<target>/<runtime>-<precision>/   exported artifacts (manifest.json)
+    results/host/torch-fp32/                    the FP32 torch reference on the host
+    results/<target>/<runtime>-<precision>/     suite results per artifact (metrics.json, outputs/)
+    results/<target>/parity.json, bench.json    parity checks and latency/memory
+    report/                                     report.html, report.md, report.json, plots/
+"""
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
+from lpmr_edge.pick import Choice, Constraints
+from lpmr_edge.runtimes.base import Runtime
+from lpmr_edge.targets import Target, load_target
+
+Log = Callable[[str], None]
+HOST_ARCH = platform.machine()
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What ``lpmr-edge run`` does."""
+
+    model: str
+    targets: tuple[str, ...]
+    out: Path = Path("lpmr-results/run")
+    suite: str = "quick"
+    device: str = "local"
+    parity_images: int = 256
+    constraints: Constraints = field(default_factory=Constraints)
+
+
+def _is_done(path: Path, key: str) -> bool:
+    return path.is_file() and read_json(path, str(path)).get("inputs_sha256") == key
+
+
+def _open(artifact: Path, device: str, threads: int) -> Runtime:
+    from lpmr_edge.runtimes import open_runtime
+
+    if device == "local":
+        return open_runtime(artifact=artifact, threads=threads)
+    from lpmr_edge.runtimes.device import open_device_runtime
+
+    return open_device_runtime(artifact, device, threads)
+
+
+def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log) -> None:
+    from lpmr_edge.suite import METRICS_FILE, EvalSettings, evaluate
+
+    metrics = out_dir / METRICS_FILE
+    if metrics.is_file() and (out_dir / "manifest.json").is_file() and \
+            read_json(out_dir / "manifest.json", "results manifest")["runtime"]["identity"] == runtime.identity \
+            and read_json(metrics, "metrics").get("suite", {}).get("name") == suite:
+        log(f"  suite: up to date ({out_dir})")
+        return
+    evaluate(runtime, out_dir, EvalSettings(suite=suite))
+    log(f"  suite: done ({out_dir})")
+
+
+def _parity(artifacts: Sequence[Path], out: Path, images: int, log: Log) -> None:
+    from lpmr_edge.manifest import verify_manifest
+    from lpmr_edge.parity import check_parity
+
+    key = sha256_json({"artifacts": [verify_manifest(a)["files"] for a in artifacts], "n": images})
+    if _is_done(out, key):
+        log("  parity: up to date")
+        return
+    checks = []
+    for artifact in artifacts:
+        check = check_parity(artifact, n=images)
+        log(f"  parity {artifact.name}: image cos min {check['image']['cosine_min']:.5f}, "
+            f"top-1 agreement {check['top1_agreement']:.4f}")
+        checks.append(check)
+    atomic_write_json(out, {"inputs_sha256": key, "checks": checks})
+
+
+def _bench(target: Target, artifacts: Sequence[Path], out: Path, log: Log) -> None:
+    from lpmr_edge.bench import BenchSettings, RuntimeSource, benchmark
+    from lpmr_edge.manifest import verify_manifest
+
+    if target.arch != HOST_ARCH:
+        log(f"  bench: skipped — this host is {HOST_ARCH}, target {target.name} is {target.arch}; time it on the "
+            "device (`lpmr-edge bench` there); no latency is reported for this target")
+        return
+    settings = BenchSettings(batches=(target.image_batch,), threads=target.threads, repeats=30, max_seconds=10.0)
+    key = sha256_json({"artifacts": [verify_manifest(a)["files"] for a in artifacts], "settings": repr(settings)})
+    if _is_done(out, key):
+        log("  bench: up to date")
+        return
+    report = benchmark([RuntimeSource(artifact=str(a)) for a in artifacts], settings)
+    atomic_write_json(out, {**report, "inputs_sha256": key})
+    log(f"  bench: {len(report['results'])} rows -> {out}")
+
+
+def run(plan: RunPlan, log: Log = print) -> list[Choice]:
+    """Run the whole pipeline for every target of the plan; returns the picker's choice per target."""
+    from lpmr_edge.export import export_target
+    from lpmr_edge.models import load_model
+    from lpmr_edge.pick import load_results, pick
+    from lpmr_edge.report import write_report
+    from lpmr_edge.runtimes.torch_runtime import TorchRuntime
+
+    targets = [load_target(name) for name in plan.targets]
+    results_root = plan.out / "results"
+    log(f"reference: torch FP32 on the host ({plan.model})")
+    _evaluate_once(TorchRuntime(load_model(plan.model)), results_root / "host" / "torch-fp32", plan.suite, log)
+    for target in targets:
+        log(f"target {target.name} ({target.arch}, {target.threads} threads, device {plan.device})")
+        artifacts = export_target(plan.model, target, out_root=plan.out / "artifacts", log=lambda m: log(f"  {m}"))
+        _parity(artifacts, results_root / target.name / "parity.json", plan.parity_images, log)
+        for artifact in artifacts:
+            runtime = _open(artifact, plan.device, target.threads)
+            try:
+                _evaluate_once(runtime, results_root / target.name / artifact.name, plan.suite, log)
+            finally:
+                runtime.close()
+        _bench(target, artifacts, results_root / target.name / "bench.json", log)
+    write_report([results_root], plan.out / "report", plan.constraints)
+    log(f"report: {plan.out / 'report' / 'report.html'}")
+    return pick(load_results([results_root]), plan.constraints)

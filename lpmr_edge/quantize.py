@@ -1,0 +1,163 @@
+"""Calibration inputs and NNCF post-training quantization settings, shared by every backend.
+
+The same ``CalibrationInputs`` (images preprocessed with the model's own transform, and prompt tokens
+from the calibration set's class names x templates) feed OpenVINO's NNCF PTQ and ExecuTorch's PT2E.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lpmr_edge.data import ImageDataset, load_dataset, preprocess_batches
+from lpmr_edge.errors import UserError
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+    from lpmr_edge.models import ClipModel
+
+PRESETS = ("mixed", "performance")
+PREPROCESS_BATCH = 64
+
+
+@dataclass(frozen=True)
+class QuantizationOptions:
+    """Post-training quantization settings; the defaults suit CLIP ViTs.
+
+    ``smooth_quant_alpha`` applies to MatMuls (a negative value disables SmoothQuant);
+    ``group_size`` and ``ratio`` apply to INT4 weight-only compression (``ratio`` of the layers get INT4,
+    the rest INT8).
+    """
+
+    calibration: str = "calib:fmnist-train-300"
+    subset_size: int = 300
+    preset: str = "mixed"
+    transformer: bool = True
+    smooth_quant_alpha: float = 0.95
+    fast_bias_correction: bool = True
+    group_size: int = 128
+    ratio: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.subset_size < 1:
+            raise UserError(f"subset size {self.subset_size} must be >= 1; pass e.g. --subset-size 300")
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown quantization preset '{self.preset}'; use one of {', '.join(PRESETS)}")
+        if self.smooth_quant_alpha > 1:
+            raise UserError(f"SmoothQuant alpha {self.smooth_quant_alpha} must be in [0, 1] (or -1 to disable)")
+        if self.group_size < 1 and self.group_size != -1:
+            raise UserError(f"group size {self.group_size} must be positive (or -1 for per-channel)")
+        if not 0 < self.ratio <= 1:
+            raise UserError(f"ratio {self.ratio} must be in (0, 1]: the share of layers compressed to INT4")
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationInputs:
+    """Model-ready calibration data and the hash of the images and prompts it came from."""
+
+    name: str
+    sha256: str
+    images: np.ndarray
+    tokens: np.ndarray
+    class_names: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry: name, content hash and sample counts."""
+        return {"name": self.name, "sha256": self.sha256, "n": len(self.images), "n_prompts": len(self.tokens)}
+
+
+def seeded_subset(count: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``size`` of ``count`` items drawn with ``seed`` (all of them if ``size >= count``)."""
+    if size >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
+
+
+def calibration_dataset(options: QuantizationOptions) -> ImageDataset:
+    """The calibration images to use: a seeded subset of ``options.calibration`` (all of it if small enough)."""
+    dataset = load_dataset(options.calibration)
+    if not dataset.class_names or not dataset.templates:
+        raise UserError(f"calibration set '{options.calibration}' has no class names or prompt templates; "
+                        "use a labelled folder (one sub-folder per class)")
+    if options.subset_size >= len(dataset):
+        return dataset
+    return dataset.subset(seeded_subset(len(dataset), options.subset_size, options.seed))
+
+
+def load_calibration_inputs(clip: ClipModel, options: QuantizationOptions) -> CalibrationInputs:
+    """Preprocess the calibration images with the model's transform and tokenize the class prompts."""
+    dataset = calibration_dataset(options)
+    images = np.concatenate(list(preprocess_batches(dataset, clip.preprocess, PREPROCESS_BATCH)))
+    prompts = [template.format(name) for name in dataset.class_names for template in dataset.templates]
+    chosen = seeded_subset(len(prompts), options.subset_size, options.seed)
+    return CalibrationInputs(name=dataset.name, sha256=dataset.sha256, images=images,
+                             tokens=clip.tokenize([prompts[index] for index in chosen]),
+                             class_names=dataset.class_names, templates=dataset.templates, labels=dataset.labels)
+
+
+def _nncf() -> Any:
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    return nncf
+
+
+def quantize_openvino(model: ov.Model, samples: np.ndarray, options: QuantizationOptions) -> ov.Model:
+    """Static W8A8 post-training quantization of an OpenVINO model (inputs: one sample per batch)."""
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    dataset = nncf.Dataset([sample[None] for sample in samples])
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=options.smooth_quant_alpha))
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars must not pollute --json output
+        return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset(options.preset),
+                             subset_size=len(samples), fast_bias_correction=options.fast_bias_correction,
+                             model_type=nncf.ModelType.TRANSFORMER if options.transformer else None,
+                             advanced_parameters=advanced)
+
+
+def compress_openvino_weights(model: ov.Model, bits: int, options: QuantizationOptions) -> ov.Model:
+    """Data-free weight-only compression: INT8 asymmetric per channel, or INT4 asymmetric per group."""
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    settings = {"mode": nncf.CompressWeightsMode.INT8_ASYM} if bits == 8 else {
+        "mode": nncf.CompressWeightsMode.INT4_ASYM, "group_size": options.group_size, "ratio": options.ratio,
+        "advanced_parameters": AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)}
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.compress_weights(model, **settings)
+
+
+def openvino_quantization_record(precision: str, options: QuantizationOptions) -> dict[str, Any]:
+    """The NNCF parameters actually used for an OpenVINO precision (manifest ``quantization``)."""
+    if precision == "int8":
+        return {"method": "nncf.quantize (static post-training, W8A8)", "preset": options.preset,
+                "model_type": "transformer" if options.transformer else None, "subset_size": options.subset_size,
+                "smooth_quant_alpha": options.smooth_quant_alpha,
+                "bias_correction": "fast" if options.fast_bias_correction else "full", "seed": options.seed}
+    if precision == "int8-w":
+        return {"method": "nncf.compress_weights (weight-only, data-free)", "mode": "int8_asym",
+                "granularity": "per-channel"}
+    if precision == "int4-w":
+        return {"method": "nncf.compress_weights (weight-only, data-free)", "mode": "int4_asym",
+                "group_size": options.group_size, "group_size_fallback": "adjust", "ratio": options.ratio,
+                "backup_mode": "int8_asym (embeddings, last layer, layers outside ratio)"}
+    if precision == "fp16":
+        return {"method": "FP16 weight storage (openvino.save_model compress_to_fp16)"}
+    return {"method": "none (fp32 weights)"}

@@ -1,0 +1,318 @@
+"""The reliability suite end to end on the random-weight stand-in: suite files, results layout and
+resume, corruptions and shifts, group-labelled sets, paired comparison and the spectrum command."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lpmr_edge.cli import app, main
+from lpmr_edge.compare import compare
+from lpmr_edge.data import load_dataset
+from lpmr_edge.data.shifts import CORRUPTIONS, CUE_COLOURS, corrupt, shift
+from lpmr_edge.errors import UserError
+from lpmr_edge.manifest import sha256_json
+from lpmr_edge.runtimes.base import Runtime
+from lpmr_edge.runtimes.torch_runtime import TorchRuntime
+from lpmr_edge.suite import EvalSettings, evaluate, load_suite, suite_set_names
+
+SMALL_SUITE = """
+bootstrap_resamples = 40
+limit = 60
+[calibration]
+coverages = [0.5, 0.9]
+fit_fraction = 0.25
+[ood]
+sets = ["digits"]
+[corruptions]
+kinds = ["gaussian_noise", "impulse_noise"]
+severities = [1, 5]
+images = 24
+[shift]
+[spurious]
+"""
+
+
+class CoarseRuntime(Runtime):
+    """The torch reference with image features rounded to a coarse grid: a stand-in for a quantized artifact."""
+
+    name = "coarse"
+
+    def __init__(self, reference: TorchRuntime, step: float) -> None:
+        self.reference, self.step = reference, step
+
+    @property
+    def identity(self) -> str:
+        return sha256_json({"reference": self.reference.identity, "step": self.step})
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return self.reference.model_info
+
+    def _image_features(self, images: np.ndarray) -> np.ndarray:
+        return np.round(self.reference._image_features(images) / self.step) * self.step
+
+    def _text_features(self, tokens: np.ndarray) -> np.ndarray:
+        return self.reference._text_features(tokens)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.reference.describe(), "runtime": self.name, "precision": "int8",
+                "executed_precision": "int8 (simulated)", "identity": self.identity}
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("suites") / "small.toml"
+    path.write_text(SMALL_SUITE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_random, suite_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """FP32 reference and simulated-INT8 results of the small suite."""
+    root = tmp_path_factory.mktemp("runs")
+    reference = TorchRuntime(tiny_random, threads=1)
+    settings = EvalSettings(suite=str(suite_file), batch_size=32)
+    evaluate(reference, root / "fp32", settings)
+    evaluate(CoarseRuntime(reference, step=0.05), root / "int8", settings)
+    return {"fp32": root / "fp32", "int8": root / "int8"}
+
+
+def _metrics(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / "metrics.json").read_text())
+
+
+def _inside(value: float, ci: list[float]) -> bool:
+    return ci[0] - 1e-12 <= value <= ci[1] + 1e-12
+
+
+# ----------------------------------------------------------------------------- suite definitions
+
+def test_builtin_suites():
+    quick, full = load_suite("quick"), load_suite("full")
+    assert quick.corruptions.images < full.corruptions.images and quick.limit and full.limit is None
+    assert set(full.corruptions.kinds) == set(CORRUPTIONS) and full.corruptions.severities == (1, 2, 3, 4, 5)
+    assert load_suite("basic").ood is None and load_suite("basic").calibration.bins == 15
+    example = load_suite(str(Path(__file__).parents[1] / "suites" / "example.toml"))
+    assert example.name == "example" and example.corruptions.images == 500 and example.spurious.set == "fmnist-colour"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("oods = 1", "unknown key 'oods' in the top level; valid keys: name, id, limit"),
+    ("limit = 'ten'", "limit must be an integer, got 'ten'"),
+    ("[corruptions]\nkinds = ['fog']", "kinds must be among gaussian_noise"),
+    ("[corruptions]\nseverities = [0, 7]", "severities between 1 and 5"),
+    ("[calibration]\nlogit_scale = 'auto'", 'logit_scale must be "model" or a positive number'),
+    ("[calibration]\nbins = 15\nbins = 10", "is not valid TOML"),
+    ("[ood]\nsets = 'digits'", "[ood] sets must be a list of strings"),
+])
+def test_bad_suite_files_are_one_line_errors(tmp_path: Path, content: str, message: str):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(UserError) as error:
+        load_suite(str(path))
+    assert message in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_cli_prints_a_bad_suite_as_one_line(tmp_path: Path, monkeypatch, capsys):
+    (tmp_path / "bad.toml").write_text("[shift]\nsets = 'x'")
+    monkeypatch.setattr(sys, "argv", ["lpmr-edge", "eval", "--model", "random:lpmr-tiny-fmnist",
+                                      "--suite", str(tmp_path / "bad.toml")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1 and "unknown key 'sets' in [shift]" in lines[0]
+    with pytest.raises(UserError, match="unknown suite 'fast'; use basic, quick, full"):
+        load_suite("fast")
+
+
+# ----------------------------------------------------------------------------- results
+
+def test_results_layout_and_metrics_schema(runs: dict[str, Path], suite_file: Path):
+    directory = runs["fp32"]
+    result, manifest = _metrics(directory), json.loads((directory / "manifest.json").read_text())
+    suite = load_suite(str(suite_file))
+    assert sorted(p.stem for p in (directory / "outputs").glob("*.npz")) == sorted(suite_set_names(suite))
+    metrics = result["metrics"]
+    accuracy, calibration = metrics["accuracy"], metrics["calibration"]
+    assert accuracy["n"] == result["n"] == 60 and _inside(accuracy["top1"], accuracy["ci"]["top1"])
+    assert {"ece", "ece_equal_mass", "mce", "nll", "brier", "aurc", "selective_accuracy@0.5",
+            "selective_accuracy@0.9"} <= set(calibration["ci"])
+    assert all(_inside(calibration[name], ci) for name, ci in calibration["ci"].items())
+    assert calibration["logit_scale"] == {"setting": "model", "value": pytest.approx(result["logit_scale"])}
+    assert sum(bin_["count"] for bin_ in calibration["reliability_diagram"]) == 60
+    fitted = calibration["fitted_temperature"]
+    assert fitted["fit_n"] == 15 and fitted["n"] == 45 and fitted["temperature"] == pytest.approx(
+        1 / fitted["logit_scale"])
+    ood = metrics["ood"]
+    assert ood["positive_class"].startswith("in-distribution is the positive class")
+    assert set(ood["sets"]["digits"]) == {"n", "msp", "mcm", "max_logit", "energy"}
+    assert _inside(ood["sets"]["digits"]["mcm"]["auroc"], ood["sets"]["digits"]["mcm"]["ci"]["auroc"])
+    corruptions = metrics["corruptions"]
+    assert corruptions["images"] == 24 and set(corruptions["impulse_noise"]) == {"1", "5", "mean"}
+    cell = corruptions["gaussian_noise"]["5"]
+    assert cell["relative_accuracy"] == pytest.approx(cell["accuracy"] / corruptions["clean_accuracy"])
+    assert corruptions["mean"]["accuracy"] == pytest.approx(np.mean(
+        [corruptions[k][s]["accuracy"] for k in ("gaussian_noise", "impulse_noise") for s in ("1", "5")]))
+    assert metrics["shift"]["set"] == "rotate-scale" and "accuracy_drop" in metrics["shift"]["ci"]
+    spurious = metrics["spurious"]
+    assert spurious["worst_group"] == min(group["accuracy"] for group in spurious["groups"].values())
+    assert result["settings"]["seed"] == 0 and result["suite"]["name"] == "small"
+    assert set(manifest["datasets"]) == set(suite_set_names(suite))
+    assert manifest["datasets"]["spurious"]["sha256"] and manifest["runtime"]["runtime"] == "torch"
+
+
+def test_interrupted_run_resumes_with_the_finished_sets(runs: dict[str, Path], tiny_random, suite_file: Path,
+                                                        tmp_path: Path):
+    runtime = TorchRuntime(tiny_random, threads=1)
+    calls: list[int] = []
+    original = runtime._image_features
+
+    def interrupted_after_three_sets(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return original(images)
+
+    runtime._image_features = interrupted_after_three_sets
+    settings = EvalSettings(suite=str(suite_file), batch_size=64)  # one batch per set
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(runtime, tmp_path, settings)
+    assert not (tmp_path / "metrics.json").exists() and len(list((tmp_path / "outputs").glob("*.npz"))) == 3
+    calls.clear()
+    runtime._image_features = lambda images: calls.append(len(images)) or original(images)
+    evaluate(runtime, tmp_path, settings)
+    assert len(calls) == len(suite_set_names(load_suite(str(suite_file)))) - 3
+    assert _metrics(tmp_path)["metrics"] == _metrics(runs["fp32"])["metrics"]  # same numbers, deterministic
+
+
+# ----------------------------------------------------------------------------- comparison and spectrum
+
+def test_compare_against_the_reference(runs: dict[str, Path]):
+    comparison = compare(runs["int8"], runs["fp32"])
+    deltas = comparison["deltas"]
+    assert {"id.top1", "id.ece", "id.nll", "ood.digits.msp.auroc", "ood.digits.mcm.fpr_at_95_tpr",
+            "corruptions.mean.accuracy", "corruptions.gaussian_noise.mean.accuracy", "shift.top1",
+            "spurious.worst_group"} <= set(deltas)
+    ece = deltas["id.ece"]
+    assert ece["delta"] == pytest.approx(ece["result"] - ece["reference"]) and ece["lower_is_better"]
+    assert ece["statement"].startswith("ECE: ") and ece["verdict"] in ("improved", "worsened",
+                                                                       "no significant change")
+    assert comparison["result"]["executed_precision"] == "int8 (simulated)"
+    assert comparison["spectrum"]["relative_residual_norm"] > 0
+    identical = compare(runs["fp32"], runs["fp32"])
+    assert all(d["delta"] == 0 and d["verdict"] == "no significant change" for d in identical["deltas"].values())
+    assert identical["mcnemar"]["id"] == {"only_result_correct": 0, "only_reference_correct": 0, "p_value": 1.0}
+
+
+def test_compare_refuses_different_samples(runs: dict[str, Path], tmp_path: Path):
+    shutil.copytree(runs["fp32"], tmp_path / "other")
+    stored_path = tmp_path / "other" / "outputs" / "shift.npz"
+    with np.load(stored_path) as stored:
+        arrays = {**stored, "dataset_sha256": np.str_("0" * 64)}
+    np.savez_compressed(stored_path, **arrays)
+    with pytest.raises(UserError, match="evaluated different samples for set 'shift'"):
+        compare(tmp_path / "other", runs["fp32"])
+
+
+def test_cli_eval_compare_and_spectrum(runs: dict[str, Path], suite_file: Path, tmp_path: Path):
+    import lpmr_edge.cli.commands  # noqa: F401  (registers the commands)
+
+    runner = CliRunner()
+    run = runner.invoke(app, ["eval", "--model", "random:lpmr-tiny-fmnist", "--suite", str(suite_file),
+                              "--out", str(runs["fp32"]), "--json"])
+    assert run.exit_code == 0, run.output
+    summary = json.loads(run.stdout)
+    assert summary["n"] == 60 and summary["suite"] == "small" and set(summary["ood_auroc"]["digits"]) == {
+        "msp", "mcm", "max_logit", "energy"}
+    assert {"top1", "top5", "ece", "nll", "corrupted_accuracy", "shifted_accuracy",
+            "worst_group_accuracy"} <= set(summary)
+    run = runner.invoke(app, ["compare", str(runs["int8"]), "--reference", str(runs["fp32"]), "--json"])
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["deltas"]["id.top1"]["ci"][0] is not None
+    plot = tmp_path / "spectrum.png"
+    run = runner.invoke(app, ["spectrum", str(runs["int8"]), "--reference", str(runs["fp32"]), "--plot", str(plot),
+                              "--head-fraction", "0.2", "--json"])
+    assert run.exit_code == 0, run.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = json.loads((runs["int8"] / "spectrum.json").read_text())
+    assert stored["head_ranks"] == 13 and len(stored["per_rank"]["residual_share"]) == stored["ranks"] == 64
+    assert stored["per_rank"]["reference_share"][-1] == pytest.approx(0.0, abs=1e-9)  # 60 samples: null space
+
+
+# ----------------------------------------------------------------------------- data transforms
+
+def test_corruptions_are_seeded_imagenet_c_and_subset_invariant():
+    assert CORRUPTIONS["gaussian_noise"][1] == (0.08, 0.12, 0.18, 0.26, 0.38)
+    assert CORRUPTIONS["shot_noise"][1] == (60, 25, 12, 5, 3)
+    assert CORRUPTIONS["impulse_noise"][1] == (0.03, 0.06, 0.09, 0.17, 0.27)
+    dataset = load_dataset("fmnist-test").head(20)
+    noisy = corrupt(dataset, "gaussian_noise", 5, seed=0)
+    first = np.asarray(noisy.images.load(7))
+    assert np.array_equal(first, np.asarray(corrupt(dataset, "gaussian_noise", 5, seed=0).images.load(7)))
+    assert np.array_equal(first, np.asarray(noisy.subset([7, 3]).images.load(0)))
+    assert not np.array_equal(first, np.asarray(corrupt(dataset, "gaussian_noise", 5, seed=1).images.load(7)))
+    assert np.array_equal(first[..., 0], first[..., 2])  # a grey image stays grey
+    clean = np.asarray(dataset.images.load(7), dtype=float)
+    deviation = [np.abs(np.asarray(corrupt(dataset, "gaussian_noise", s, 0).images.load(7), dtype=float)
+                        - clean).mean() for s in (1, 5)]
+    assert deviation[0] < deviation[1]
+    assert noisy.sha256 != dataset.sha256 != corrupt(dataset, "gaussian_noise", 4, 0).sha256
+    with pytest.raises(UserError, match="unknown corruption 'fog'"):
+        corrupt(dataset, "fog", 1, 0)
+
+
+def test_shifts_are_deterministic_non_noise_transforms():
+    dataset = load_dataset("fmnist-test").head(5)
+    rotated = shift(dataset, "rotate-scale", seed=0)
+    image = np.asarray(rotated.images.load(2))
+    assert np.array_equal(image, np.asarray(shift(dataset, "rotate-scale", seed=0).images.load(2)))
+    assert not np.array_equal(image, np.asarray(dataset.images.load(2)))
+    inverted = np.asarray(shift(dataset, "invert", seed=0).images.load(2))
+    assert np.array_equal(inverted, 255 - np.asarray(dataset.images.load(2)))
+
+
+def test_colour_cued_set_has_balanced_class_colour_groups():
+    dataset = load_dataset("fmnist-colour")
+    counts = np.bincount(dataset.groups, minlength=100)
+    assert counts.min() == counts.max() == 100
+    label, colour = divmod(int(dataset.groups[0]), len(CUE_COLOURS))
+    assert label == dataset.labels[0]
+    corner = np.asarray(dataset.images.load(0))[0, 0] / 255.0  # a background pixel takes the colour
+    assert corner == pytest.approx(np.asarray(CUE_COLOURS[colour]), abs=0.01)
+
+
+def _waterbirds(root: Path, rows: list[tuple[str, int, int, int]], header: str = "img_filename,y,place,split"):
+    root.mkdir()
+    lines = [header]
+    for name, label, place, split in rows:
+        Image.new("RGB", (16, 16), (label * 200, place * 200, 50)).save(root / name)
+        lines.append(f"{name},{label},{place},{split}")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_waterbirds_layout(tmp_path: Path):
+    rows = [("a.jpg", 0, 0, 2), ("b.jpg", 0, 1, 2), ("c.jpg", 1, 0, 2), ("d.jpg", 1, 1, 2), ("e.jpg", 1, 1, 0)]
+    _waterbirds(tmp_path / "wb", rows)
+    dataset = load_dataset(f"waterbirds:{tmp_path / 'wb'}")
+    assert len(dataset) == 4 and list(dataset.groups) == [0, 1, 2, 3] and list(dataset.labels) == [0, 0, 1, 1]
+    assert dataset.class_names == ("landbird", "waterbird")
+    _waterbirds(tmp_path / "bad", rows, header="img_filename,y,split,x")
+    with pytest.raises(UserError, match="lacks column\\(s\\) place"):
+        load_dataset(f"waterbirds:{tmp_path / 'bad'}")
+    (tmp_path / "wb" / "a.jpg").unlink()
+    with pytest.raises(UserError, match="1 image\\(s\\) listed in .* are missing"):
+        load_dataset(f"waterbirds:{tmp_path / 'wb'}")
+
+
+def test_spurious_family_needs_a_group_labelled_set(tiny_random, tmp_path: Path):
+    (tmp_path / "suite.toml").write_text("limit = 8\n[spurious]\nset = 'fmnist-test'\n")
+    with pytest.raises(UserError, match="has no group labels; use fmnist-colour or waterbirds:PATH"):
+        evaluate(TorchRuntime(tiny_random, threads=1), tmp_path / "r", EvalSettings(suite=str(tmp_path / "suite.toml")))
