@@ -10,7 +10,7 @@ SSHD := /usr/sbin/sshd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup system demo test test-fast bench lint standin clean arm-root browser sshd
+.PHONY: setup system demo test bench lint standin clean arm-root browser sshd
 
 setup: $(STAMP) system browser sshd
 
@@ -38,14 +38,14 @@ $(SSHD):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server
 
 demo: setup
-	$(BIN)/lpmr-edge eval --model lpmr-tiny-fmnist --runtime torch --out lpmr-results/demo/torch-fp32
+	$(BIN)/lpmr-edge run --model lpmr-tiny-fmnist --target x86 --target arm --out lpmr-results/demo
 
-test: setup
+test: setup arm-root
 	$(BIN)/pytest -q
 
 bench: setup
-	$(BIN)/lpmr-edge bench --model random:ViT-B-32 --target x86 --runtime openvino --batch 1 --batch 32 \
-		--threads 2 --torch --json-out lpmr-results/bench/vit-b-32-x86-openvino.json
+	$(BIN)/lpmr-edge bench --model random:ViT-B-32 --target x86 --runtime openvino --runtime executorch --batch 1 --batch 32 \
+		--threads 2 --torch --json-out lpmr-results/bench/vit-b-32-x86.json
 
 lint: setup
 	$(BIN)/ruff check lpmr_edge tests
