@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
@@ -56,12 +56,12 @@ def _open(artifact: Path, device: str, threads: int) -> Runtime:
 
 
 def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log) -> None:
-    from lpmr_edge.suite import METRICS_FILE, EvalSettings, evaluate
+    from lpmr_edge.suite import METRICS_FILE, EvalSettings, evaluate, load_suite
 
     metrics = out_dir / METRICS_FILE
     if metrics.is_file() and (out_dir / "manifest.json").is_file() and \
             read_json(out_dir / "manifest.json", "results manifest")["runtime"]["identity"] == runtime.identity \
-            and read_json(metrics, "metrics").get("suite", {}).get("name") == suite:
+            and sha256_json(read_json(metrics, "metrics").get("suite")) == sha256_json(asdict(load_suite(suite))):
         log(f"  suite: up to date ({out_dir})")
         return
     evaluate(runtime, out_dir, EvalSettings(suite=suite))

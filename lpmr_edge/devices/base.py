@@ -17,7 +17,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from lpmr_edge.errors import UserError
@@ -85,7 +85,7 @@ class Device(ABC):
         """What to run to prepare this device."""
         return f"run `lpmr-edge device setup --device '{self.spec or self.label}'`"
 
-    def start(self, argv: list[str], stderr: Any) -> subprocess.Popen[bytes]:
+    def start(self, argv: list[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
         """Start ``argv`` on the device, stdin/stdout piped, in its own session (Ctrl-C is the host's to handle)."""
         try:
             return subprocess.Popen(self.command(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
