@@ -19,7 +19,13 @@ import torch
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest, export_artifact
-from lpmr_edge.export.executorch import executed_precision, export_towers, lower_tower, run_program
+from lpmr_edge.export.executorch import (
+    executed_precision,
+    export_towers,
+    lower_tower,
+    quantize_static,
+    run_program,
+)
 from lpmr_edge.manifest import write_manifest
 from lpmr_edge.models.bundled import CONFIG_DIR
 from lpmr_edge.quantize import QuantizationOptions
@@ -91,7 +97,7 @@ def test_artifact_exports_and_runs(precision: str, artifacts: dict[str, Path], o
     if precision == "int8":
         quantization = manifest["quantization"]
         assert {**quantization, **quantization["towers"]["image"]}["samples"] == OPTIONS.subset_size
-        assert quantization["bias_correction"] == "fast" and quantization["smooth_quant_alpha"] > 0
+        assert quantization["int8_method"] == "histogram" and quantization["smooth_quant_alpha"] is None
     features = runtime.image_features(fmnist_images)
     assert _cosines(_torch_image_features(one_layer, fmnist_images), features).min() >= MIN_COSINE[precision]
     assert set(runtime.verify_outputs()) == {"image", "text"}
@@ -107,6 +113,15 @@ def test_dynamic_precisions_lower_to_xnnpack(precision: str, one_layer, fmnist_i
     assert ("int4" if precision == "int4-w" else "int8") in lowered.quantization["weights"]
     outputs = np.concatenate([run_program(lowered.program, image[None]) for image in fmnist_images])
     assert _cosines(_torch_image_features(one_layer, fmnist_images), outputs).min() >= MIN_COSINE[precision]
+
+
+def test_nncf_int8_method_applies_smooth_quant_and_bias_correction(one_layer, fmnist_images: np.ndarray) -> None:
+    module = one_layer.image_tower().eval()
+    with torch.no_grad():
+        quantized, record = quantize_static(module, torch.from_numpy(fmnist_images[:1]), fmnist_images, OPTIONS, "nncf")
+        outputs = np.concatenate([quantized(torch.from_numpy(image[None])).numpy() for image in fmnist_images])
+    assert record["smooth_quant_alpha"] == OPTIONS.smooth_quant_alpha and record["bias_correction"] == "fast"
+    assert _cosines(_torch_image_features(one_layer, fmnist_images), outputs).min() >= MIN_COSINE["int8"]
 
 
 def test_delegation_is_reported(artifacts: dict[str, Path]) -> None:
@@ -149,7 +164,7 @@ def test_artifact_of_another_runtime_is_refused(artifacts: dict[str, Path], tmp_
     copy = shutil.copytree(artifacts["fp32"], tmp_path / "artifact")
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "runtime": "openvino"}))
-    with pytest.raises(UserError, match="not an ExecuTorch artifact"):
+    with pytest.raises(UserError, match="not an artifact for runtime 'executorch'"):
         ExecuTorchRuntime(copy)
 
 
@@ -179,11 +194,11 @@ def test_unsupported_requests_are_user_errors(one_layer, tmp_path: Path) -> None
     with pytest.raises(UserError, match="static shapes"):
         export_towers(one_layer, ExportRequest(model=one_layer.spec, target=target, runtime="executorch",
                                                precision="fp32", dynamic_batch=True), None, tmp_path)
-    with_options = replace(target, runtimes={**target.runtimes,
-                                             "executorch": RuntimeTarget(("fp32",), {"threads_per_core": 2})})
-    with pytest.raises(UserError, match="takes no options"):
-        export_towers(one_layer, ExportRequest(model=one_layer.spec, target=with_options, runtime="executorch",
-                                               precision="fp32"), None, tmp_path)
+    for options in ({"threads_per_core": 2}, {"int8_method": "minmax"}):
+        with_options = replace(target, runtimes={**target.runtimes, "executorch": RuntimeTarget(("fp32",), options)})
+        with pytest.raises(UserError, match="the only option is int8_method"):
+            export_towers(one_layer, ExportRequest(model=one_layer.spec, target=with_options, runtime="executorch",
+                                                   precision="fp32"), None, tmp_path)
 
 
 def test_eval_and_check_run_through_executorch(artifacts: dict[str, Path], tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.export import FORMAT, TOWERS
-from lpmr_edge.manifest import sha256_json, verify_manifest
+from lpmr_edge.export import TOWERS, foreign_machine_warnings, verify_artifact
+from lpmr_edge.manifest import sha256_json
 from lpmr_edge.parity import feature_agreement
 from lpmr_edge.runtimes.base import Runtime
 
@@ -41,17 +41,13 @@ class ExecuTorchRuntime(Runtime):
         from executorch.runtime import Runtime as ProgramLoader
 
         self.artifact_dir = Path(artifact_dir)
-        self.manifest = verify_manifest(self.artifact_dir)
-        if self.manifest.get("format") != FORMAT or self.manifest.get("runtime") != self.name:
-            raise UserError(f"{self.artifact_dir} is not an ExecuTorch artifact of format {FORMAT} "
-                            f"(format {self.manifest.get('format')!r}, runtime {self.manifest.get('runtime')!r}); "
-                            "export one with `lpmr-edge export --runtime executorch`")
+        self.manifest = verify_artifact(self.artifact_dir, self.name)
         config = self.manifest["runtime_config"]
         loader = ProgramLoader.get()
         if not loader.backend_registry.is_available(config["backend"]):
             raise UserError(f"this ExecuTorch build ({executorch.__file__}) has no {config['backend']}; "
                             "install the executorch wheel from PyPI, which includes XNNPACK")
-        self.threads = set_threads(threads or config["threads"])
+        set_threads(threads or config["threads"])
         self._methods = {}
         for tower in TOWERS:
             path = self.artifact_dir / self.manifest["towers"][tower]["file"]
@@ -111,11 +107,8 @@ class ExecuTorchRuntime(Runtime):
 
         from executorch.extension.pybindings import portable_lib
 
-        target = self.manifest["target"]
-        mismatch = (f"artifact for target '{target['name']}' ({target['arch']}) runs on {platform.machine()}: "
-                    "figures do not describe the target")
         return {"runtime": self.name, "version": version("executorch"), "precision": self.manifest["precision"],
                 "executed_precision": self.manifest["runtime_config"]["executed_precision"],
                 "threads": portable_lib._threadpool_get_thread_count(), "identity": self.identity,
                 "model": self.model_info, "artifact": self.manifest, "delegation": self.manifest["delegation"],
-                "warnings": [] if target["arch"] == platform.machine() else [mismatch]}
+                "warnings": foreign_machine_warnings(self.manifest)}
