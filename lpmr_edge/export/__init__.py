@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.manifest import MANIFEST_NAME, sha256_json, tool_versions, verify_manifest, write_manifest
+from lpmr_edge.manifest import (
+    MANIFEST_NAME,
+    sha256_file,
+    sha256_json,
+    tool_versions,
+    verify_manifest,
+    write_manifest,
+)
 from lpmr_edge.quantize import QuantizationOptions, calibration_dataset, load_calibration_inputs
 from lpmr_edge.targets import RUNTIMES, Target
 
@@ -168,10 +175,12 @@ def _export_here(request: ExportRequest, destination: Path, request_sha256: str,
 
 
 def request_fingerprint(request: ExportRequest, weights_sha256: str) -> str:
-    """Hash of everything that shapes an artifact: request, weights, calibration images, tool versions."""
+    """Hash of everything that shapes an artifact: request, weights, calibration images, tool versions and
+    the backend exporter's own source (a changed exporter invalidates its artifacts)."""
     return sha256_json({"request": request.describe(), "format": FORMAT, "weights_sha256": weights_sha256,
                         "calibration_sha256": calibration_dataset(request.options).sha256,
-                        "tool_versions": tool_versions()})
+                        "tool_versions": tool_versions(),
+                        "backend_sha256": sha256_file(Path(__file__).with_name(f"{request.runtime}.py"))})
 
 
 def export_artifact(request: ExportRequest, out_root: Path = DEFAULT_OUT_ROOT, force: bool = False,
