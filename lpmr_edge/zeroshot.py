@@ -11,7 +11,6 @@ from lpmr_edge.manifest import atomic_write_bytes, sha256_json
 from lpmr_edge.runtimes.base import Runtime
 
 
-
 def cache_root() -> Path:
     """lpmr-edge's cache directory: $LPMR_EDGE_CACHE, else ~/.cache/lpmr-edge."""
     return Path(os.environ.get("LPMR_EDGE_CACHE", Path.home() / ".cache" / "lpmr-edge"))

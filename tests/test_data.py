@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lpmr_edge.data import load_dataset
-from lpmr_edge.data import registry
+from lpmr_edge.data import load_dataset, registry
 from lpmr_edge.errors import UserError
 
 

@@ -14,7 +14,7 @@ from lpmr_edge.zeroshot import class_embeddings
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lpmr_edge", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "lpmr_edge", *args], capture_output=True, text=True, cwd=cwd, check=False)
 
 
 def test_eval_json_summary_and_results_layout(tmp_path: Path):

@@ -77,7 +77,7 @@ def test_run_kill_and_resume(plan_files: tuple[Path, Path], tmp_path: Path):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
 
-    finished = subprocess.run(command, capture_output=True, text=True)
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
     assert finished.returncode == 0, finished.stderr
     assert "openvino-fp32: up to date" in finished.stderr
     summary = json.loads(finished.stdout)
@@ -93,7 +93,7 @@ def test_run_kill_and_resume(plan_files: tuple[Path, Path], tmp_path: Path):
     assert fp32["image"]["cosine_min"] > 0.99999 and fp32["top1_agreement"] == 1.0
 
     before = _mtimes(out)
-    again = subprocess.run(command, capture_output=True, text=True)
+    again = subprocess.run(command, capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr
     assert _mtimes(out) == before, "a finished, verified step was redone"
     assert again.stderr.count("up to date") >= 3 + 1 + 1 + 1

@@ -38,9 +38,9 @@ def write_fmnist_calibration_set(out_dir: Path, per_class: int = 30, seed: int =
     atomic_write_bytes(out_dir / "classnames.txt", ("\n".join(FMNIST_CLASSES) + "\n").encode())
     atomic_write_bytes(out_dir / "templates.txt", ("\n".join(FMNIST_TEMPLATES) + "\n").encode())
     atomic_write_bytes(out_dir / "LICENSE", (
-        "Fashion-MNIST images (c) 2017 Zalando SE, released under the MIT licence:\n"
-        "https://github.com/zalandoresearch/fashion-mnist/blob/master/LICENSE\n"
-        "Taken from the Debian package dataset-fashion-mnist.\n").encode())
+        b"Fashion-MNIST images (c) 2017 Zalando SE, released under the MIT licence:\n"
+        b"https://github.com/zalandoresearch/fashion-mnist/blob/master/LICENSE\n"
+        b"Taken from the Debian package dataset-fashion-mnist.\n"))
     return write_manifest(out_dir, {
         "name": out_dir.name, "version": VERSION, "source": "Fashion-MNIST train split (train-images-idx3-ubyte.gz)",
         "licence": FMNIST_LICENCE, "selection": {"per_class": per_class, "seed": seed,

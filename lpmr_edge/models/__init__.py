@@ -188,7 +188,7 @@ def _create_pretrained(open_clip: Any, architecture: str, tag: str, spec: str) -
                 return _create(open_clip, architecture, spec, pretrained=tag)
             except UserError:
                 raise
-            except Exception as error:  # open_clip/HF raise RuntimeError, OSError and HF errors offline
+            except Exception as error:  # noqa: BLE001 — open_clip/HF raise RuntimeError, OSError and HF errors offline
                 reason = type(error).__name__
     raise UserError(f"pretrained weights '{tag}' for {architecture} are not in the local cache and could not "
                     f"be downloaded ({reason}); fetch them where there is network into the Hugging Face cache, "
