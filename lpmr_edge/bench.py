@@ -14,13 +14,16 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import TOWERS
 from lpmr_edge.manifest import machine_info, now_utc
+
+if TYPE_CHECKING:
+    from lpmr_edge.runtimes.device import DeviceRuntime
 
 
 @dataclass(frozen=True)
@@ -211,11 +214,64 @@ def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSetti
 
 
 def _row(worker: _Worker, batch: int, tower: str, durations: list[float]) -> dict[str, Any]:
-    description = worker.description
-    return {"source": worker.source.label, "runtime": description["runtime"], "precision": description["precision"],
+    return _timing_row(worker.source, worker.description, batch, tower, durations)
+
+
+def _timing_row(source: RuntimeSource, description: dict[str, Any], batch: int, tower: str,
+                durations: list[float]) -> dict[str, Any]:
+    return {"source": source.label, "runtime": description["runtime"], "precision": description["precision"],
             "executed_precision": description["executed_precision"], "threads": description["threads"],
             "model": description["model"]["spec"], "model_label": description["model"]["label"], "tower": tower,
-            "batch": batch, "artifact_mb": _tower_megabytes(worker.source, description, tower), **_figures(durations, batch)}
+            "batch": batch, "artifact_mb": _tower_megabytes(source, description, tower), **_figures(durations, batch)}
+
+
+def _time_on_device(runtime: DeviceRuntime, tower: str, batch: int, settings: BenchSettings) -> tuple[list[float], float]:
+    """Warm up, then time ``tower`` at ``batch`` on the device: the device times each static batch itself
+    (transfers excluded); the number of timed batches follows ``repeats``/``max_seconds`` as locally.
+    Returns the timed seconds and the device's peak RSS in MiB."""
+    from lpmr_edge.runtimes.device import SHARD_ROWS
+
+    static = runtime.manifest["towers"][tower]["inputs"][0]["shape"][0] != -1
+    per_request = batch * max(1, SHARD_ROWS // batch) if static else batch
+    peak_kb = [runtime.loaded["peak_rss_kb"]]
+
+    def timed(calls: int) -> list[float]:
+        inputs = _example_batch(runtime.model_info, tower, batch * calls)
+        shards = [runtime.run_on_device(tower, inputs[start:start + per_request])
+                  for start in range(0, len(inputs), per_request)]
+        peak_kb.extend(shard.peak_rss_kb for shard in shards)
+        return [float(seconds) for shard in shards for seconds in shard.batch_s]
+
+    per_call = float(np.median(timed(settings.warmup)))
+    seconds = timed(max(settings.rounds, min(settings.repeats, int(settings.max_seconds / max(per_call, 1e-6)))))
+    return seconds, max(peak_kb) / 1024
+
+
+def benchmark_on_device(artifacts: list[Path], device_spec: str, settings: BenchSettings = BenchSettings(),
+                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark artifacts on a device (``--device`` spec) through its device server, one at a time;
+    rows as ``benchmark`` plus the device, with its peak RSS and ``emulated`` flag."""
+    from lpmr_edge.devices.base import parse_device
+    from lpmr_edge.runtimes.device import DeviceRuntime
+
+    device = parse_device(device_spec)
+    report = log or (lambda message: None)
+    rows: list[dict[str, Any]] = []
+    for artifact in artifacts:
+        report(f"timing {artifact} on {device.label}")
+        runtime = DeviceRuntime(artifact, device, settings.threads)
+        try:
+            description = runtime.describe()
+            shape = runtime.manifest["towers"][settings.tower]["inputs"][0]["shape"]
+            for batch in settings.batches if shape[0] == -1 else [shape[0]]:
+                seconds, peak_mb = _time_on_device(runtime, settings.tower, batch, settings)
+                rows.append({**_timing_row(RuntimeSource(artifact=str(artifact)), description, batch,
+                                           settings.tower, seconds),
+                             "device": description["device"], "peak_rss_mb": round(peak_mb, 1)})
+        finally:
+            runtime.close()
+    return {"machine": machine_info(), "device": device.describe(), "settings": asdict(settings),
+            "created": now_utc(), "results": rows, "speedups": speedups(rows)}
 
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -85,20 +85,29 @@ def _parity(artifacts: Sequence[Path], out: Path, images: int, log: Log) -> None
     atomic_write_json(out, {"inputs_sha256": key, "checks": checks})
 
 
-def _bench(target: Target, artifacts: Sequence[Path], out: Path, log: Log) -> None:
-    from lpmr_edge.bench import BenchSettings, RuntimeSource, benchmark
+def _bench(target: Target, artifacts: Sequence[Path], device_spec: str, out: Path, log: Log) -> None:
+    """Latency and memory where they mean something: on the device, or on this host when it is the target's
+    architecture; emulated timings are not latencies, so an emulated device is not benchmarked."""
+    from lpmr_edge.bench import BenchSettings, RuntimeSource, benchmark, benchmark_on_device
+    from lpmr_edge.devices.base import in_process, parse_device
     from lpmr_edge.manifest import verify_manifest
 
-    if target.arch != HOST_ARCH:
-        log(f"  bench: skipped — this host is {HOST_ARCH}, target {target.name} is {target.arch}; time it on the "
-            "device (`lpmr-edge bench` there); no latency is reported for this target")
+    on_device = not in_process(device_spec)
+    if on_device and parse_device(device_spec).emulated:
+        log(f"  bench: skipped — {device_spec} is emulated: its timings are not latencies")
+        return
+    if not on_device and target.arch != HOST_ARCH:
+        log(f"  bench: skipped — this host is {HOST_ARCH}, target {target.name} is {target.arch}; pass --device "
+            "to time it on the device; no latency is reported for this target")
         return
     settings = BenchSettings(batches=(target.image_batch,), threads=target.threads, repeats=30, max_seconds=10.0)
-    key = sha256_json({"artifacts": [verify_manifest(a)["files"] for a in artifacts], "settings": repr(settings)})
+    key = sha256_json({"artifacts": [verify_manifest(a)["files"] for a in artifacts], "settings": repr(settings),
+                       "device": device_spec})
     if _is_done(out, key):
         log("  bench: up to date")
         return
-    report = benchmark([RuntimeSource(artifact=str(a)) for a in artifacts], settings)
+    report = benchmark_on_device(list(artifacts), device_spec, settings) if on_device else \
+        benchmark([RuntimeSource(artifact=str(a)) for a in artifacts], settings)
     atomic_write_json(out, {**report, "inputs_sha256": key})
     log(f"  bench: {len(report['results'])} rows -> {out}")
 
@@ -125,7 +134,7 @@ def run(plan: RunPlan, log: Log = print) -> list[Choice]:
                 _evaluate_once(runtime, results_root / target.name / artifact.name, plan.suite, log)
             finally:
                 runtime.close()
-        _bench(target, artifacts, results_root / target.name / "bench.json", log)
+        _bench(target, artifacts, plan.device, results_root / target.name / "bench.json", log)
     write_report([results_root], plan.out / "report", plan.constraints)
     log(f"report: {plan.out / 'report' / 'report.html'}")
     return pick(load_results([results_root]), plan.constraints)

@@ -160,8 +160,18 @@ class Row:
         for key, delta in self.deltas.items():
             summary["metrics"][key]["delta"] = delta.to_json()
         spectrum = {k: v for k, v in self.spectrum.items() if k != "per_rank"} if self.spectrum else None
-        return {**summary, "reference": self.reference.variant if self.reference else None,
+        return {**summary, "device": device_label(self.result),
+                "reference": self.reference.variant if self.reference else None,
                 "reference_dir": str(self.reference.directory) if self.reference else None, "spectrum": spectrum}
+
+
+def device_label(result: Result) -> str:
+    """Which device produced a result's numbers: the device the runtime ran on, or this host."""
+    device = result.manifest["runtime"].get("device")
+    if device:
+        emulated = ", emulated" if device.get("emulated") else ""
+        return f"{device.get('label', device.get('kind', '?'))} ({device.get('machine', '?')}{emulated})"
+    return f"host ({result.manifest.get('machine', {}).get('arch', '?')})"
 
 
 def has_outputs(result: Result) -> bool:
@@ -270,7 +280,7 @@ def _delta_text(spec: MetricSpec, delta: Mapping[str, Any]) -> str:
 
 
 def _provenance(results: Sequence[Result]) -> dict[str, Any]:
-    """Models (with their labels), machines, runtime and tool versions, suites and dates of the inputs."""
+    """Models (with their labels), host machines, devices, runtime and tool versions, suites and dates of the inputs."""
     def unique(values: Sequence[Any]) -> list[Any]:
         return [value for i, value in enumerate(values) if value not in values[:i]]
 
@@ -279,6 +289,7 @@ def _provenance(results: Sequence[Result]) -> dict[str, Any]:
     return {
         "models": unique([{"spec": r.model, "label": r.model_label} for r in results]),
         "machines": unique([r.manifest.get("machine", {}) for r in results]),
+        "devices": unique([device_label(r) for r in results]),
         "runtimes": list(runtimes),
         "tool_versions": unique([r.manifest.get("tool_versions", {}) for r in results]),
         "suites": unique([r.raw.get("suite", {}).get("name", "basic") for r in results]),
@@ -291,7 +302,7 @@ def build_report(results: Sequence[Result], constraints: Constraints,
                  comparator: Comparator | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The report.json content and the figures (file name -> PNG bytes).
 
-    report.json: ``format``, ``provenance`` (models with labels, machines, runtimes, tool_versions,
+    report.json: ``format``, ``provenance`` (models with labels, host machines, devices, runtimes, tool_versions,
     suites, dates), ``constraints``, ``recommendations`` (``Choice.to_json``), ``metrics`` (key, label,
     higher_is_better, percent), ``tables`` (per model and target: ``rows`` of ``Row.to_json``),
     ``claims`` (``assess_claims``), ``plots`` (per model and target: figure kind -> file).
@@ -409,9 +420,9 @@ def _cost_cells(row: Mapping[str, Any]) -> tuple[Cell, Cell]:
 
 def _target_table(table: Mapping[str, Any]) -> Block:
     specs = [spec for spec in METRICS if any(spec.key in row["metrics"] for row in table["rows"])]
-    header = ("runtime / precision", "executed as", "vs", "image tower", "latency (median)",
+    header = ("runtime / precision", "executed as", "device", "vs", "image tower", "latency (median)",
               *(spec.label for spec in specs))
-    rows = tuple((Cell((row["variant"],)), Cell((row["executed_precision"],)),
+    rows = tuple((Cell((row["variant"],)), Cell((row["executed_precision"],)), Cell((row["device"],)),
                   Cell((row["reference"] or "(reference)",), "muted"),
                   *_cost_cells(row), *(_metric_cell(spec, row["metrics"].get(spec.key)) for spec in specs))
                  for row in table["rows"])
@@ -463,7 +474,8 @@ def _summary_lines(provenance: Mapping[str, Any]) -> list[str]:
     """Where, with what and when: shown under the title and in the provenance section."""
     machines = [f"{m.get('cpu', '?')} ({m.get('arch', '?')}, {m.get('cores', '?')} cores, {m.get('node', '?')})"
                 for m in provenance["machines"]]
-    return [f"evaluated on: {'; '.join(machines)}", f"runtimes: {', '.join(provenance['runtimes'])}",
+    return [f"host: {'; '.join(machines)}", f"devices: {', '.join(provenance['devices'])}",
+            f"runtimes: {', '.join(provenance['runtimes'])}",
             "results created {} to {}; report created {}".format(*provenance["results_created"],
                                                                  provenance["report_created"])]
 

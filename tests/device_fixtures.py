@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from lpmr_edge.devices.emulated import EmulatedArm64
 from lpmr_edge.devices.serve import MARKER
 from lpmr_edge.errors import UserError
 
@@ -52,6 +55,37 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting: {what}"
         time.sleep(0.1)
+
+
+def processes_inside(root: Path) -> list[Path]:
+    """Processes whose root directory is the emulated root."""
+    inside = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(proc / "root").readlink() == root:
+                inside.append(proc)
+        except OSError:
+            continue
+    return inside
+
+
+@pytest.fixture
+def emulator() -> EmulatedArm64:
+    """The emulated arm64 root of `make arm-root` (the test is skipped without it)."""
+    emulator = EmulatedArm64()
+    if not emulator.available():
+        pytest.skip(f"no usable emulated arm64 root at {emulator.root}: build it with `make arm-root` (as root)")
+    return emulator
+
+
+@pytest.fixture
+def emulated_device(emulator: EmulatedArm64) -> Iterator[str]:
+    """An ``emu-arm64`` device spec with a private work directory inside the root, removed afterwards."""
+    workdir = f"/tmp/lpmr-edge-test-{uuid.uuid4().hex[:8]}"
+    try:
+        yield f"emu-arm64?workdir={workdir}"
+    finally:
+        shutil.rmtree(emulator.root / workdir.lstrip("/"), ignore_errors=True)
 
 
 def _export(runtime: str, target: str, out: Path) -> Path:

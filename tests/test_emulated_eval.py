@@ -4,13 +4,11 @@ most of its time is importing torch and executorch under QEMU."""
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from device_fixtures import one_line_error, run_cli, wait_until
+from device_fixtures import one_line_error, processes_inside, run_cli, wait_until
 
 from lpmr_edge.devices.emulated import EmulatedArm64
 from lpmr_edge.runtimes import open_runtime
@@ -22,35 +20,12 @@ pytest_plugins = ["device_fixtures"]
 LIMIT = 16  # one image shard
 
 
-def _inside(root: Path) -> list[Path]:
-    """Processes whose root directory is the emulated root."""
-    inside = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if Path(proc / "root").readlink() == root:
-                inside.append(proc)
-        except OSError:
-            continue
-    return inside
-
-
-@pytest.fixture
-def emulator() -> EmulatedArm64:
-    emulator = EmulatedArm64()
-    if not emulator.available():
-        pytest.skip(f"no usable emulated arm64 root at {emulator.root}: build it with `make arm-root` (as root)")
-    return emulator
-
-
-def test_eval_on_emulated_arm64(emulator: EmulatedArm64, executorch_artifact: Path, tmp_path: Path) -> None:
+def test_eval_on_emulated_arm64(emulator: EmulatedArm64, emulated_device: str, executorch_artifact: Path,
+                                tmp_path: Path) -> None:
     local = tmp_path / "local"
     evaluate(open_runtime(artifact=executorch_artifact), local, EvalSettings(limit=LIMIT, batch_size=LIMIT))
-    workdir = f"/tmp/lpmr-edge-test-{uuid.uuid4().hex[:8]}"  # inside the root
-    try:
-        run = run_cli("eval", "--device", f"emu-arm64?workdir={workdir}", "--artifact", str(executorch_artifact),
-                      "--limit", str(LIMIT), "--batch-size", str(LIMIT), "--out", str(tmp_path / "arm"), "--json")
-    finally:
-        shutil.rmtree(emulator.root / workdir.lstrip("/"), ignore_errors=True)
+    run = run_cli("eval", "--device", emulated_device, "--artifact", str(executorch_artifact),
+                  "--limit", str(LIMIT), "--batch-size", str(LIMIT), "--out", str(tmp_path / "arm"), "--json")
     assert run.exit_code == 0, run.output
     described = json.loads((tmp_path / "arm" / "manifest.json").read_text())["runtime"]
     assert described["device"] == {**described["device"], "kind": "emu-arm64", "machine": "aarch64", "emulated": True}
@@ -59,7 +34,7 @@ def test_eval_on_emulated_arm64(emulator: EmulatedArm64, executorch_artifact: Pa
     arm, x86 = (np.load(directory / "outputs" / "id.npz")["features"] for directory in (tmp_path / "arm", local))
     assert arm.shape == x86.shape == (LIMIT, 64)
     np.testing.assert_allclose(arm, x86, rtol=0, atol=1e-4 * np.abs(x86).max())
-    wait_until(lambda: not _inside(emulator.root), "the emulated device server to end")
+    wait_until(lambda: not processes_inside(emulator.root), "the emulated device server to end")
 
 
 def test_an_unbuilt_root_is_one_line(tmp_path: Path, openvino_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:

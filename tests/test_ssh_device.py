@@ -12,6 +12,7 @@ from device_fixtures import SshServer, one_line_error, run_cli
 from lpmr_edge.devices.base import parse_device
 from lpmr_edge.devices.setup import setup_device
 from lpmr_edge.errors import UserError
+from lpmr_edge.pick import read_bench
 from lpmr_edge.runtimes import open_runtime
 from lpmr_edge.suite import EvalSettings, evaluate
 
@@ -42,6 +43,23 @@ def test_eval_over_ssh_equals_local(runtime: str, request: pytest.FixtureRequest
     assert timing["towers"]["image"]["batches"] == LIMIT  # the artifact's static batch is 1
     assert {path.name for path in (tmp_path / "device" / "artifacts").glob("*/*")} == {
         "manifest.json", *json.loads((artifact / "manifest.json").read_text())["files"]}
+    sshd.assert_nothing_left()
+
+
+def test_bench_over_ssh_is_timed_by_the_device(sshd: SshServer, tmp_path: Path, openvino_artifact: Path) -> None:
+    run = run_cli("bench", "--artifact", str(openvino_artifact), "--device", sshd.spec(tmp_path / "device"),
+                  "--repeats", "12", "--max-seconds", "30", "--json-out", str(tmp_path / "bench.json"))
+    assert run.exit_code == 0, run.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    [row] = report["results"]
+    label = f"ssh://root@127.0.0.1:{sshd.port}"
+    assert report["device"] == {"kind": "ssh", "label": label, "emulated": False}
+    assert row["device"]["label"] == label and row["device"]["machine"] == "x86_64"
+    assert (row["runtime"], row["precision"], row["batch"], row["calls"]) == ("openvino", "fp32", 1, 12)
+    assert 0 < row["median_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["peak_rss_mb"] > 0
+    [timing] = read_bench(tmp_path / "bench.json")
+    assert not timing.emulated and timing.median_ms == row["median_ms"]
+    assert f"device {label}" in run.output
     sshd.assert_nothing_left()
 
 

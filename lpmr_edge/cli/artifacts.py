@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from lpmr_edge.cli import app
-from lpmr_edge.cli.core import ArtifactOption, JsonOption, ModelOption
+from lpmr_edge.cli.core import ArtifactOption, DeviceOption, JsonOption, ModelOption
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 from lpmr_edge.quantize import QuantizationOptions
@@ -199,11 +199,14 @@ def bench_command(
     out: Annotated[Path, typer.Option(help="Artifacts root for --model exports")] = Path("lpmr-results/artifacts"),
     json_out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file")] = None,
     json_output: JsonOption = False,
+    device: DeviceOption = "local",
     *,
     options: QuantizationOptions = DEFAULTS,
 ) -> None:
-    """Median/p90/p99 latency, throughput, peak RSS and speed-up over fp32, interleaved across runtimes."""
-    from lpmr_edge.bench import BenchSettings, RuntimeSource, benchmark
+    """Median/p90/p99 latency, throughput, peak RSS and speed-up over fp32, interleaved across runtimes
+    (on a --device: one artifact after another, each static batch timed by the device itself)."""
+    from lpmr_edge.bench import BenchSettings, RuntimeSource, benchmark, benchmark_on_device
+    from lpmr_edge.devices.base import in_process
     from lpmr_edge.manifest import atomic_write_json
 
     settings = BenchSettings(tower=tower, batches=tuple(batch or (1, 32)), threads=threads, repeats=repeats,
@@ -215,15 +218,23 @@ def bench_command(
     reference_model = model or (_artifact_model(paths[0]) if paths else None)
     if torch_reference and reference_model:
         sources.append(RuntimeSource(model=reference_model))
-    report = benchmark(sources, settings, log=_log)
+    if in_process(device):
+        report = benchmark(sources, settings, log=_log)
+    elif torch_reference:
+        raise UserError("--torch times the eager reference on this host; leave it out with --device")
+    else:
+        report = benchmark_on_device(paths, device, settings, log=_log)
     if json_out is not None:
         atomic_write_json(json_out, report)
     if json_output:
         print_json(report)
         return
     machine = report["machine"]
-    console.print(f"{tower} tower on {machine['cpu']} ({machine['arch']}, {machine['cores']} cores, {machine['node']}); "
-                  "latency per call, throughput at that batch, peak RSS of the runtime's process")
+    where = f"{machine['cpu']} ({machine['arch']}, {machine['cores']} cores, {machine['node']})"
+    if "device" in report:
+        where = f"device {report['device']['label']}" + (" (emulated: not latencies)" if report["device"]["emulated"]
+                                                         else "")
+    console.print(f"{tower} tower on {where}; latency per call, throughput at that batch, peak RSS of the runtime's process")
     for row in report["results"]:
         size = f", {row['artifact_mb']} MB on disk" if row["artifact_mb"] is not None else ""
         console.print(escape(

@@ -61,11 +61,12 @@ def print_choices(choices: Sequence[Choice]) -> None:
         value = format_estimate(spec, chosen.metrics[spec.key]) if chosen else "—"
         latency = f"{chosen.measured_latency_ms:.2f}" if chosen and chosen.measured_latency_ms is not None else "—"
         pareto = ", ".join(f"{r.variant} ({r.measured_latency_ms:.2f} ms)" for r in choice.alternatives)
-        rows.append([choice.target, chosen.variant if chosen else "none", value, latency, choice.reason,
-                     pareto or "—"])
+        rows.append([choice.target, chosen.variant if chosen else "none", value, latency, pareto or "—"])
     direction = "higher" if spec.higher_is_better else "lower"
     print_table(f"what to deploy, optimising {spec.label} ({direction} is better)",
-                ["target", "deploy", spec.label, "latency ms", "why", "Pareto alternatives"], rows)
+                ["target", "deploy", spec.label, "latency ms", "Pareto alternatives"], rows)
+    for choice in choices:
+        console.print(f"why ({choice.target}): {choice.reason}", highlight=False)
 
 
 @app.command("pick")

@@ -139,15 +139,20 @@ class DeviceRuntime(Runtime):
         path = self.cache.path(tower, inputs)
         shard = self.cache.load(path)
         if shard is None:
-            reply, payload = self.session.request({"op": "run", "tower": tower}, encode_array(inputs))
-            shard = Shard(decode_array(payload), np.asarray(reply["batch_s"], dtype=np.float64), reply["batch"],
-                          reply["peak_rss_kb"])
+            shard = self.run_on_device(tower, inputs)
             self.cache.store(path, shard)
             self.shards["run_on_device"] += 1
         else:
             self.shards["from_host_store"] += 1
         self._used[tower].append(shard)
         return shard.features
+
+    def run_on_device(self, tower: str, inputs: np.ndarray) -> Shard:
+        """Run ``inputs`` on the device now (the host's store is neither read nor written): features, the
+        device's own seconds per static batch and its peak RSS."""
+        reply, payload = self.session.request({"op": "run", "tower": tower}, encode_array(inputs))
+        return Shard(decode_array(payload), np.asarray(reply["batch_s"], dtype=np.float64), reply["batch"],
+                     reply["peak_rss_kb"])
 
     def _image_features(self, images: np.ndarray) -> np.ndarray:
         return self._features("image", images)

@@ -1,0 +1,76 @@
+"""`lpmr-edge run --target … --device emu-arm64 --model lpmr-tiny-fmnist`: the whole pipeline with the
+ExecuTorch artifacts evaluated on the emulated aarch64 device, compared with the same artifacts evaluated
+on this x86 host.
+
+To fit CI, the target is the arm target reduced to ExecuTorch fp32 + int8 and the suite is small (256 ID
+images, one OOD set); the stock arm target and the quick suite take the same code path. Stated tolerance:
+top-1 within one prediction of the x86 run and ECE within 0.001 (XNNPACK's aarch64 and x86 kernels agree to
+~1e-7 relative on these towers). Needs the root of `make arm-root` (skipped without it).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from device_fixtures import processes_inside, run_cli, wait_until
+
+from lpmr_edge.devices.emulated import EmulatedArm64
+from lpmr_edge.runtimes import open_runtime
+from lpmr_edge.suite import EvalSettings, evaluate
+
+pytestmark = pytest.mark.slow
+pytest_plugins = ["device_fixtures"]
+
+ID_IMAGES = 256
+ECE_TOLERANCE = 1e-3
+TARGET = """name = "arm-et"
+description = "the arm target, ExecuTorch fp32 and int8 only"
+arch = "aarch64"
+threads = 2
+image_batch = 1
+text_batch = 1
+
+[runtimes.executorch]
+precisions = ["fp32", "int8"]
+"""
+SUITE = f"""name = "small"
+limit = {ID_IMAGES}
+bootstrap_resamples = 200
+
+[ood]
+sets = ["digits"]
+"""
+
+
+def _headline(result_dir: Path) -> tuple[float, float]:
+    metrics = json.loads((result_dir / "metrics.json").read_text())["metrics"]
+    return metrics["accuracy"]["top1"], metrics["calibration"]["ece"]
+
+
+def test_run_on_the_emulated_device_matches_x86(emulator: EmulatedArm64, emulated_device: str,
+                                                tmp_path: Path) -> None:
+    (tmp_path / "arm-et.toml").write_text(TARGET)
+    (tmp_path / "small.toml").write_text(SUITE)
+    out = tmp_path / "run"
+    run = run_cli("run", "--model", "lpmr-tiny-fmnist", "--target", str(tmp_path / "arm-et.toml"),
+                  "--suite", str(tmp_path / "small.toml"), "--device", emulated_device, "--out", str(out), "--json")
+    assert run.exit_code == 0, run.output
+    wait_until(lambda: not processes_inside(emulator.root), "the emulated device servers to end")
+
+    assert not (out / "results" / "arm-et" / "bench.json").exists()  # emulated timings are not latencies
+    report = json.loads((out / "report" / "report.json").read_text())
+    devices = {row["variant"]: row["device"] for table in report["tables"] for row in table["rows"]}
+    assert devices == {"torch fp32": "host (x86_64)", "executorch fp32": "emu-arm64 (aarch64, emulated)",
+                       "executorch int8": "emu-arm64 (aarch64, emulated)"}
+
+    for precision in ("fp32", "int8"):
+        on_device = out / "results" / "arm-et" / f"executorch-{precision}"
+        described = json.loads((on_device / "manifest.json").read_text())["runtime"]
+        assert described["device"]["machine"] == "aarch64" and described["timing"]["emulated"] is True
+        on_host = tmp_path / "x86" / precision
+        evaluate(open_runtime(artifact=out / "artifacts" / "arm-et" / f"executorch-{precision}"), on_host,
+                 EvalSettings(suite=str(tmp_path / "small.toml")))
+        (device_top1, device_ece), (host_top1, host_ece) = _headline(on_device), _headline(on_host)
+        assert abs(device_top1 - host_top1) <= 1 / ID_IMAGES, (precision, device_top1, host_top1)
+        assert abs(device_ece - host_ece) <= ECE_TOLERANCE, (precision, device_ece, host_ece)
