@@ -22,6 +22,7 @@ from pathlib import Path
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
 from lpmr_edge.pick import Choice, Constraints
 from lpmr_edge.runtimes.base import Runtime
+from lpmr_edge.suite import Progress, progress_task
 from lpmr_edge.targets import Target, load_target
 
 Log = Callable[[str], None]
@@ -55,7 +56,7 @@ def _open(artifact: Path, device: str, threads: int) -> Runtime:
     return open_device_runtime(artifact, device, threads)
 
 
-def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log) -> None:
+def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log, progress: Progress | None) -> None:
     from lpmr_edge.suite import METRICS_FILE, EvalSettings, evaluate, load_suite
 
     metrics = out_dir / METRICS_FILE
@@ -64,7 +65,7 @@ def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log) -> Non
             and sha256_json(read_json(metrics, "metrics").get("suite")) == sha256_json(asdict(load_suite(suite))):
         log(f"  suite: up to date ({out_dir})")
         return
-    evaluate(runtime, out_dir, EvalSettings(suite=suite))
+    evaluate(runtime, out_dir, EvalSettings(suite=suite), progress=progress)
     log(f"  suite: done ({out_dir})")
 
 
@@ -112,9 +113,10 @@ def _bench(target: Target, artifacts: Sequence[Path], device_spec: str, out: Pat
     log(f"  bench: {len(report['results'])} rows -> {out}")
 
 
-def run(plan: RunPlan, log: Log = print) -> list[Choice]:
-    """Run the whole pipeline for every target of the plan; returns the picker's choice per target."""
-    from lpmr_edge.export import export_target
+def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> list[Choice]:
+    """Run the whole pipeline for every target of the plan; returns the picker's choice per target.
+    ``progress`` (as the suite's) shows the steps done and each suite's images."""
+    from lpmr_edge.export import export_target, plan_exports
     from lpmr_edge.models import load_model
     from lpmr_edge.pick import load_results, pick
     from lpmr_edge.report import write_report
@@ -122,19 +124,29 @@ def run(plan: RunPlan, log: Log = print) -> list[Choice]:
 
     targets = [load_target(name) for name in plan.targets]
     results_root = plan.out / "results"
-    log(f"reference: torch FP32 on the host ({plan.model})")
-    _evaluate_once(TorchRuntime(load_model(plan.model)), results_root / "host" / "torch-fp32", plan.suite, log)
-    for target in targets:
-        log(f"target {target.name} ({target.arch}, {target.threads} threads, device {plan.device})")
-        artifacts = export_target(plan.model, target, out_root=plan.out / "artifacts", log=lambda m: log(f"  {m}"))
-        _parity(artifacts, results_root / target.name / "parity.json", plan.parity_images, log)
-        for artifact in artifacts:
-            runtime = _open(artifact, plan.device, target.threads)
-            try:
-                _evaluate_once(runtime, results_root / target.name / artifact.name, plan.suite, log)
-            finally:
-                runtime.close()
-        _bench(target, artifacts, plan.device, results_root / target.name / "bench.json", log)
-    write_report([results_root], plan.out / "report", plan.constraints)
-    log(f"report: {plan.out / 'report' / 'report.html'}")
+    artifacts_per_target = [len(plan_exports(plan.model, target)[0]) for target in targets]
+    steps = 2 + sum(2 * count + 2 for count in artifacts_per_target)  # reference, per target, report
+    with progress_task(progress, f"lpmr-edge run ({steps} steps)", steps) as step:
+        done = step or (lambda n: None)
+        log(f"reference: torch FP32 on the host ({plan.model})")
+        _evaluate_once(TorchRuntime(load_model(plan.model)), results_root / "host" / "torch-fp32", plan.suite, log,
+                       progress)
+        done(1)
+        for target in targets:
+            log(f"target {target.name} ({target.arch}, {target.threads} threads, device {plan.device})")
+            artifacts = export_target(plan.model, target, out_root=plan.out / "artifacts",
+                                      log=lambda m: log(f"  {m}"), advance=done)
+            _parity(artifacts, results_root / target.name / "parity.json", plan.parity_images, log)
+            done(1)
+            for artifact in artifacts:
+                runtime = _open(artifact, plan.device, target.threads)
+                try:
+                    _evaluate_once(runtime, results_root / target.name / artifact.name, plan.suite, log, progress)
+                finally:
+                    runtime.close()
+                done(1)
+            _bench(target, artifacts, plan.device, results_root / target.name / "bench.json", log)
+            done(1)
+        write_report([results_root], plan.out / "report", plan.constraints)
+        done(1)
     return pick(load_results([results_root]), plan.constraints)

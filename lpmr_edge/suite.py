@@ -659,7 +659,8 @@ def apply_overrides(suite: SuiteConfig, settings: EvalSettings) -> SuiteConfig:
     return updated
 
 
-def _progress(progress: Progress | None, label: str, total: int) -> typing.ContextManager[Any]:
+def progress_task(progress: Progress | None, label: str, total: int) -> typing.ContextManager[Any]:
+    """A task of ``progress`` (its context yields ``advance(n)``), or a context yielding None without one."""
     return progress(label, total) if progress else contextlib.nullcontext()
 
 
@@ -672,7 +673,7 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
     sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images)
     preprocess, tokenizer = build_preprocess(model_info), build_tokenizer(model_info)
     total = sum(len(eval_set.dataset) for eval_set in sets)
-    with _progress(progress, f"{suite.name} suite, {len(sets)} sets ({runtime.name})", total) as advance:
+    with progress_task(progress, f"{suite.name} suite, {len(sets)} sets ({runtime.name})", total) as advance:
         for eval_set in sets:
             embeddings = class_embeddings(runtime, tokenizer, eval_set.classifier.class_names,
                                           eval_set.classifier.templates)

@@ -32,3 +32,13 @@ def standin():
     from lpmr_edge.models import load_model
 
     return load_model("lpmr-tiny-fmnist")
+
+
+def target_toml(name: str, description: str, arch: str, threads: int, batch: int,
+                precisions: dict[str, list[str]]) -> str:
+    """A small target file: ``precisions`` per runtime, one batch size for both towers."""
+    lines = [f"name = {name!r}", f"description = {description!r}", f"arch = {arch!r}", f"threads = {threads}",
+             f"image_batch = {batch}", f"text_batch = {batch}"]
+    for runtime, listed in precisions.items():
+        lines += ["", f"[runtimes.{runtime}]", f"precisions = {listed!r}"]
+    return "\n".join(lines) + "\n"

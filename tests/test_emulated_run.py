@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import target_toml
 from device_fixtures import processes_inside, run_cli, wait_until
 
 from lpmr_edge.devices.emulated import EmulatedArm64
@@ -24,16 +25,8 @@ pytest_plugins = ["device_fixtures"]
 
 ID_IMAGES = 256
 ECE_TOLERANCE = 1e-3
-TARGET = """name = "arm-et"
-description = "the arm target, ExecuTorch fp32 and int8 only"
-arch = "aarch64"
-threads = 2
-image_batch = 1
-text_batch = 1
-
-[runtimes.executorch]
-precisions = ["fp32", "int8"]
-"""
+TARGET = target_toml("arm-et", "the arm target, ExecuTorch fp32 and int8 only", "aarch64", threads=2, batch=1,
+                     precisions={"executorch": ["fp32", "int8"]})
 SUITE = f"""name = "small"
 limit = {ID_IMAGES}
 bootstrap_resamples = 200

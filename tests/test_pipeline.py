@@ -10,21 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import target_toml
 
-SMALL_TARGET = """
-name = "tiny-x86"
-description = "test target: OpenVINO fp32/int8 and ExecuTorch fp32"
-arch = "{arch}"
-threads = 1
-image_batch = 8
-text_batch = 8
-
-[runtimes.openvino]
-precisions = ["fp32", "int8"]
-
-[runtimes.executorch]
-precisions = ["fp32"]
-"""
 SMALL_SUITE = """
 limit = 300
 bootstrap_resamples = 100
@@ -48,7 +35,9 @@ def plan_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     import platform
 
     folder = tmp_path_factory.mktemp("plan")
-    (folder / "tiny-x86.toml").write_text(SMALL_TARGET.format(arch=platform.machine()))
+    (folder / "tiny-x86.toml").write_text(target_toml(
+        "tiny-x86", "test target: OpenVINO fp32/int8 and ExecuTorch fp32", platform.machine(), threads=1, batch=8,
+        precisions={"openvino": ["fp32", "int8"], "executorch": ["fp32"]}))
     (folder / "small.toml").write_text(SMALL_SUITE)
     return folder / "tiny-x86.toml", folder / "small.toml"
 

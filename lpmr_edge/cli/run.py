@@ -17,7 +17,7 @@ from lpmr_edge.cli.report import (
     _fail_without_choice,
     print_choices,
 )
-from lpmr_edge.cli.ui import console, print_json
+from lpmr_edge.cli.ui import LiveProgress, console, print_json
 
 
 @app.command("run")
@@ -38,11 +38,12 @@ def run_command(
 
     plan = RunPlan(model=model, targets=tuple(target or ["x86"]), out=out, suite=suite, device=device,
                    constraints=_constraints(objective, max_latency_ms, max_size_mb, max_accuracy_drop))
-    choices = run(plan, log=console.print)
+    with LiveProgress() as progress:
+        choices = run(plan, log=progress.log, progress=progress.task)
     if json_output:
         print_json({"report": str(out / "report" / "report.html"),
                     "recommendations": [choice.to_json() for choice in choices]})
     else:
         print_choices(choices)
-        console.print(f"report: {out / 'report' / 'report.html'}")
+        console.print(f"report: {out / 'report' / 'report.html'}", highlight=False)
     _fail_without_choice(choices)

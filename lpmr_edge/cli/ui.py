@@ -4,23 +4,62 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 console = Console(stderr=True)
 
 
+def _progress_display() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=True)
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr; yields ``advance(n)``."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
+    with _progress_display() as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+class LiveProgress:
+    """One live display for a long command: each ``task(label, total)`` adds a bar (removed when its context
+    ends), nested tasks show under the outer ones, and ``log`` prints above the bars."""
+
+    def __init__(self) -> None:
+        self.display = _progress_display()
+
+    def __enter__(self) -> Self:
+        self.display.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.display.stop()
+
+    @contextlib.contextmanager
+    def task(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A bar for ``total`` units; yields ``advance(n)``."""
+        task = self.display.add_task(label, total=total)
+        try:
+            yield lambda n: self.display.advance(task, n)
+        finally:
+            self.display.remove_task(task)
+
+    def log(self, message: str) -> None:
+        """A line above the bars, printed as is (no markup, no wrapping of long paths)."""
+        self.display.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_json(value: Any) -> None:

@@ -244,8 +244,9 @@ def export_target(model_spec: str, target: Target, runtimes: Sequence[str] | Non
                   precisions: Sequence[str] | None = None, out_root: Path = DEFAULT_OUT_ROOT,
                   options: QuantizationOptions = DEFAULT_OPTIONS, dynamic_batch: bool = False,
                   fuse_head: bool = False, force: bool = False, isolate: bool = True,
-                  log: Log | None = None) -> list[Path]:
-    """Export every (runtime, precision) of a target (see ``plan_exports``); returns the artifact directories."""
+                  log: Log | None = None, advance: Callable[[int], None] | None = None) -> list[Path]:
+    """Export every (runtime, precision) of a target (see ``plan_exports``); returns the artifact directories.
+    ``advance(1)`` is called after each artifact."""
     from lpmr_edge.models import load_model
 
     requests, notes = plan_exports(model_spec, target, runtimes, precisions, options, dynamic_batch, fuse_head)
@@ -258,6 +259,8 @@ def export_target(model_spec: str, target: Target, runtimes: Sequence[str] | Non
         path, current = export_artifact(request, out_root, force=force, isolate=isolate, clip=clip)
         report(f"{request.name}: {'up to date' if current else 'exported'} -> {path}")
         paths.append(path)
+        if advance:
+            advance(1)
     return paths
 
 
