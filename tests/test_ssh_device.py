@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import metadata
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from device_fixtures import SshServer, one_line_error, run_cli
 from lpmr_edge.devices.base import parse_device
 from lpmr_edge.devices.setup import setup_device
 from lpmr_edge.errors import UserError
+from lpmr_edge.manifest import write_manifest
 from lpmr_edge.pick import read_bench
 from lpmr_edge.runtimes import open_runtime
 from lpmr_edge.suite import EvalSettings, evaluate
@@ -38,11 +40,34 @@ def test_eval_over_ssh_equals_local(runtime: str, request: pytest.FixtureRequest
     described = json.loads((tmp_path / "ssh" / "manifest.json").read_text())["runtime"]
     assert described["device"] == {**described["device"], "kind": "ssh", "label": f"ssh://root@127.0.0.1:{sshd.port}",
                                    "machine": "x86_64", "emulated": False}
+    verified = described["reference_outputs"]  # the device re-ran the artifact's reference inputs
+    if runtime == "executorch":
+        assert set(verified) == {"image", "text"} and min(v["cosine_min"] for v in verified.values()) > 0.9999
+    else:
+        assert verified is None  # OpenVINO IR carries no reference outputs
     timing = described["timing"]
     assert timing["emulated"] is False and timing["shards"] == {"run_on_device": 4}
     assert timing["towers"]["image"]["batches"] == LIMIT  # the artifact's static batch is 1
     assert {path.name for path in (tmp_path / "device" / "artifacts").glob("*/*")} == {
         "manifest.json", *json.loads((artifact / "manifest.json").read_text())["files"]}
+    sshd.assert_nothing_left()
+
+
+def test_a_device_that_computes_other_outputs_is_refused(sshd: SshServer, tmp_path: Path,
+                                                        executorch_artifact: Path) -> None:
+    copy = shutil.copytree(executorch_artifact, tmp_path / "artifact")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    with np.load(copy / "reference.npz") as reference:
+        arrays = dict(reference)
+    arrays["text_expected"] = arrays["text_expected"] * -1  # as if the device's kernels were broken
+    np.savez_compressed(copy / "reference.npz", **arrays)
+    write_manifest(copy, {key: manifest[key] for key in manifest
+                          if key not in ("files", "tool_versions", "machine", "created")})
+    device = sshd.spec(tmp_path / "device")
+    message = one_line_error(run_cli("eval", "--device", device, "--artifact", str(copy), "--limit", "4",
+                                     "--out", str(tmp_path / "out")))
+    assert f"text tower output(s) on device ssh://root@127.0.0.1:{sshd.port} (x86_64) differ" in message
+    assert not (tmp_path / "out" / "metrics.json").exists()
     sshd.assert_nothing_left()
 
 

@@ -95,6 +95,22 @@ class DeviceRuntime(Runtime):
         self.cache = ShardCache(cache_root() / SHARDS_DIR / self._identity)
         self.shards: Counter[str] = Counter()
         self._used: dict[str, list[Shard]] = {tower: [] for tower in TOWERS}
+        self.verification = self._verify_reference_outputs()
+
+    def _verify_reference_outputs(self) -> dict[str, dict[str, float]] | None:
+        """The device runs the artifact's reference inputs (ExecuTorch artifacts carry them) and must give the
+        exporting host's outputs within the manifest's tolerance; None for artifacts without them."""
+        from lpmr_edge.parity import verify_reference_outputs
+
+        if "verification" not in self.manifest:
+            return None
+        try:
+            return verify_reference_outputs(self.artifact_dir, self.manifest,
+                                            lambda tower, inputs: self.run_on_device(tower, inputs).features,
+                                            f"device {self.device.label} ({self.session.hello['machine']})")
+        except BaseException:
+            self.session.close()
+            raise
 
     @property
     def device_info(self) -> dict[str, Any]:
@@ -199,7 +215,8 @@ class DeviceRuntime(Runtime):
         return {"runtime": self.name, "version": self.loaded["version"], "precision": self.manifest["precision"],
                 "executed_precision": self.executed_precision, "threads": self.loaded["threads"],
                 "identity": self.identity, "model": self.model_info, "artifact": self.manifest, **extras,
-                "warnings": self.warnings(), "device": self.device_info, "timing": self.timing()}
+                "warnings": self.warnings(), "device": self.device_info, "timing": self.timing(),
+                "reference_outputs": self.verification}
 
     def close(self) -> None:
         """Stop the device server and the connection: nothing is left running on the device."""

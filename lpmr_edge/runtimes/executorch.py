@@ -16,7 +16,7 @@ import numpy as np
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import TOWERS, foreign_machine_warnings, verify_artifact
 from lpmr_edge.manifest import sha256_json
-from lpmr_edge.parity import feature_agreement
+from lpmr_edge.parity import verify_reference_outputs
 from lpmr_edge.runtimes.base import Runtime
 
 
@@ -87,20 +87,7 @@ class ExecuTorchRuntime(Runtime):
 
         Returns the agreement per tower; raises UserError when a tower is outside the manifest's tolerance.
         """
-        verification = self.manifest["verification"]
-        tolerance = verification["tolerance"]
-        with np.load(self.artifact_dir / verification["file"]) as reference:
-            agreement = {tower: feature_agreement(reference[names["expected"]],
-                                                  self._run(tower, reference[names["input"]]))
-                         for tower, names in verification["towers"].items()}
-        failed = [tower for tower, result in agreement.items()
-                  if result["cosine_min"] < tolerance["cosine_min"]
-                  or result["relative_max_diff"] > tolerance["relative_max_diff"]]
-        if failed:
-            raise UserError(f"{', '.join(failed)} tower output(s) on this {platform.machine()} CPU differ from the "
-                            f"exporting host's beyond {tolerance}: {agreement}; do not trust results from this "
-                            "device/runtime build until that is explained")
-        return agreement
+        return verify_reference_outputs(self.artifact_dir, self.manifest, self._run, f"this {platform.machine()} CPU")
 
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version
