@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,24 +23,37 @@ from lpmr_edge.export import TOWERS
 from lpmr_edge.manifest import machine_info, now_utc
 
 if TYPE_CHECKING:
+    from lpmr_edge.runtimes.base import Runtime
     from lpmr_edge.runtimes.device import DeviceRuntime
+
+
+ZERO_SHOT = "zero-shot"
+BENCH_TOWERS = (*TOWERS, ZERO_SHOT)
+
+
+def artifact_tower(tower: str) -> str:
+    """The artifact tower a bench tower runs (the zero-shot path runs the image tower)."""
+    return "image" if tower == ZERO_SHOT else tower
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     """How to measure: tower, batches, thread count and how many timed calls."""
 
-    tower: str = "image"
+    tower: str = "image"  # image | text | zero-shot (image tower + cosine scores against cached class embeddings)
     batches: tuple[int, ...] = (1, 32)
     threads: int | None = None
     warmup: int = 3
     repeats: int = 50
     max_seconds: float = 20.0
     rounds: int = 10
+    classes: int = 1000  # zero-shot: how many cached class embeddings each image is scored against
 
     def __post_init__(self) -> None:
-        if self.tower not in TOWERS:
-            raise UserError(f"unknown tower '{self.tower}'; use image or text")
+        if self.tower not in BENCH_TOWERS:
+            raise UserError(f"unknown tower '{self.tower}'; use {', '.join(BENCH_TOWERS)}")
+        if self.classes < 1:
+            raise UserError(f"--classes {self.classes}: the zero-shot head needs at least 1 class")
         if not self.batches or min(self.batches) < 1:
             raise UserError(f"batches {list(self.batches)} must be positive; pass e.g. --batch 1 --batch 32")
         if min(self.warmup, self.repeats, self.rounds) < 1 or self.max_seconds <= 0:
@@ -76,6 +89,19 @@ def peak_rss_megabytes() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def timed_call(runtime: Runtime, tower: str, classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    """What one timed call runs: a tower, or the end-to-end zero-shot path (image tower, then cosine scores
+    against ``classes`` cached class embeddings: seeded random unit vectors, as the cost does not depend on
+    their values)."""
+    if tower != ZERO_SHOT:
+        return getattr(runtime, f"{tower}_features")
+    from lpmr_edge.zeroshot import cosine_similarities, normalise
+
+    rng = np.random.default_rng(0)
+    embeddings = normalise(rng.standard_normal((classes, runtime.model_info["embed_dim"])).astype(np.float32))
+    return lambda images: cosine_similarities(runtime.image_features(images), embeddings).argmax(-1)
+
+
 def _example_batch(model_info: dict[str, Any], tower: str, batch: int) -> np.ndarray:
     from lpmr_edge.models import build_tokenizer
 
@@ -85,14 +111,14 @@ def _example_batch(model_info: dict[str, Any], tower: str, batch: int) -> np.nda
     return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
-def _worker(connection: Connection, source: RuntimeSource, threads: int | None, tower: str) -> None:
+def _worker(connection: Connection, source: RuntimeSource, threads: int | None, tower: str, classes: int) -> None:
     """Serve timing requests for one runtime until told to stop."""
     from lpmr_edge.runtimes import open_runtime
 
     try:
         runtime = open_runtime("torch" if source.model else None, model=source.model,
                                artifact=Path(source.artifact) if source.artifact else None, threads=threads)
-        run: Callable[[np.ndarray], np.ndarray] = getattr(runtime, f"{tower}_features")
+        run = timed_call(runtime, tower, classes)
         connection.send(("ready", runtime.describe()))
     except UserError as error:
         connection.send(("error", str(error)))
@@ -115,11 +141,11 @@ def _worker(connection: Connection, source: RuntimeSource, threads: int | None, 
 class _Worker:
     """A runtime in its own process, driven over a pipe."""
 
-    def __init__(self, source: RuntimeSource, threads: int | None, tower: str) -> None:
+    def __init__(self, source: RuntimeSource, threads: int | None, tower: str, classes: int) -> None:
         context = get_context("spawn")
         self.source = source
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, source, threads, tower), daemon=True)
+        self.process = context.Process(target=_worker, args=(child, source, threads, tower, classes), daemon=True)
         self.process.start()
         status, payload = self._receive()
         if status == "error":
@@ -149,7 +175,7 @@ class _Worker:
         artifact = self.description.get("artifact")
         if not artifact:
             return list(wanted)
-        shape = artifact["towers"][tower]["inputs"][0]["shape"]
+        shape = artifact["towers"][artifact_tower(tower)]["inputs"][0]["shape"]
         return list(wanted) if shape[0] == -1 else [shape[0]]
 
 
@@ -159,7 +185,7 @@ def _tower_megabytes(source: RuntimeSource, description: dict[str, Any], tower: 
         return None
     directory = Path(source.artifact)
     sizes = [(directory / name).stat().st_size for name in description["artifact"]["files"]
-             if Path(name).stem == tower]
+             if Path(name).stem == artifact_tower(tower)]
     return round(sum(sizes) / 2**20, 2)
 
 
@@ -196,7 +222,7 @@ def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSetti
     try:
         for source in sources:
             report(f"loading {source.label}")
-            workers.append(_Worker(source, settings.threads, settings.tower))
+            workers.append(_Worker(source, settings.threads, settings.tower, settings.classes))
         rows: list[dict[str, Any]] = []
         for batch in settings.batches:
             runnable = [worker for worker in workers if batch in worker.batches(settings.tower, settings.batches)]
@@ -254,6 +280,9 @@ def benchmark_on_device(artifacts: list[Path], device_spec: str, settings: Bench
     from lpmr_edge.devices.base import parse_device
     from lpmr_edge.runtimes.device import DeviceRuntime
 
+    if settings.tower == ZERO_SHOT:
+        raise UserError("the zero-shot path is timed on this host only; on a device time --tower image (the "
+                        "class scores are one small matrix product)")
     device = parse_device(device_spec)
     report = log or (lambda message: None)
     rows: list[dict[str, Any]] = []
@@ -274,10 +303,32 @@ def benchmark_on_device(artifacts: list[Path], device_spec: str, settings: Bench
             "created": now_utc(), "results": rows, "speedups": speedups(rows)}
 
 
+def benchmark_towers(sources: list[RuntimeSource], settings: BenchSettings, towers: Sequence[str],
+                     device_spec: str = "local", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``benchmark`` (or ``benchmark_on_device`` for a ``--device`` other than local) of each tower in turn,
+    as one report: rows and speed-ups of every tower, ``settings.tower`` listing them."""
+    from lpmr_edge.devices.base import in_process
+
+    if not in_process(device_spec) and any(source.model for source in sources):
+        raise UserError("--torch times the eager reference on this host; leave it out with --device")
+    reports = []
+    for tower in towers:
+        tower_settings = replace(settings, tower=tower)
+        reports.append(benchmark(sources, tower_settings, log) if in_process(device_spec) else
+                       benchmark_on_device([Path(source.artifact) for source in sources if source.artifact],
+                                           device_spec, tower_settings, log))
+    return {**reports[0], "settings": {**reports[0]["settings"], "tower": list(towers)},
+            "results": [row for report in reports for row in report["results"]],
+            "speedups": [entry for report in reports for entry in report["speedups"]]}
+
+
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median-latency speed-up of every row over the fp32 row of the same runtime and batch (same run)."""
-    baselines = {(row["runtime"], row["batch"]): row for row in rows if row["precision"] == "fp32"}
-    return [{"runtime": row["runtime"], "batch": row["batch"], "precision": row["precision"],
+    """Median-latency speed-up of every row over the fp32 row of the same runtime, tower and batch (same run)."""
+    def key(row: dict[str, Any]) -> tuple[str, str, int]:
+        return row["runtime"], row["tower"], row["batch"]
+
+    baselines = {key(row): row for row in rows if row["precision"] == "fp32"}
+    return [{"runtime": row["runtime"], "tower": row["tower"], "batch": row["batch"], "precision": row["precision"],
              "executed_precision": row["executed_precision"],
-             "speedup_over_fp32": baselines[(row["runtime"], row["batch"])]["median_ms"] / row["median_ms"]}
-            for row in rows if (row["runtime"], row["batch"]) in baselines and row["precision"] != "fp32"]
+             "speedup_over_fp32": baselines[key(row)]["median_ms"] / row["median_ms"]}
+            for row in rows if key(row) in baselines and row["precision"] != "fp32"]

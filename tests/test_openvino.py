@@ -158,6 +158,27 @@ def test_bench_reports_every_figure_without_judging_them(artifacts: dict[str, Pa
     assert report["machine"]["arch"] and [s["precision"] for s in report["speedups"]] == ["int8"]
 
 
+def test_bench_times_each_tower_and_the_zero_shot_path(artifacts: dict[str, Path]):
+    from lpmr_edge.bench import ZERO_SHOT, BenchSettings, RuntimeSource, benchmark_towers, timed_call
+
+    sources = [RuntimeSource(artifact=str(artifacts[p])) for p in ("fp32", "int8")]
+    settings = BenchSettings(batches=(1,), threads=1, warmup=1, repeats=2, rounds=2, classes=7)
+    report = benchmark_towers(sources, settings, ["image", "text", ZERO_SHOT])
+    assert [(row["tower"], row["precision"]) for row in report["results"]] == [
+        (tower, precision) for tower in ("image", "text", ZERO_SHOT) for precision in ("fp32", "int8")]
+    by_tower = {row["tower"]: row for row in report["results"] if row["precision"] == "fp32"}
+    assert by_tower[ZERO_SHOT]["artifact_mb"] == by_tower["image"]["artifact_mb"] != by_tower["text"]["artifact_mb"]
+    assert [(s["tower"], s["precision"]) for s in report["speedups"]] == [
+        ("image", "int8"), ("text", "int8"), (ZERO_SHOT, "int8")]
+    assert report["settings"]["tower"] == ["image", "text", ZERO_SHOT]
+    runtime = open_runtime(artifact=artifacts["fp32"])
+    size = runtime.model_info["image_size"]
+    images = np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32)
+    assert timed_call(runtime, ZERO_SHOT, 7)(images).shape == (1,)  # one predicted class of 7 per image
+    with pytest.raises(UserError, match="unknown tower 'audio'"):
+        BenchSettings(tower="audio")
+
+
 def test_target_options_reach_the_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LPMR_EDGE_CACHE", str(tmp_path / "cache"))
     target_file = tmp_path / "edge.toml"

@@ -190,7 +190,10 @@ def bench_command(
     runtime: Annotated[list[str] | None, typer.Option(help="With --model: runtime(s) to export")] = None,
     precision: Annotated[list[str] | None, typer.Option(help="With --model: precision(s) to export")] = None,
     torch_reference: Annotated[bool, typer.Option("--torch", help="Also time the torch FP32 eager reference")] = False,
-    tower: Annotated[str, typer.Option(help="Tower to time: image or text")] = "image",
+    tower: Annotated[list[str] | None, typer.Option(help="What to time (repeatable): image, text, or zero-shot "
+                                                    "(image tower + scores against --classes cached class "
+                                                    "embeddings); default image")] = None,
+    classes: Annotated[int, typer.Option(help="zero-shot: number of cached class embeddings")] = 1000,
     batch: Annotated[list[int] | None, typer.Option(help="Batch size(s); static artifacts run at their own")]
         = None,
     threads: ThreadsOption = None,
@@ -205,12 +208,14 @@ def bench_command(
 ) -> None:
     """Median/p90/p99 latency, throughput, peak RSS and speed-up over fp32, interleaved across runtimes
     (on a --device: one artifact after another, each static batch timed by the device itself)."""
-    from lpmr_edge.bench import BenchSettings, RuntimeSource, benchmark, benchmark_on_device
-    from lpmr_edge.devices.base import in_process
+    from lpmr_edge.bench import BenchSettings, RuntimeSource, benchmark_towers
     from lpmr_edge.manifest import atomic_write_json
 
-    settings = BenchSettings(tower=tower, batches=tuple(batch or (1, 32)), threads=threads, repeats=repeats,
-                             max_seconds=max_seconds)
+    towers = tower or ["image"]
+    settings = BenchSettings(tower=towers[0], batches=tuple(batch or (1, 32)), threads=threads, repeats=repeats,
+                             max_seconds=max_seconds, classes=classes)
+    for name in towers[1:]:
+        BenchSettings(tower=name)  # validates the name before anything is exported or timed
     paths = list(artifact or [])
     if model is not None and target is not None:
         paths += _bench_artifacts(model, target, runtime, precision, settings.batches, out, options)
@@ -218,12 +223,7 @@ def bench_command(
     reference_model = model or (_artifact_model(paths[0]) if paths else None)
     if torch_reference and reference_model:
         sources.append(RuntimeSource(model=reference_model))
-    if in_process(device):
-        report = benchmark(sources, settings, log=_log)
-    elif torch_reference:
-        raise UserError("--torch times the eager reference on this host; leave it out with --device")
-    else:
-        report = benchmark_on_device(paths, device, settings, log=_log)
+    report = benchmark_towers(sources, settings, towers, device, log=_log)
     if json_out is not None:
         atomic_write_json(json_out, report)
     if json_output:
@@ -234,16 +234,17 @@ def bench_command(
     if "device" in report:
         where = f"device {report['device']['label']}" + (" (emulated: not latencies)" if report["device"]["emulated"]
                                                          else "")
-    console.print(f"{tower} tower on {where}; latency per call, throughput at that batch, peak RSS of the runtime's process")
+    console.print(f"timed on {where}; latency per call, throughput at that batch, peak RSS of the runtime's process",
+                  highlight=False)
     for row in report["results"]:
         size = f", {row['artifact_mb']} MB on disk" if row["artifact_mb"] is not None else ""
         console.print(escape(
-            f"{row['model']} {row['runtime']} {row['precision']} (executed: {row['executed_precision']}) "
+            f"{row['tower']}: {row['model']} {row['runtime']} {row['precision']} (executed: {row['executed_precision']}) "
             f"batch {row['batch']}, {row['threads']} threads: median {row['median_ms']:.1f} ms, p90 {row['p90_ms']:.1f}, "
             f"p99 {row['p99_ms']:.1f} ({row['calls']} calls), {row['throughput_per_s']:.1f} items/s, "
             f"peak RSS {row['peak_rss_mb']} MB{size}"))
     for speedup in report["speedups"]:
-        console.print(f"{speedup['runtime']} {speedup['precision']} vs {speedup['runtime']} fp32, batch "
+        console.print(f"{speedup['tower']}: {speedup['runtime']} {speedup['precision']} vs {speedup['runtime']} fp32, batch "
                       f"{speedup['batch']}, {settings.threads or 'target'} threads: {speedup['speedup_over_fp32']:.2f}x "
                       "(median latency, same interleaved run)")
 
