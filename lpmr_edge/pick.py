@@ -194,10 +194,18 @@ class Result:
 
 
 def find_inputs(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
-    """Result directories and bench JSON files, given directly or found (recursively) below folders."""
+    """Result directories and bench JSON files, given directly or found (recursively) below folders, or
+    the done jobs of a sweep database (``sweep.db[?suite=..&seed=..]``, see ``lpmr_edge.sweep.results``)."""
+    from lpmr_edge.sweep.results import is_sweep_reference, sweep_inputs
+
     results: dict[Path, None] = {}
     benches: dict[Path, None] = {}
     for path in map(Path, paths):
+        if is_sweep_reference(path):
+            found_results, found_benches = sweep_inputs(path)
+            results.update(dict.fromkeys(found_results))
+            benches.update(dict.fromkeys(found_benches))
+            continue
         if path.is_file() and path.suffix == ".json":
             benches[path.resolve()] = None
             continue

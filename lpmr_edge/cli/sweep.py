@@ -1,0 +1,107 @@
+"""`lpmr-edge sweep`: run a grid of jobs (`sweep SWEEP.toml` = `sweep run SWEEP.toml`), `sweep status DB`,
+`sweep export DB`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from lpmr_edge.cli import app
+from lpmr_edge.cli.core import JsonOption
+from lpmr_edge.cli.ui import console, print_json, print_table
+
+FAILED_JOBS_EXIT = 1
+
+
+class _RunByDefault(TyperGroup):
+    """``lpmr-edge sweep FILE.toml ...`` means ``lpmr-edge sweep run FILE.toml ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+sweep_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True,
+                        help="Sweeps: models x targets x runtimes x precisions x calibrations x suites x seeds, "
+                             "on this machine or a Ray cluster, into one SQLite database.")
+app.add_typer(sweep_app, name="sweep")
+DatabaseArgument = Annotated[Path, typer.Argument(help="A sweep database (<out>/sweep.db)")]
+
+
+@sweep_app.command("run")
+def run_command(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (see sweeps/demo.toml)")],
+    resume: Annotated[bool, typer.Option(help="Continue the sweep in <out>/sweep.db (same grid)")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="With --resume: give failed jobs new attempts")] = False,
+    engine: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address HOST:PORT (default: start a "
+                                                   "private local Ray instance)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local engine: jobs at once (default: cores // "
+                                                   "threads)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: the sweep file's 'out')")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run (or --resume) a sweep. Exit status 1 when some jobs failed (see `lpmr-edge sweep status`)."""
+    from lpmr_edge.errors import UserError
+    from lpmr_edge.sweep.progress import live_display
+    from lpmr_edge.sweep.runner import run_sweep
+    from lpmr_edge.sweep.spec import load_sweep
+
+    if retry_failed and not resume:
+        raise UserError("--retry-failed continues an existing sweep; add --resume")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers} must be at least 1")
+    sweep = load_sweep(sweep_file, out)
+    with live_display(sweep.name, console) as on_progress:
+        progress = run_sweep(sweep, engine=engine, address=address, resume=resume, retry_failed=retry_failed,
+                             workers=workers, on_progress=on_progress)
+    summary = {"database": str(sweep.db_path), "total": progress.total, "done": progress.done,
+               "failed": progress.failed}
+    if json_output:
+        print_json(summary)
+    else:
+        console.print(f"sweep {sweep.name}: {progress.done}/{progress.total} done, {progress.failed} failed "
+                      f"-> {sweep.db_path}")
+    if progress.failed:
+        typer.secho(f"error: {progress.failed} job(s) failed; see `lpmr-edge sweep status {sweep.db_path}`",
+                    err=True, fg="red")
+        raise typer.Exit(FAILED_JOBS_EXIT)
+
+
+@sweep_app.command("status")
+def status_command(database: DatabaseArgument, json_output: JsonOption = False) -> None:
+    """Jobs done / running / failed / pending, ETA of a running sweep, and every failed job's error."""
+    from lpmr_edge.sweep.progress import status
+
+    state = status(database)
+    if json_output:
+        print_json(state)
+        return
+    mean = state["job_seconds_mean"]
+    print_table(f"sweep {state['name']} ({database})", ["total", "done", "running", "failed", "pending", "ETA",
+                                                        "mean job s"],
+                [[state["total"], state["done"], state["running"], state["failed"], state["pending"],
+                  state["eta"] or ("—" if state["pending"] else "finished"), mean if mean is not None else "—"]])
+    if state["failed_jobs"]:
+        print_table("failed jobs", ["#", "job", "model", "target", "runtime-precision", "suite", "seed", "attempts",
+                                    "error"],
+                    [[job["position"], job["id"], job["model"], job["target"], f"{job['runtime']}-{job['precision']}",
+                      job["suite"], job["seed"], job["attempts"], job["error"]] for job in state["failed_jobs"]])
+
+
+@sweep_app.command("export")
+def export_command(
+    database: DatabaseArgument,
+    format: Annotated[str, typer.Option("--format", help="csv | parquet")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="Directory for jobs.<ext> and metrics.<ext> (default: "
+                                                  "beside the database, export/)")] = None,
+) -> None:
+    """Write the jobs table and the metrics (one row per job and metric, with the job's grid cell) for analysis."""
+    from lpmr_edge.sweep.results import export_tables
+
+    for path in export_tables(database, out or database.parent / "export", format):
+        console.print(f"wrote {path}")

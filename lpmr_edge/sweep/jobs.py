@@ -1,0 +1,185 @@
+"""What a worker runs: build one artifact, or run one job (suite, then bench) — through the existing API.
+
+Both entry points take a picklable task, never raise for a failure of the work itself and return an
+outcome dict (``ok``; on failure ``error``, one line, and ``traceback``), so every engine reports errors
+the same way. Workers write files (artifacts, result directories) but never the database: the driver
+stores the outcome.
+
+Time inside the runtimes is measured honestly and returned as ``runtime_seconds``: the wall time of
+every ``image_features``/``text_features`` call the suite makes, plus the timed calls of the bench
+(its warm-up calls, worker start and model loading are not counted).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lpmr_edge.bench import BenchSettings
+    from lpmr_edge.export import ExportRequest
+    from lpmr_edge.models import ClipModel
+    from lpmr_edge.runtimes.base import Runtime
+    from lpmr_edge.suite import EvalSettings, SuiteConfig
+
+BENCH_FILE = "bench.json"
+
+
+@dataclass(frozen=True)
+class BuildTask:
+    """Export (or reuse) one content-addressed artifact below ``out_root``."""
+
+    key: str
+    request: ExportRequest
+    out_root: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class JobTask:
+    """Run one job: a suite through an artifact (or the torch reference), then its bench."""
+
+    job_id: str
+    model: str
+    runtime: str
+    artifact: str | None
+    results_dir: str
+    suite: SuiteConfig
+    settings: EvalSettings
+    threads: int
+    bench: BenchSettings | None
+
+
+def configure_threads(threads: int) -> None:
+    """Cap this worker's compute threads (OpenMP, torch) so parallel jobs do not oversubscribe the cores.
+
+    OpenVINO and ExecuTorch get the count from ``open_runtime(threads=...)``.
+    """
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=4)
+def _model(spec: str) -> ClipModel:
+    from lpmr_edge.models import load_model
+
+    return load_model(spec)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _outcome(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return {"ok": True, **work()}
+    except Exception as error:  # noqa: BLE001 - recorded, retried per policy; never stops the sweep
+        return {"ok": False, "error": _one_line(error), "traceback": traceback.format_exc()}
+
+
+def build_artifact(task: BuildTask) -> dict[str, Any]:
+    """Export the task's artifact unless an up-to-date one is in the store; returns path and manifest hash."""
+    def work() -> dict[str, Any]:
+        from lpmr_edge.export import export_artifact
+        from lpmr_edge.manifest import MANIFEST_NAME, sha256_file
+
+        start = time.perf_counter()
+        configure_threads(task.threads)
+        path, reused = export_artifact(task.request, Path(task.out_root), isolate=False,
+                                       clip=_model(task.request.model))
+        return {"path": str(path), "reused": reused, "manifest_sha256": sha256_file(path / MANIFEST_NAME),
+                "seconds": time.perf_counter() - start}
+
+    return _outcome(work)
+
+
+class _RuntimeClock:
+    """Adds up the wall time of a runtime's feature calls."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.seconds = 0.0
+        for name in ("image_features", "text_features"):
+            setattr(runtime, name, self._timed(getattr(runtime, name)))
+
+    def _timed(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def timed(inputs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return call(inputs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, float, float | None, float | None]]:
+    """Every numeric value of a ``metrics.json`` tree as (``path/name``, value, ci_low, ci_high); a value's CI
+    is read from the sibling ``ci`` table, lists (e.g. the reliability diagram) are left out."""
+    rows = []
+    intervals = metrics.get("ci", {}) if isinstance(metrics.get("ci"), dict) else {}
+    for name, value in metrics.items():
+        if name == "ci":
+            continue
+        if isinstance(value, dict):
+            rows += flatten_metrics(value, f"{prefix}{name}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            ci = intervals.get(name)
+            low, high = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
+            rows.append((f"{prefix}{name}", float(value), low, high))
+    return rows
+
+
+def _bench(task: JobTask, results_dir: Path) -> tuple[list[tuple[str, float, None, None]], float, dict[str, Any]]:
+    """Benchmark the job's runtime; returns metric rows, seconds inside timed calls and the bench report."""
+    from lpmr_edge.bench import RuntimeSource, benchmark
+    from lpmr_edge.manifest import atomic_write_json
+
+    assert task.bench is not None
+    source = RuntimeSource(artifact=task.artifact) if task.artifact else RuntimeSource(model=task.model)
+    report = benchmark([source], task.bench)
+    atomic_write_json(results_dir / BENCH_FILE, report)
+    row = report["results"][0]
+    metrics = [(f"bench/{name}", float(row[name]), None, None)
+               for name in ("median_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s", "peak_rss_mb")
+               if row.get(name) is not None]
+    timed = sum(entry["mean_ms"] * entry["calls"] for entry in report["results"]) / 1000
+    return metrics, timed, {"machine": report["machine"], "settings": report["settings"], "row": row}
+
+
+def run_job(task: JobTask) -> dict[str, Any]:
+    """Run a job's suite (and bench); returns its flattened metrics, manifest and timings."""
+    def work() -> dict[str, Any]:
+        from lpmr_edge.manifest import read_json
+        from lpmr_edge.runtimes import open_runtime
+        from lpmr_edge.suite import evaluate
+
+        start = time.perf_counter()
+        configure_threads(task.threads)
+        results_dir = Path(task.results_dir)
+        runtime = open_runtime("torch", model=task.model, threads=task.threads) if task.artifact is None \
+            else open_runtime(artifact=Path(task.artifact), threads=task.threads)
+        clock = _RuntimeClock(runtime)
+        try:
+            result = evaluate(runtime, results_dir, task.settings, suite=task.suite)
+        finally:
+            runtime.close()
+        metrics = flatten_metrics(result["metrics"])
+        bench_rows, bench_seconds, bench = _bench(task, results_dir) if task.bench else ([], 0.0, None)
+        manifest = {"results": read_json(results_dir / "manifest.json", "results manifest"), "bench": bench,
+                    "threads": task.threads, "seed": task.settings.seed, "settings": asdict(task.settings),
+                    "worker": {"host": socket.gethostname(), "pid": os.getpid()}}
+        return {"metrics": metrics + bench_rows, "manifest": manifest, "results_dir": str(results_dir),
+                "runtime_seconds": clock.seconds + bench_seconds, "seconds": time.perf_counter() - start,
+                "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+    return _outcome(work)

@@ -1,0 +1,214 @@
+"""The sweep driver: expands the grid, schedules artifact builds before the jobs that need them, applies
+the retry policy and is the only writer of the database.
+
+Each needed artifact is built (or found up to date) once, by one task, in the content-addressed store
+``<artifacts>/<key[:16]>/<target>/<runtime>-<precision>``; its jobs are released when it is ready. A
+task that fails — or whose worker dies — is recorded with its error and tried again up to ``retries``
+more times; a failure never stops the sweep. A failed build fails the jobs that need it.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from lpmr_edge.errors import UserError
+from lpmr_edge.suite import EvalSettings
+from lpmr_edge.sweep import spec as grid
+from lpmr_edge.sweep.engines import Engine, check_engine, open_engine
+from lpmr_edge.sweep.jobs import BuildTask, JobTask, build_artifact, run_job
+from lpmr_edge.sweep.spec import Job, Sweep
+from lpmr_edge.sweep.store import SweepStore
+
+RESULTS_DIR = "results"
+
+
+@dataclass
+class Progress:
+    """What the live display shows."""
+
+    total: int
+    done: int
+    failed: int
+    running: int = 0
+    slots: int = 0
+    started: float = field(default_factory=time.time)
+    finished_here: int = 0  # jobs finished (done or failed) in this invocation, for the ETA
+
+    def eta_seconds(self) -> float | None:
+        """Remaining time at this invocation's pace (None before the first job finishes)."""
+        remaining = self.total - self.done - self.failed
+        if not self.finished_here:
+            return None
+        return remaining * (time.time() - self.started) / self.finished_here
+
+
+OnProgress = Callable[[Progress], None]
+
+
+def _job_rows(sweep: Sweep, jobs: list[Job]) -> list[dict[str, Any]]:
+    return [{"id": job.id, "position": job.position, "model": job.model, "target": job.target,
+             "runtime": job.runtime, "precision": job.precision, "calibration": job.calibration,
+             "suite": job.suite, "seed": job.seed, "threads": sweep.job_threads(job)} for job in jobs]
+
+
+def open_store(sweep: Sweep, jobs: list[Job], resume: bool) -> SweepStore:
+    """A new database for the sweep, or (``resume``) its existing one after checking the grid."""
+    path = sweep.db_path
+    if resume:
+        if not path.is_file():
+            raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start the sweep")
+        return SweepStore.resume(path, [job.id for job in jobs], sweep.source)
+    if path.exists():
+        raise UserError(f"{path} already exists; pass --resume to continue that sweep, or choose a new --out")
+    return SweepStore.create(path, sweep.describe(), _job_rows(sweep, jobs))
+
+
+class Scheduler:
+    """Runs the pending jobs of a store on an engine."""
+
+    def __init__(self, sweep: Sweep, jobs: list[Job], store: SweepStore, engine: Engine,
+                 on_progress: OnProgress | None = None) -> None:
+        self.sweep, self.store, self.engine = sweep, store, engine
+        self.jobs = {job.id: job for job in jobs}
+        self.on_progress = on_progress or (lambda progress: None)
+        counts = store.counts()
+        self.progress = Progress(total=len(jobs), done=counts["done"], failed=counts["failed"], slots=engine.slots)
+        self.ready: deque[str] = deque()
+        self.builds: deque[str] = deque()
+        self.waiting: dict[str, list[str]] = {}  # artifact key -> job ids
+        self.requests: dict[str, Any] = {}
+        self.artifacts: dict[str, dict[str, Any]] = {}  # key -> successful build outcome
+        self.build_attempts: dict[str, int] = {}
+        self.job_artifact: dict[str, str] = {}
+        self.in_flight: dict[Future, tuple[str, str]] = {}
+
+    def _queue(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            job = self.jobs[job_id]
+            if not job.needs_artifact:
+                self.ready.append(job_id)
+                continue
+            request = grid.export_request(self.sweep, job)
+            key = grid.artifact_key(request)
+            self.job_artifact[job_id] = key
+            if key not in self.waiting:
+                self.waiting[key] = []
+                self.requests[key] = request
+                self.builds.append(key)
+            self.waiting[key].append(job_id)
+
+    def _job_task(self, job: Job) -> JobTask:
+        key = self.job_artifact.get(job.id)
+        return JobTask(job_id=job.id, model=job.model, runtime=job.runtime,
+                       artifact=self.artifacts[key]["path"] if key else None,
+                       results_dir=str((self.sweep.out / RESULTS_DIR / job.id).resolve()),
+                       suite=self.sweep.suites[job.suite],
+                       settings=EvalSettings(limit=self.sweep.limit, seed=job.seed, suite=job.suite),
+                       threads=self.sweep.job_threads(job), bench=self.sweep.bench_settings(job))
+
+    def _submit_next(self) -> bool:
+        """Submit a ready job, else an artifact build (results come early; builds still fill idle slots)."""
+        if self.ready:
+            job_id = self.ready.popleft()
+            self.store.job_started(job_id)
+            self.in_flight[self.engine.submit(run_job, self._job_task(self.jobs[job_id]))] = ("job", job_id)
+            self.progress.running += 1
+            return True
+        if self.builds:
+            key = self.builds.popleft()
+            task = BuildTask(key, self.requests[key], str((self.sweep.artifacts / key[:16]).resolve()),
+                             self.sweep.max_threads())
+            self.in_flight[self.engine.submit(build_artifact, task)] = ("build", key)
+            return True
+        return False
+
+    def _job_failed(self, job_id: str, error: str, traceback: str | None, max_attempts: int) -> None:
+        if self.store.job_failed(job_id, error, traceback, max_attempts):
+            self.progress.failed += 1
+            self.progress.finished_here += 1
+        else:
+            self.ready.append(job_id)
+
+    def _finished_job(self, job_id: str, outcome: dict[str, Any]) -> None:
+        self.progress.running -= 1
+        if not outcome["ok"]:
+            self._job_failed(job_id, outcome["error"], outcome.get("traceback"), self.sweep.retries + 1)
+            return
+        key = self.job_artifact.get(job_id)
+        if key:
+            built = self.artifacts[key]
+            outcome["manifest"]["artifact"] = {"key": key, "path": built["path"],
+                                               "manifest_sha256": built["manifest_sha256"]}
+        self.store.job_done(job_id, outcome, key)
+        self.progress.done += 1
+        self.progress.finished_here += 1
+
+    def _finished_build(self, key: str, outcome: dict[str, Any]) -> None:
+        self.store.artifact_result(key, self.requests[key].name, outcome)
+        if outcome["ok"]:
+            self.artifacts[key] = outcome
+            self.ready.extend(self.waiting.pop(key))
+            return
+        self.build_attempts[key] = self.build_attempts.get(key, 0) + 1
+        if self.build_attempts[key] <= self.sweep.retries:
+            self.builds.append(key)
+            return
+        for job_id in self.waiting.pop(key):
+            self._job_failed(job_id, f"artifact build failed: {outcome['error']}", outcome.get("traceback"), 0)
+
+    def _collect(self, future: Future) -> dict[str, Any]:
+        try:
+            return future.result()
+        except Exception as error:  # noqa: BLE001 - the worker died or the engine lost the task
+            self.engine.restart()
+            return {"ok": False, "error": f"worker lost: {type(error).__name__}: {error}".splitlines()[0],
+                    "traceback": None}
+
+    def run(self, job_ids: list[str]) -> Progress:
+        """Run the given pending jobs to completion (done or failed)."""
+        self._queue(job_ids)
+        self.on_progress(self.progress)
+        while True:
+            while len(self.in_flight) < self.engine.slots and self._submit_next():
+                pass
+            if not self.in_flight:
+                return self.progress
+            finished, _ = wait(list(self.in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                kind, name = self.in_flight.pop(future)
+                outcome = self._collect(future)
+                if kind == "build":
+                    self._finished_build(name, outcome)
+                else:
+                    self._finished_job(name, outcome)
+            self.on_progress(self.progress)
+
+
+def run_sweep(sweep: Sweep, engine: str = "local", address: str | None = None, resume: bool = False,
+              retry_failed: bool = False, workers: int | None = None,
+              on_progress: OnProgress | None = None) -> Progress:
+    """Run (or resume) a sweep; returns the final counts. Failed jobs are in the database, not raised."""
+    check_engine(engine, address)
+    jobs = grid.expand(sweep)
+    grid.check_models(sweep)
+    store = open_store(sweep, jobs, resume)
+    try:
+        if retry_failed:
+            store.requeue_failed()
+        pending = store.job_ids("pending")
+        if not pending:
+            counts = store.counts()
+            return Progress(total=len(jobs), done=counts["done"], failed=counts["failed"])
+        runner = open_engine(engine, sweep.max_threads(), address, workers)
+        run_id = store.start_run(runner.name, runner.slots)
+        try:
+            return Scheduler(sweep, jobs, store, runner, on_progress).run(pending)
+        finally:
+            runner.close()
+            store.finish_run(run_id)
+    finally:
+        store.close()

@@ -1,0 +1,134 @@
+"""Sweep files, grid expansion, the results store and one-line errors (fast: nothing is exported or run)."""
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from lpmr_edge.errors import UserError
+from lpmr_edge.sweep.jobs import flatten_metrics
+from lpmr_edge.sweep.spec import HOST_TARGET, expand, load_sweep
+from lpmr_edge.sweep.store import SweepStore
+
+GRID = """
+models = ["lpmr-tiny-fmnist", "random:lpmr-tiny-fmnist"]
+runtimes = ["openvino", "executorch", "torch"]
+suites = ["basic"]
+seeds = [0, 1]
+threads = 1
+[precisions]
+openvino = ["fp32", "int8"]
+executorch = ["fp32", "int8-dyn", "int4-w"]
+torch = ["fp32"]
+[[calibrations]]
+subset_size = 300
+[[calibrations]]
+subset_size = 100
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "grid.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_grid_expands_to_stable_unique_jobs(tmp_path: Path):
+    sweep = load_sweep(write(tmp_path, GRID), out=tmp_path / "out")
+    jobs = expand(sweep)
+    # per model: (2 OpenVINO + 3 ExecuTorch precisions) x 2 calibrations x 2 seeds, plus torch x 2 seeds
+    assert len(jobs) == 2 * (5 * 2 * 2 + 2)
+    assert len({job.id for job in jobs}) == len(jobs)
+    assert [job.position for job in jobs] == list(range(len(jobs)))
+    torch_jobs = [job for job in jobs if job.runtime == "torch"]
+    assert {job.target for job in torch_jobs} == {HOST_TARGET} and {job.calibration for job in torch_jobs} == {None}
+    assert [job.id for job in expand(load_sweep(write(tmp_path, GRID)))] == [job.id for job in jobs]
+    assert sweep.db_path == tmp_path / "out" / "sweep.db" and sweep.job_threads(jobs[0]) == 1
+    changed = expand(load_sweep(write(tmp_path, GRID.replace("seeds = [0, 1]", "seeds = [0, 2]"), "other.toml")))
+    assert len({job.id for job in changed} & {job.id for job in jobs}) == len(jobs) // 2
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("models = [", "not valid TOML"),
+    (GRID + "colour = 1\n", "unknown key 'colour'"),
+    (GRID.replace('"torch"]', '"tensorrt"]'), "unknown runtime 'tensorrt'"),
+    (GRID.replace('torch = ["fp32"]', 'torch = ["int8"]'), "runtime torch has no precision int8"),
+    (GRID.replace("[precisions]\nopenvino", "[precisions]\nopenvinox"), "one entry per runtime"),
+    (GRID.replace("seeds = [0, 1]", "seeds = [0, 0]"), "'seeds' lists an entry twice"),
+    (GRID.replace("threads = 1", "threads = 0"), "'threads' is 0"),
+    (GRID.replace("subset_size = 100", "subset_sise = 100"), "unknown key 'subset_sise' in [[calibrations]]"),
+    (GRID + "[bench]\nrepeat = 3\n", "unknown key 'repeat' in [bench]"),
+    (GRID.replace('suites = ["basic"]', 'suites = ["nope"]'), "unknown suite 'nope'"),
+    ('precisions = ["fp32", "int8"]\n' + GRID.split("[precisions]")[0],
+     "runtime torch has no precision int8"),
+])
+def test_bad_sweep_files_are_one_line_errors(tmp_path: Path, text: str, expected: str):
+    with pytest.raises(UserError) as error:
+        load_sweep(write(tmp_path, text))
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_store_rejects_other_databases_and_another_grid(tmp_path: Path):
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(UserError, match="not an SQLite database"):
+        SweepStore.open_existing(tmp_path / "notes.db")
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)")
+    with pytest.raises(UserError, match="not an lpmr-edge sweep database"):
+        SweepStore.open_existing(tmp_path / "other.db")
+    rows = [{"id": f"j{i}", "position": i, "model": "m", "target": "x86", "runtime": "openvino",
+             "precision": "fp32", "calibration": 0, "suite": "basic", "seed": i, "threads": 1} for i in range(3)]
+    SweepStore.create(tmp_path / "sweep.db", {"name": "t"}, rows).close()
+    with pytest.raises(UserError, match="different grid"):
+        SweepStore.resume(tmp_path / "sweep.db", ["j0", "j1", "j9"], "grid.toml")
+
+
+def test_a_job_is_done_once_with_all_its_metrics_or_not_at_all(tmp_path: Path):
+    rows = [{"id": "j0", "position": 0, "model": "m", "target": "x86", "runtime": "openvino", "precision": "fp32",
+             "calibration": 0, "suite": "basic", "seed": 0, "threads": 1}]
+    store = SweepStore.create(tmp_path / "sweep.db", {"name": "t"}, rows)
+    outcome = {"seconds": 1.0, "runtime_seconds": 0.5, "worker": "w", "results_dir": "r", "manifest": {},
+               "metrics": [("accuracy/top1", 0.9, 0.8, 1.0), ("accuracy/top1", 0.9, 0.8, 1.0)]}
+    store.job_started("j0")
+    with pytest.raises(sqlite3.IntegrityError):  # a duplicated metric rolls the whole job back
+        store.job_done("j0", outcome, None)
+    assert store.counts()["running"] == 1 and store.db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 0
+    store.job_done("j0", {**outcome, "metrics": outcome["metrics"][:1]}, None)
+    with pytest.raises(RuntimeError, match="not running"):
+        store.job_done("j0", {**outcome, "metrics": outcome["metrics"][:1]}, None)
+    assert store.counts()["done"] == 1 and store.db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 1
+    assert store.job_failed("j0", "E: boom", "trace", max_attempts=2) is False
+    assert store.job_failed("j0", "E: boom", "trace", max_attempts=2) is True
+    assert store.counts()["failed"] == 1
+
+
+def test_flatten_metrics_reads_values_with_their_intervals():
+    metrics = {"accuracy": {"top1": 0.9, "n": 10, "ci": {"top1": [0.8, 0.95]}},
+               "calibration": {"reliability_diagram": {"bins": [1, 2]}, "ok": True, "ece": 0.1, "ci": {}}}
+    assert flatten_metrics(metrics) == [("accuracy/top1", 0.9, 0.8, 0.95), ("accuracy/n", 10.0, None, None),
+                                        ("calibration/ece", 0.1, None, None)]
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """``lpmr-edge ARGS`` in this process; returns (exit status, stderr)."""
+    from lpmr_edge.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lpmr-edge", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code or 0, capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    (tmp_path / "x.db").write_bytes(b"junk")
+    bad = write(tmp_path, GRID + "colour = 1\n")
+    good = write(tmp_path, GRID, "good.toml")
+    for args, expected in ((["sweep", "status", str(tmp_path / "x.db")], "not an SQLite database"),
+                           (["sweep", str(bad)], "unknown key 'colour'"),
+                           (["sweep", "run", str(good), "--resume", "--out", str(tmp_path / "o")], "nothing to resume"),
+                           (["sweep", str(good), "--engine", "slurm", "--out", str(tmp_path / "o")],
+                            "unknown engine 'slurm'"),
+                           (["sweep", "export", str(tmp_path / "missing.db")], "sweep database not found")):
+        status, err = run_cli(monkeypatch, capsys, *args)
+        assert status == 2 and err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1
