@@ -304,7 +304,7 @@ def build_report(results: Sequence[Result], constraints: Constraints,
 
     report.json: ``format``, ``provenance`` (models with labels, host machines, devices, runtimes, tool_versions,
     suites, dates), ``constraints``, ``recommendations`` (``Choice.to_json``), ``metrics`` (key, label,
-    higher_is_better, percent), ``tables`` (per model and target: ``rows`` of ``Row.to_json``),
+    higher_is_better, percent), ``tables`` (per model and target: ``rows`` of ``Row.to_json``, the runtimes' ``warnings``),
     ``claims`` (``assess_claims``), ``plots`` (per model and target: figure kind -> file).
     """
     comparator = comparator or PairedComparator()
@@ -325,7 +325,9 @@ def build_report(results: Sequence[Result], constraints: Constraints,
         figures.update({files[kind]: png for kind, png in drawn.items() if png})
         plot_index.append({"model": model, "target": target, "files": files,
                            "missing": {kind: MISSING_PLOT[kind](group) for kind, png in drawn.items() if not png}})
-        tables.append({"model": model, "target": target, "rows": [row.to_json() for row in group_rows]})
+        warnings = [r.manifest["runtime"].get("warnings", []) for r in group]
+        tables.append({"model": model, "target": target, "rows": [row.to_json() for row in group_rows],
+                       "warnings": list(dict.fromkeys(w for listed in warnings for w in listed))})
     report = {
         "format": FORMAT, "provenance": _provenance(results), "constraints": constraints.describe(),
         "recommendations": [choice.to_json() for choice in choices],
@@ -512,7 +514,9 @@ def document(report: Mapping[str, Any]) -> list[Block]:
     for table, plot_entry in zip(report["tables"], report["plots"]):
         heading = ("Reference: eager torch FP32 on the host" if table["target"] == HOST_TARGET
                    else f"Target {table['target']}")
-        blocks += [Block("heading", f"{heading} ({table['model']})"), _target_table(table)]
+        blocks += [Block("heading", f"{heading} ({table['model']})")]
+        blocks += [Block("paragraph", f"Warning: {warning}.", style="warning") for warning in table["warnings"]]
+        blocks.append(_target_table(table))
         blocks += [Block("figure", file, style=FIGURE_CAPTIONS[kind]) for kind, file in plot_entry["files"].items()]
         if table["target"] != HOST_TARGET:  # the reference has nothing to compare; say why only for targets
             blocks += [Block("paragraph", f"No {FIGURE_CAPTIONS[kind].split(':')[0].lower()} plot: {why}.",

@@ -70,15 +70,19 @@ def bench_json(source: str, model: str, runtime: str, precision: str, latency_ms
 
 def write_result(root: Path, target: str, runtime: str, precision: str, *, latency_ms: float | None = 10.0,
                  size_mb: float = 100.0, emulated: bool = False, model: str = "lpmr-tiny-fmnist",
-                 **metrics: float) -> Path:
-    """One result directory (metrics.json, manifest.json) and, unless latency_ms is None, a bench.json."""
+                 warnings: tuple[str, ...] = (), **metrics: float) -> Path:
+    """One result directory (metrics.json, manifest.json) and, unless latency_ms is None, a bench.json;
+    an ``emulated`` result was evaluated on the emulated arm64 device."""
     directory = root / target / f"{runtime}-{precision}"
     directory.mkdir(parents=True)
     (directory / "metrics.json").write_text(json.dumps(metrics_json(model, runtime, precision,
                                                                     {**DEFAULTS, **metrics})))
     artifact = None if runtime == "torch" else {"target": {"name": target}, "precision": precision,
                                                 "request": {"dynamic_batch": False, "fuse_head": False}}
-    manifest = {"runtime": {"runtime": runtime, "version": "1.0", "precision": precision, "artifact": artifact},
+    device = {"device": {"kind": "emu-arm64", "label": "emu-arm64", "machine": "aarch64", "emulated": True}} \
+        if emulated else {}
+    manifest = {"runtime": {"runtime": runtime, "version": "1.0", "precision": precision, "artifact": artifact,
+                            "warnings": list(warnings), **device},
                 "machine": {"arch": "x86_64", "cpu": "Test CPU", "cores": 2, "node": "test"},
                 "tool_versions": {"python": "3.11", "openvino": "2026.4.1"}, "created": "2026-01-02T03:04:05+00:00"}
     (directory / "manifest.json").write_text(json.dumps(manifest))

@@ -44,7 +44,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_result(root, "x86", "openvino", "fp32", latency_ms=10, size_mb=100)
     write_result(root, "x86", "openvino", "int8", latency_ms=3, size_mb=26, top1=0.79, ece=0.03, auroc=0.93,
                  corrupted=0.63, shifted=0.52, worst_group=0.22)
-    write_result(root, "x86", "openvino", "int4-w", latency_ms=4, size_mb=14, top1=0.75, ece=0.07)
+    write_result(root, "x86", "openvino", "int4-w", latency_ms=4, size_mb=14, top1=0.75, ece=0.07,
+                 warnings=("image tower: INFERENCE_PRECISION_HINT f16 was requested but bf16 executes",))
     write_result(root, "arm", "executorch", "fp32", latency_ms=900, emulated=True)
     write_result(root, "arm", "executorch", "int8", latency_ms=400, emulated=True, size_mb=26)
     return root
@@ -84,6 +85,12 @@ def test_report_json_has_tables_deltas_and_claim_verdicts(report_dir: Path):
     assert not tables["x86"]["openvino int4-w"]["metrics"]["nll"]["delta"]["significant"]
     assert "delta" not in tables["x86"]["openvino fp32"]["metrics"]["ece"]
     assert tables["arm"]["executorch int8"]["latency_emulated"] is True
+    assert tables["arm"]["executorch int8"]["device"] == "emu-arm64 (aarch64, emulated)"
+    assert tables["x86"]["openvino int8"]["device"] == "host (x86_64)"
+    assert report["provenance"]["devices"] == ["emu-arm64 (aarch64, emulated)", "host (x86_64)"]
+    warnings = {table["target"]: table["warnings"] for table in report["tables"]}
+    assert warnings == {"arm": [], "host": [],
+                        "x86": ["image tower: INFERENCE_PRECISION_HINT f16 was requested but bf16 executes"]}
     verdicts = {claim["claim"]: claim["verdict"] for claim in report["claims"]}
     assert verdicts == {"accuracy": "does not hold", "calibration": "holds", "ood": "holds", "noise": "holds",
                         "covariate_shift": "does not hold", "spurious": "holds"}
