@@ -6,15 +6,11 @@ venv, in private mount and pid namespaces, so nothing it starts outlives the ses
 """
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
-from lpmr_edge.devices import emulated
 from lpmr_edge.devices.base import EMULATED_ARM64, Device
-from lpmr_edge.devices.emulated import EmulatedArm64
+from lpmr_edge.devices.emulated import GUEST_HOME, EmulatedArm64, guest_environment
 from lpmr_edge.errors import UserError
-
-GUEST_HOME = "/root"
 
 
 class EmulatedDevice(Device):
@@ -44,11 +40,7 @@ class EmulatedDevice(Device):
         """The interactive counterpart of ``EmulatedArm64.run``: the same namespaces, chroot and QEMU."""
         if not self.emulator.available():
             raise UserError(f"no usable emulated arm64 root at {self.emulator.root} (needs root); {self.setup_hint()}")
-        guest_argv = [GUEST_HOME + arg[1:] if arg.startswith("~/") else arg for arg in argv]
-        return [shutil.which("unshare") or "unshare", "--mount", "--pid", "--fork", "--kill-child", "--",
-                "/bin/sh", "-ec", emulated._ENTER, "enter", str(self.emulator.root), "/", self.emulator.cpu,
-                *guest_argv]
+        return self.emulator.command([GUEST_HOME + arg[1:] if arg.startswith("~/") else arg for arg in argv])
 
     def environment(self) -> dict[str, str]:
-        return {"PATH": "/opt/lpmr-venv/bin:/usr/bin:/bin", "HOME": GUEST_HOME, "LANG": "C.UTF-8",
-                "LPMR_EDGE_EMULATED": "1"}
+        return guest_environment()

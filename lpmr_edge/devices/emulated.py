@@ -22,6 +22,7 @@ from typing import Any
 from lpmr_edge.errors import UserError
 
 GUEST_PYTHON = "/opt/lpmr-venv/bin/python"
+GUEST_HOME = "/root"
 GUEST_QEMU = "/opt/lpmr-edge/qemu-aarch64"
 GUEST_STAMP = "opt/lpmr-edge/stamp.json"
 DEFAULT_CPU = "neoverse-n1"  # Armv8.2 + dotprod + fp16; bit-exact with QEMU 10 (see the build script)
@@ -38,6 +39,13 @@ mount --rbind /sys "$r/sys"
 mount --rbind /dev "$r/dev"
 exec unshare --root="$r" --wd="$cwd" {GUEST_QEMU} -cpu "$cpu" "$@"
 """
+
+
+def guest_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The clean environment of a command in the root (plus ``extra``); its PATH also finds the host's
+    mount and unshare, which ``command`` runs first."""
+    return {"PATH": "/opt/lpmr-venv/bin:/usr/bin:/bin", "HOME": GUEST_HOME, "LANG": "C.UTF-8", **(extra or {}),
+            "LPMR_EDGE_EMULATED": "1"}
 
 
 def default_root() -> Path:
@@ -127,13 +135,7 @@ class EmulatedArm64:
             raise UserError(f"no usable emulated arm64 root at {self.root}; build it with `make arm-root`")
         if not argv or not argv[0].startswith("/"):
             raise ValueError(f"argv[0] must be an absolute path inside the root, got {argv[:1]}")
-        guest_env = {  # this PATH also finds mount and unshare on the host
-            "PATH": "/opt/lpmr-venv/bin:/usr/bin:/bin",
-            "HOME": "/root",
-            "LANG": "C.UTF-8",
-            **(env or {}),
-            "LPMR_EDGE_EMULATED": "1",
-        }
+        guest_env = guest_environment(env)
         scratch = Path(tempfile.mkdtemp(prefix="lpmr-run-", dir=self.root / "tmp"))
         try:
             for name, src in inputs.items():
