@@ -134,8 +134,7 @@ def ray_cluster() -> Iterator[str]:
     port = free_port()
     try:
         subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                        "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                        f"--ray-client-server-port={free_port()}", f"--temp-dir={state}"],
+                        "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={state}"],
                        env=env, check=True, capture_output=True, timeout=180)
         yield f"127.0.0.1:{port}"
     finally:

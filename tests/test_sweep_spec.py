@@ -132,3 +132,13 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                            (["sweep", "export", str(tmp_path / "missing.db")], "sweep database not found")):
         status, err = run_cli(monkeypatch, capsys, *args)
         assert status == 2 and err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_one_driver_per_database(tmp_path: Path):
+    from lpmr_edge.sweep.runner import run_sweep
+    from lpmr_edge.sweep.store import driver_lock
+
+    sweep = load_sweep(write(tmp_path, GRID), out=tmp_path / "out")
+    with driver_lock(sweep.db_path), pytest.raises(UserError, match="another `lpmr-edge sweep` is running"):
+        run_sweep(sweep)
+    assert not sweep.db_path.exists()

@@ -35,7 +35,7 @@ class Engine(Protocol):
 
     def submit(self, fn: Task, task: Any) -> Future: ...
 
-    def restart(self) -> None: ...
+    def recover(self, failed: Future) -> None: ...
 
     def close(self) -> None: ...
 
@@ -75,12 +75,16 @@ class LocalEngine:
 
     def submit(self, fn: Task, task: Any) -> Future:
         """Run ``fn(task)`` in a worker."""
-        return self._pool.submit(fn, task)
+        future = self._pool.submit(fn, task)
+        future.pool = self._pool  # type: ignore[attr-defined]
+        return future
 
-    def restart(self) -> None:
-        """Replace a pool broken by a dead worker (its in-flight tasks have failed)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._new_pool()
+    def recover(self, failed: Future) -> None:
+        """Replace the pool a dead worker broke (all its in-flight tasks fail), once: a failure reported
+        from an already replaced pool leaves the new one alone."""
+        if getattr(failed, "pool", None) is self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
 
     def close(self) -> None:
         """Stop the workers."""
@@ -121,8 +125,8 @@ class RayEngine:
             self._remote[fn] = self._ray.remote(fn).options(num_cpus=self.threads, max_retries=0)
         return self._remote[fn].remote(task).future()
 
-    def restart(self) -> None:
-        """Nothing to restart: Ray replaces dead workers itself."""
+    def recover(self, failed: Future) -> None:
+        """Nothing to do: Ray replaces dead workers itself."""
 
     def close(self) -> None:
         """Disconnect from (or stop the private) Ray instance."""

@@ -21,7 +21,7 @@ from lpmr_edge.sweep import spec as grid
 from lpmr_edge.sweep.engines import Engine, check_engine, open_engine
 from lpmr_edge.sweep.jobs import BuildTask, JobTask, build_artifact, run_job
 from lpmr_edge.sweep.spec import Job, Sweep
-from lpmr_edge.sweep.store import SweepStore
+from lpmr_edge.sweep.store import SweepStore, driver_lock
 
 RESULTS_DIR = "results"
 
@@ -84,6 +84,7 @@ class Scheduler:
         self.artifacts: dict[str, dict[str, Any]] = {}  # key -> successful build outcome
         self.build_attempts: dict[str, int] = {}
         self.job_artifact: dict[str, str] = {}
+        self.cell_keys: dict[tuple, str] = {}  # (model, target, runtime, precision, calibration) -> key
         self.in_flight: dict[Future, tuple[str, str]] = {}
 
     def _queue(self, job_ids: list[str]) -> None:
@@ -92,12 +93,13 @@ class Scheduler:
             if not job.needs_artifact:
                 self.ready.append(job_id)
                 continue
-            request = grid.export_request(self.sweep, job)
-            key = grid.artifact_key(request)
-            self.job_artifact[job_id] = key
+            cell = (job.model, job.target, job.runtime, job.precision, job.calibration)
+            if cell not in self.cell_keys:
+                self.cell_keys[cell] = grid.artifact_key(grid.export_request(self.sweep, job))
+            key = self.job_artifact[job_id] = self.cell_keys[cell]
             if key not in self.waiting:
                 self.waiting[key] = []
-                self.requests[key] = request
+                self.requests[key] = grid.export_request(self.sweep, job)
                 self.builds.append(key)
             self.waiting[key].append(job_id)
 
@@ -164,7 +166,7 @@ class Scheduler:
         try:
             return future.result()
         except Exception as error:  # noqa: BLE001 - the worker died or the engine lost the task
-            self.engine.restart()
+            self.engine.recover(future)
             return {"ok": False, "error": f"worker lost: {type(error).__name__}: {error}".splitlines()[0],
                     "traceback": None}
 
@@ -195,20 +197,21 @@ def run_sweep(sweep: Sweep, engine: str = "local", address: str | None = None, r
     check_engine(engine, address)
     jobs = grid.expand(sweep)
     grid.check_models(sweep)
-    store = open_store(sweep, jobs, resume)
-    try:
-        if retry_failed:
-            store.requeue_failed()
-        pending = store.job_ids("pending")
-        if not pending:
-            counts = store.counts()
-            return Progress(total=len(jobs), done=counts["done"], failed=counts["failed"])
-        runner = open_engine(engine, sweep.max_threads(), address, workers)
-        run_id = store.start_run(runner.name, runner.slots)
+    with driver_lock(sweep.db_path):
+        store = open_store(sweep, jobs, resume)
         try:
-            return Scheduler(sweep, jobs, store, runner, on_progress).run(pending)
+            if retry_failed:
+                store.requeue_failed()
+            pending = store.job_ids("pending")
+            if not pending:
+                counts = store.counts()
+                return Progress(total=len(jobs), done=counts["done"], failed=counts["failed"])
+            runner = open_engine(engine, sweep.max_threads(), address, workers)
+            run_id = store.start_run(runner.name, runner.slots)
+            try:
+                return Scheduler(sweep, jobs, store, runner, on_progress).run(pending)
+            finally:
+                runner.close()
+                store.finish_run(run_id)
         finally:
-            runner.close()
-            store.finish_run(run_id)
-    finally:
-        store.close()
+            store.close()

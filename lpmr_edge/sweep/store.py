@@ -14,6 +14,7 @@ by a killed driver go back to ``pending``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import sqlite3
 import time
@@ -59,6 +60,19 @@ def is_sqlite(path: Path) -> bool:
             return handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def driver_lock(database: Path) -> Iterator[None]:
+    """One driver per database: an exclusive lock on ``<database>.lock``, released when the driver ends or dies."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(f"{database.name}.lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another `lpmr-edge sweep` is running on {database}; wait for it (`lpmr-edge sweep "
+                            f"status {database}`) or stop it first") from None
+        yield
 
 
 class SweepStore:
