@@ -93,14 +93,19 @@ def killed_and_resumed(workspace: Path) -> dict:
     at_kill = counts(db)
     done_at_kill = query(db, "SELECT id, finished, worker FROM jobs WHERE status = 'done'")
     orphans = query(db, "SELECT COUNT(*) FROM metrics m JOIN jobs j ON j.id = m.job_id WHERE j.status != 'done'")
+    status_at_kill = json.loads(sweep_cli("status", db, "--json", cwd=workspace).stdout)
     resumed = sweep_cli("grid.toml", "--out", out, "--resume", cwd=workspace)
-    return {"db": db, "at_kill": at_kill, "done_at_kill": done_at_kill, "orphans": orphans, "resumed": resumed}
+    return {"db": db, "at_kill": at_kill, "done_at_kill": done_at_kill, "orphans": orphans, "resumed": resumed,
+            "status_at_kill": status_at_kill}
 
 
 def test_killed_sweep_resumes_with_every_job_done_exactly_once(killed_and_resumed: dict, workspace: Path):
     at_kill, db = killed_and_resumed["at_kill"], killed_and_resumed["db"]
     assert 4 <= at_kill.get("done", 0) < JOBS, at_kill  # killed mid-way
     assert killed_and_resumed["orphans"] == [(0,)]  # no half-written job at the moment of the kill
+    status_at_kill = killed_and_resumed["status_at_kill"]
+    assert not status_at_kill["active"] and status_at_kill["runs"][0]["state"] == "killed"
+    assert status_at_kill["interrupted"] == at_kill.get("running", 0)
     assert killed_and_resumed["resumed"].returncode == 0, killed_and_resumed["resumed"].stderr
     assert_complete_and_unique(db, JOBS)
     # jobs finished before the kill were not run again; 'running' ones were (not counted as done)
@@ -153,7 +158,11 @@ def test_ray_engine_gives_the_same_metrics(killed_and_resumed: dict, workspace: 
              query(killed_and_resumed["db"], "SELECT * FROM metrics")}
     remote = {(job, metric): (value, low, high) for job, metric, value, low, high in query(db, "SELECT * FROM metrics")}
     assert local.keys() == remote.keys()
-    assert all(remote[key] == pytest.approx(local[key], rel=1e-6, abs=1e-9, nan_ok=True) for key in local)
+    def same(a: tuple, b: tuple) -> bool:  # value, ci_low, ci_high (None where there is no CI)
+        return all(x is y is None or (None not in (x, y) and x == pytest.approx(y, rel=1e-6, abs=1e-9))
+                   for x, y in zip(a, b))
+
+    assert all(same(remote[key], local[key]) for key in local)
     # built by the local sweep, only reused here
     assert query(db, "SELECT COUNT(*), SUM(reused) FROM artifacts") == [(12, 12)]
 

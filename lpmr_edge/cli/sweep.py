@@ -27,7 +27,8 @@ class _RunByDefault(TyperGroup):
 
 sweep_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True,
                         help="Sweeps: models x targets x runtimes x precisions x calibrations x suites x seeds, "
-                             "on this machine or a Ray cluster, into one SQLite database.")
+                             "on this machine or a Ray cluster, into one SQLite database. "
+                             "`lpmr-edge sweep FILE.toml` is short for `lpmr-edge sweep run FILE.toml`.")
 app.add_typer(sweep_app, name="sweep")
 DatabaseArgument = Annotated[Path, typer.Argument(help="A sweep database (<out>/sweep.db)")]
 
@@ -86,6 +87,9 @@ def status_command(database: DatabaseArgument, json_output: JsonOption = False) 
                                                         "mean job s"],
                 [[state["total"], state["done"], state["running"], state["failed"], state["pending"],
                   state["eta"] or ("—" if state["pending"] else "finished"), mean if mean is not None else "—"]])
+    if state["interrupted"]:
+        console.print(f"{state['interrupted']} job(s) were running when the sweep's driver stopped; "
+                      "`lpmr-edge sweep SWEEP.toml --resume` runs them again")
     if state["failed_jobs"]:
         print_table("failed jobs", ["#", "job", "model", "target", "runtime-precision", "suite", "seed", "attempts",
                                     "error"],

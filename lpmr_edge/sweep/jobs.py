@@ -163,23 +163,28 @@ def run_job(task: JobTask) -> dict[str, Any]:
         from lpmr_edge.runtimes import open_runtime
         from lpmr_edge.suite import evaluate
 
-        start = time.perf_counter()
+        marks = [time.perf_counter()]
         configure_threads(task.threads)
         results_dir = Path(task.results_dir)
         runtime = open_runtime("torch", model=task.model, threads=task.threads) if task.artifact is None \
             else open_runtime(artifact=Path(task.artifact), threads=task.threads)
         clock = _RuntimeClock(runtime)
+        marks.append(time.perf_counter())
         try:
             result = evaluate(runtime, results_dir, task.settings, suite=task.suite)
         finally:
             runtime.close()
         metrics = flatten_metrics(result["metrics"])
+        marks.append(time.perf_counter())
         bench_rows, bench_seconds, bench = _bench(task, results_dir) if task.bench else ([], 0.0, None)
+        marks.append(time.perf_counter())
+        timings = {"open_s": marks[1] - marks[0], "suite_s": marks[2] - marks[1], "suite_runtime_s": clock.seconds,
+                   "bench_s": marks[3] - marks[2], "bench_runtime_s": bench_seconds}
         manifest = {"results": read_json(results_dir / "manifest.json", "results manifest"), "bench": bench,
                     "threads": task.threads, "seed": task.settings.seed, "settings": asdict(task.settings),
-                    "worker": {"host": socket.gethostname(), "pid": os.getpid()}}
+                    "worker": {"host": socket.gethostname(), "pid": os.getpid()}, "timings": timings}
         return {"metrics": metrics + bench_rows, "manifest": manifest, "results_dir": str(results_dir),
-                "runtime_seconds": clock.seconds + bench_seconds, "seconds": time.perf_counter() - start,
+                "runtime_seconds": clock.seconds + bench_seconds, "seconds": marks[3] - marks[0],
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
     return _outcome(work)

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lpmr_edge.sweep.runner import OnProgress
 from lpmr_edge.sweep.runner import Progress as SweepProgress
-from lpmr_edge.sweep.store import SweepStore
+from lpmr_edge.sweep.store import SweepStore, driver_running
 
 
 def format_eta(seconds: float | None) -> str:
@@ -57,7 +57,7 @@ def status(path: Path) -> dict[str, Any]:
         runs = store.runs()
         done = store.jobs("done")
         last = runs[-1] if runs else None
-        active = last is not None and last["finished"] is None
+        active = last is not None and driver_running(path)
         eta = None
         if active:
             finished_since = [row for row in done if row["finished"] and _epoch(row["finished"]) >= last["started"]]
@@ -68,9 +68,10 @@ def status(path: Path) -> dict[str, Any]:
             "database": str(path), "name": json.loads(store.meta("grid") or "{}").get("name"), "total": total, **counts,
             "active": active, "eta": format_eta(eta) if active else None,
             "job_seconds_mean": sum(row["seconds"] for row in done) / len(done) if done else None,
+            "interrupted": 0 if active else counts["running"],  # left running by a driver that was killed
             "runs": [{"engine": run["engine"], "slots": run["slots"],
-                      "wall_seconds": (run["finished"] or time.time()) - run["started"],
-                      "finished": run["finished"] is not None} for run in runs],
+                      "state": "finished" if run["finished"] else "running" if active and run is last else "killed",
+                      "wall_seconds": run["finished"] - run["started"] if run["finished"] else None} for run in runs],
             "failed_jobs": [{"position": row["position"], "id": row["id"], "model": row["model"],
                              "target": row["target"], "runtime": row["runtime"], "precision": row["precision"],
                              "suite": row["suite"], "seed": row["seed"], "attempts": row["attempts"],
@@ -78,7 +79,6 @@ def status(path: Path) -> dict[str, Any]:
         }
     finally:
         store.close()
-
 
 
 def _epoch(iso: str) -> float:

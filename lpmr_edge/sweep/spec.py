@@ -121,7 +121,7 @@ class Sweep:
         return next(target for target in self.targets if target.name == name)
 
     def job_threads(self, job: Job) -> int:
-        """Runtime threads of a job: the sweep's setting, else its target's (1 for the host reference)."""
+        """Runtime threads of a job: the sweep's setting, else its target's (the host reference: the most of any)."""
         if self.threads is not None:
             return self.threads
         return max((t.threads for t in self.targets), default=1) if job.target == HOST_TARGET \

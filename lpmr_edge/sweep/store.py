@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import now_utc, sha256_json
@@ -62,17 +62,36 @@ def is_sqlite(path: Path) -> bool:
         return False
 
 
+def _lock_path(database: Path) -> Path:
+    return database.with_name(f"{database.name}.lock")
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def driver_lock(database: Path) -> Iterator[None]:
     """One driver per database: an exclusive lock on ``<database>.lock``, released when the driver ends or dies."""
     database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(f"{database.name}.lock"), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with open(_lock_path(database), "w") as handle:
+        if not _try_lock(handle):
             raise UserError(f"another `lpmr-edge sweep` is running on {database}; wait for it (`lpmr-edge sweep "
-                            f"status {database}`) or stop it first") from None
+                            f"status {database}`) or stop it first")
         yield
+
+
+def driver_running(database: Path) -> bool:
+    """True while a driver holds the database's lock (a killed driver holds nothing)."""
+    try:
+        with open(_lock_path(database)) as handle:
+            return not _try_lock(handle)
+    except FileNotFoundError:
+        return False
 
 
 class SweepStore:
