@@ -10,7 +10,7 @@ SSHD := /usr/sbin/sshd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup system demo test bench lint standin clean arm-root browser sshd
+.PHONY: setup system demo test bench bench-sweep lint standin clean arm-root browser sshd
 
 setup: $(STAMP) system browser sshd
 
@@ -46,6 +46,10 @@ test: setup arm-root
 bench: setup
 	$(BIN)/lpmr-edge bench --model random:ViT-B-32 --target x86 --runtime openvino --runtime executorch --batch 1 --batch 32 \
 		--threads 2 --torch --json-out lpmr-results/bench/vit-b-32-x86.json
+
+# Jobs/hour of the local and Ray sweep engines on sweeps/demo.toml, and the share of time outside the runtimes.
+bench-sweep: setup
+	$(BIN)/python scripts/bench_sweep.py sweeps/demo.toml
 
 lint: setup
 	$(BIN)/ruff check lpmr_edge tests
