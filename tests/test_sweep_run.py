@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -51,9 +52,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def sweep_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def sweep_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(LPMR_EDGE), "sweep", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          check=False, timeout=900)
+                          check=False, timeout=900, env=env)
 
 
 def query(db: Path, sql: str) -> list[tuple]:
@@ -132,24 +133,29 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def ray_cluster() -> Iterator[str]:
-    """A one-node Ray cluster on loopback (2 CPUs, no dashboard, no usage stats); always stopped."""
+def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
+    """A one-node Ray cluster on loopback (2 CPUs, no dashboard, no usage stats, its own auth token, not the
+    one a local ``ray.init()`` may have left in ~/.ray); yields its address and the environment to reach it.
+    Always stopped."""
     state = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     port = free_port()
     try:
         subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={state}"],
                        env=env, check=True, capture_output=True, timeout=180)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", env
     finally:
         subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(state, ignore_errors=True)
 
 
-def test_ray_engine_gives_the_same_metrics(killed_and_resumed: dict, workspace: Path, ray_cluster: str):
-    result = sweep_cli("grid.toml", "--out", workspace / "ray", "--engine", "ray", "--address", ray_cluster,
-                       cwd=workspace)
+def test_ray_engine_gives_the_same_metrics(killed_and_resumed: dict, workspace: Path,
+                                          ray_cluster: tuple[str, dict[str, str]]):
+    address, env = ray_cluster
+    result = sweep_cli("grid.toml", "--out", workspace / "ray", "--engine", "ray", "--address", address,
+                       cwd=workspace, env=env)
     assert result.returncode == 0, result.stderr
     db = workspace / "ray" / "sweep.db"
     assert_complete_and_unique(db, JOBS)

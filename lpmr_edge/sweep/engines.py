@@ -5,7 +5,7 @@ many tasks it runs at once (the driver keeps no more than that in flight, so ``r
 means running). ``fn`` is ``build_artifact`` or ``run_job`` from ``lpmr_edge.sweep.jobs``.
 
 * ``local``: a 'spawn' process pool (torch and fork do not mix) of ``cores // threads`` workers; each
-  worker caps its threads and exits if the driver dies.
+  worker caps its threads, writes its output to ``<out>/workers.log`` and exits if the driver dies.
 * ``ray``: Ray tasks, each asking for ``num_cpus = threads``; ``slots`` is the cluster's CPUs // threads.
   With an address it joins that cluster (``ray start --head`` ...); without, it starts a private one on
   this machine. Workers must be able to import lpmr_edge (same install on every node) and read and write
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any, Protocol
 
 from lpmr_edge.errors import UserError
@@ -46,11 +47,16 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker(threads: int, parent: int) -> None:
-    """Pool worker start-up: quiet libraries, cap threads before torch loads, die with the driver."""
+def _init_worker(threads: int, parent: int, log: str) -> None:
+    """Pool worker start-up: output to the sweep's log, quiet libraries, cap threads before torch loads,
+    die with the driver."""
     import logging
     import warnings
 
+    output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (1, 2):  # progress bars and native-library chatter would garble the live display
+        os.dup2(output, stream)
+    os.close(output)
     logging.getLogger().setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -63,15 +69,16 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, threads: int, workers: int | None = None) -> None:
+    def __init__(self, threads: int, log: Path, workers: int | None = None) -> None:
         cores = os.cpu_count() or 1
         self.threads = threads
+        self.log = log
         self.slots = workers or max(1, cores // threads)
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.slots, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(self.threads, os.getpid()))
+                                   initargs=(self.threads, os.getpid(), str(self.log)))
 
     def submit(self, fn: Task, task: Any) -> Future:
         """Run ``fn(task)`` in a worker."""
@@ -105,10 +112,11 @@ class RayEngine:
             ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR", runtime_env={"env_vars": env},
                      **({} if address else {"num_cpus": os.cpu_count() or 1}))
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
             raise UserError(f"cannot connect to the Ray cluster at {address or 'a new local instance'} "
                             f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); start one "
-                            "with `ray start --head` and pass --address HOST:PORT") from None
+                            "with `ray start --head` and pass --address HOST:PORT (a cluster with token "
+                            "authentication also needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN)") from None
         self._ray = ray
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < threads:
@@ -141,7 +149,7 @@ def check_engine(name: str, address: str | None) -> None:
         raise UserError("--address is for --engine ray; drop it or add --engine ray")
 
 
-def open_engine(name: str, threads: int, address: str | None = None, workers: int | None = None) -> Engine:
-    """The engine called ``name`` (local or ray)."""
+def open_engine(name: str, threads: int, log: Path, address: str | None = None, workers: int | None = None) -> Engine:
+    """The engine called ``name`` (local or ray); local workers write their output to ``log``."""
     check_engine(name, address)
-    return LocalEngine(threads, workers) if name == "local" else RayEngine(threads, address)
+    return LocalEngine(threads, log, workers) if name == "local" else RayEngine(threads, address)

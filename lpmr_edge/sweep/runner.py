@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.suite import EvalSettings
@@ -23,7 +23,11 @@ from lpmr_edge.sweep.jobs import BuildTask, JobTask, build_artifact, run_job
 from lpmr_edge.sweep.spec import Job, Sweep
 from lpmr_edge.sweep.store import SweepStore, driver_lock
 
+if TYPE_CHECKING:
+    from lpmr_edge.export import ExportRequest
+
 RESULTS_DIR = "results"
+WORKER_LOG = "workers.log"
 
 
 @dataclass
@@ -80,7 +84,7 @@ class Scheduler:
         self.ready: deque[str] = deque()
         self.builds: deque[str] = deque()
         self.waiting: dict[str, list[str]] = {}  # artifact key -> job ids
-        self.requests: dict[str, Any] = {}
+        self.requests: dict[str, ExportRequest] = {}
         self.artifacts: dict[str, dict[str, Any]] = {}  # key -> successful build outcome
         self.build_attempts: dict[str, int] = {}
         self.job_artifact: dict[str, str] = {}
@@ -206,7 +210,7 @@ def run_sweep(sweep: Sweep, engine: str = "local", address: str | None = None, r
             if not pending:
                 counts = store.counts()
                 return Progress(total=len(jobs), done=counts["done"], failed=counts["failed"])
-            runner = open_engine(engine, sweep.max_threads(), address, workers)
+            runner = open_engine(engine, sweep.max_threads(), sweep.out / WORKER_LOG, address, workers)
             run_id = store.start_run(runner.name, runner.slots)
             try:
                 return Scheduler(sweep, jobs, store, runner, on_progress).run(pending)
