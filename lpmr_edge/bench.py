@@ -147,6 +147,7 @@ class _Worker:
         self.connection, child = context.Pipe()
         self.process = context.Process(target=_worker, args=(child, source, threads, tower, classes), daemon=True)
         self.process.start()
+        child.close()  # only the worker holds its end: if it dies, recv() raises EOFError instead of waiting
         status, payload = self._receive()
         if status == "error":
             self.process.join()

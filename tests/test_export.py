@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import types
@@ -12,7 +14,14 @@ import numpy as np
 import pytest
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.export import FORMAT, ExportRequest, artifact_path, export_artifact, plan_exports
+from lpmr_edge.export import (
+    FORMAT,
+    ExportRequest,
+    artifact_path,
+    export_artifact,
+    plan_exports,
+    staged_directory,
+)
 from lpmr_edge.manifest import verify_manifest
 from lpmr_edge.quantize import QuantizationOptions, load_calibration_inputs
 from lpmr_edge.targets import load_target
@@ -94,6 +103,24 @@ def test_a_failed_export_leaves_the_previous_artifact_and_no_debris(tmp_path: Pa
         export_artifact(_request(), tmp_path, force=True, isolate=False, clip=tiny_random)
     assert (good / "manifest.json").read_text() == before
     assert sorted(p.name for p in good.parent.iterdir()) == ["executorch-int8"]
+
+
+def test_staging_left_by_a_killed_export_is_removed(tmp_path: Path):
+    destination = tmp_path / "x86" / "executorch-int8"
+    destination.parent.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    left = {name: destination.parent / f".executorch-int8.staging-{name}-abc" for name in (
+        f"{host}-{dead.pid}", f"{host}-{os.getpid()}", f"another-host-{dead.pid}")}
+    for directory in left.values():
+        (directory / "image.pte").parent.mkdir()
+        (directory / "image.pte").write_bytes(b"half")
+    with staged_directory(destination) as staging:
+        (staging / "manifest.json").write_text("{}")
+    assert not left[f"{host}-{dead.pid}"].exists()  # its export is gone
+    assert left[f"{host}-{os.getpid()}"].exists() and left[f"another-host-{dead.pid}"].exists()  # may be running
+    assert (destination / "manifest.json").is_file()
 
 
 def test_requests_and_plans_reject_what_a_runtime_cannot_do():

@@ -27,10 +27,12 @@ runtime) and report ``foreign_machine_warnings``.
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib
 import os
 import platform
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -139,11 +141,33 @@ def _move_into_place(staging: Path, destination: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def _staging_prefix(destination: Path, pid: int) -> str:
+    return f".{destination.name}.staging-{socket.gethostname()}-{pid}-"
+
+
+def _remove_abandoned_staging(destination: Path) -> None:
+    """Remove staging directories left beside ``destination`` by killed exports of this host (their process
+    is gone); other hosts' (a shared artifact store) are left alone."""
+    prefix = _staging_prefix(destination, 0)[:-2]
+    for staging in destination.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = staging.name[len(prefix):].split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(staging, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
 @contextlib.contextmanager
 def staged_directory(destination: Path) -> Iterator[Path]:
-    """Yield an empty staging directory beside ``destination``; on success it replaces ``destination``."""
+    """Yield an empty staging directory beside ``destination``; on success it replaces ``destination``.
+    Staging directories of killed exports are removed first."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.staging-"))
+    _remove_abandoned_staging(destination)
+    staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=_staging_prefix(destination, os.getpid())))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artifact should not be
