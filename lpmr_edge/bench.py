@@ -111,6 +111,31 @@ def _example_batch(model_info: dict[str, Any], tower: str, batch: int) -> np.nda
     return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
+def _durations(run: Callable[[np.ndarray], Any], inputs: np.ndarray, calls: int) -> list[float]:
+    """Seconds of each of ``calls`` calls of ``run(inputs)``."""
+    durations = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        run(inputs)
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+def _timed_calls(seconds_per_call: float, settings: BenchSettings) -> int:
+    """How many calls to time after warm-up: ``repeats``, fewer if over ``max_seconds``, at least ``rounds``."""
+    return max(settings.rounds, min(settings.repeats, int(settings.max_seconds / max(seconds_per_call, 1e-6))))
+
+
+def runnable_batches(description: dict[str, Any], tower: str, wanted: tuple[int, ...]) -> list[int]:
+    """The requested batches a runtime (its ``describe()``) can run as one call: its static batch, or all
+    if dynamic (or not an artifact)."""
+    artifact = description.get("artifact")
+    if not artifact:
+        return list(wanted)
+    shape = artifact["towers"][artifact_tower(tower)]["inputs"][0]["shape"]
+    return list(wanted) if shape[0] == -1 else [shape[0]]
+
+
 def _worker(connection: Connection, source: RuntimeSource, threads: int | None, tower: str, classes: int) -> None:
     """Serve timing requests for one runtime until told to stop."""
     from lpmr_edge.runtimes import open_runtime
@@ -128,12 +153,7 @@ def _worker(connection: Connection, source: RuntimeSource, threads: int | None, 
         _, batch, calls = message
         if batch not in inputs:
             inputs[batch] = _example_batch(runtime.model_info, tower, batch)
-        durations = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            run(inputs[batch])
-            durations.append(time.perf_counter() - start)
-        connection.send(durations)
+        connection.send(_durations(run, inputs[batch], calls))
     connection.send(peak_rss_megabytes())
     runtime.close()
 
@@ -171,13 +191,6 @@ class _Worker:
         self.process.join()
         return peak
 
-    def batches(self, tower: str, wanted: tuple[int, ...]) -> list[int]:
-        """The requested batches this runtime can run as one call: its static batch, or all if dynamic."""
-        artifact = self.description.get("artifact")
-        if not artifact:
-            return list(wanted)
-        shape = artifact["towers"][artifact_tower(tower)]["inputs"][0]["shape"]
-        return list(wanted) if shape[0] == -1 else [shape[0]]
 
 
 def _tower_megabytes(source: RuntimeSource, description: dict[str, Any], tower: str) -> float | None:
@@ -202,8 +215,7 @@ def _measure_batch(workers: list[_Worker], batch: int, settings: BenchSettings) 
     per_call = {}
     for index, worker in enumerate(workers):
         per_call[index] = float(np.median(worker.run(batch, settings.warmup)))
-    calls = {index: max(settings.rounds, min(settings.repeats, int(settings.max_seconds / max(seconds, 1e-6))))
-             for index, seconds in per_call.items()}
+    calls = {index: _timed_calls(seconds, settings) for index, seconds in per_call.items()}
     durations: dict[int, list[float]] = {index: [] for index in per_call}
     indices = list(per_call)
     for round_index in range(settings.rounds):
@@ -226,7 +238,8 @@ def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSetti
             workers.append(_Worker(source, settings.threads, settings.tower, settings.classes))
         rows: list[dict[str, Any]] = []
         for batch in settings.batches:
-            runnable = [worker for worker in workers if batch in worker.batches(settings.tower, settings.batches)]
+            runnable = [worker for worker in workers
+                        if batch in runnable_batches(worker.description, settings.tower, settings.batches)]
             if not runnable:
                 continue
             report(f"timing {len(runnable)} runtime(s) at batch {batch}")
@@ -252,6 +265,24 @@ def _timing_row(source: RuntimeSource, description: dict[str, Any], batch: int, 
             "batch": batch, "artifact_mb": _tower_megabytes(source, description, tower), **_figures(durations, batch)}
 
 
+def benchmark_in_process(runtime: Runtime, source: RuntimeSource,
+                         settings: BenchSettings = BenchSettings()) -> dict[str, Any]:
+    """Time an already-open runtime in this process, e.g. right after its suite in a sweep job (no worker
+    start or model load). Rows as ``benchmark``; ``peak_rss_mb`` is this process's peak, whatever else it
+    did, so compare memory with ``benchmark``'s figures, not these."""
+    description = runtime.describe()
+    run = timed_call(runtime, settings.tower, settings.classes)
+    rows = []
+    for batch in runnable_batches(description, settings.tower, settings.batches):
+        inputs = _example_batch(runtime.model_info, settings.tower, batch)
+        durations = _durations(run, inputs, _timed_calls(float(np.median(_durations(run, inputs, settings.warmup))),
+                                                         settings))
+        rows.append({**_timing_row(source, description, batch, settings.tower, durations),
+                     "peak_rss_mb": round(peak_rss_megabytes(), 1), "peak_rss_scope": "process"})
+    return {"machine": machine_info(), "settings": asdict(settings), "created": now_utc(), "results": rows,
+            "speedups": speedups(rows)}
+
+
 def _time_on_device(runtime: DeviceRuntime, tower: str, batch: int, settings: BenchSettings) -> tuple[list[float], float]:
     """Warm up, then time ``tower`` at ``batch`` on the device: the device times each static batch itself
     (transfers excluded); the number of timed batches follows ``repeats``/``max_seconds`` as locally.
@@ -269,8 +300,7 @@ def _time_on_device(runtime: DeviceRuntime, tower: str, batch: int, settings: Be
         peak_kb.extend(shard.peak_rss_kb for shard in shards)
         return [float(seconds) for shard in shards for seconds in shard.batch_s]
 
-    per_call = float(np.median(timed(settings.warmup)))
-    seconds = timed(max(settings.rounds, min(settings.repeats, int(settings.max_seconds / max(per_call, 1e-6)))))
+    seconds = timed(_timed_calls(float(np.median(timed(settings.warmup))), settings))
     return seconds, max(peak_kb) / 1024
 
 

@@ -6,8 +6,8 @@ the same way. Workers write files (artifacts, result directories) but never the 
 stores the outcome.
 
 Time inside the runtimes is measured honestly and returned as ``runtime_seconds``: the wall time of
-every ``image_features``/``text_features`` call the suite makes, plus the timed calls of the bench
-(its warm-up calls, worker start and model loading are not counted).
+every ``image_features``/``text_features`` call the suite and then the bench make (the bench times the
+runtime the suite used, in the same worker; its warm-up calls count as runtime time, model loading does not).
 """
 from __future__ import annotations
 
@@ -139,21 +139,21 @@ def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str
     return rows
 
 
-def _bench(task: JobTask, results_dir: Path) -> tuple[list[tuple[str, float, None, None]], float, dict[str, Any]]:
-    """Benchmark the job's runtime; returns metric rows, seconds inside timed calls and the bench report."""
-    from lpmr_edge.bench import RuntimeSource, benchmark
+def _bench(task: JobTask, runtime: Runtime, results_dir: Path) -> tuple[list[tuple[str, float, None, None]],
+                                                                          dict[str, Any]]:
+    """Benchmark the job's runtime, already open in this worker; returns metric rows and the bench report."""
+    from lpmr_edge.bench import RuntimeSource, benchmark_in_process
     from lpmr_edge.manifest import atomic_write_json
 
     assert task.bench is not None
     source = RuntimeSource(artifact=task.artifact) if task.artifact else RuntimeSource(model=task.model)
-    report = benchmark([source], task.bench)
+    report = benchmark_in_process(runtime, source, task.bench)
     atomic_write_json(results_dir / BENCH_FILE, report)
     row = report["results"][0]
     metrics = [(f"bench/{name}", float(row[name]), None, None)
-               for name in ("median_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s", "peak_rss_mb")
+               for name in ("median_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s")
                if row.get(name) is not None]
-    timed = sum(entry["mean_ms"] * entry["calls"] for entry in report["results"]) / 1000
-    return metrics, timed, {"machine": report["machine"], "settings": report["settings"], "row": row}
+    return metrics, {"machine": report["machine"], "settings": report["settings"], "row": row}
 
 
 def run_job(task: JobTask) -> dict[str, Any]:
@@ -172,19 +172,21 @@ def run_job(task: JobTask) -> dict[str, Any]:
         marks.append(time.perf_counter())
         try:
             result = evaluate(runtime, results_dir, task.settings, suite=task.suite)
+            suite_seconds = clock.seconds
+            metrics = flatten_metrics(result["metrics"])
+            marks.append(time.perf_counter())
+            bench_rows, bench = _bench(task, runtime, results_dir) if task.bench else ([], None)
         finally:
             runtime.close()
-        metrics = flatten_metrics(result["metrics"])
         marks.append(time.perf_counter())
-        bench_rows, bench_seconds, bench = _bench(task, results_dir) if task.bench else ([], 0.0, None)
-        marks.append(time.perf_counter())
-        timings = {"open_s": marks[1] - marks[0], "suite_s": marks[2] - marks[1], "suite_runtime_s": clock.seconds,
+        bench_seconds = clock.seconds - suite_seconds  # the bench's calls, warm-up included
+        timings = {"open_s": marks[1] - marks[0], "suite_s": marks[2] - marks[1], "suite_runtime_s": suite_seconds,
                    "bench_s": marks[3] - marks[2], "bench_runtime_s": bench_seconds}
         manifest = {"results": read_json(results_dir / "manifest.json", "results manifest"), "bench": bench,
                     "threads": task.threads, "seed": task.settings.seed, "settings": asdict(task.settings),
                     "worker": {"host": socket.gethostname(), "pid": os.getpid()}, "timings": timings}
         return {"metrics": metrics + bench_rows, "manifest": manifest, "results_dir": str(results_dir),
-                "runtime_seconds": clock.seconds + bench_seconds, "seconds": marks[3] - marks[0],
+                "runtime_seconds": clock.seconds, "seconds": marks[3] - marks[0],
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
     return _outcome(work)
