@@ -1,18 +1,16 @@
 """Commands of the deployment path: targets, calibrate, export, check, bench."""
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from lpmr_edge.cli import app
-from lpmr_edge.cli.core import ArtifactOption, DeviceOption, JsonOption, ModelOption
+from lpmr_edge.cli.core import ArtifactOption, DeviceOption, JsonOption, ModelOption, with_option_group
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 from lpmr_edge.quantize import QuantizationOptions
@@ -37,19 +35,8 @@ _CALIBRATION_PARAMETERS = [
 ]
 
 
-def with_calibration_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Add the calibration options to a command; it receives them as ``options: QuantizationOptions``."""
-    signature = inspect.signature(command, eval_str=True)
-    names = [parameter.name for parameter in _CALIBRATION_PARAMETERS]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        values = {name: kwargs.pop(name) for name in names}
-        command(**kwargs, options=QuantizationOptions(**values))
-
-    kept = [parameter for parameter in signature.parameters.values() if parameter.name != "options"]
-    wrapper.__signature__ = signature.replace(parameters=[*kept, *_CALIBRATION_PARAMETERS])  # type: ignore[attr-defined]
-    return wrapper
+with_calibration_options = with_option_group(_CALIBRATION_PARAMETERS, "options", QuantizationOptions)
+"""Add the calibration options to a command; it receives them as ``options: QuantizationOptions``."""
 
 
 def _log(message: str) -> None:

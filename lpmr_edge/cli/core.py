@@ -1,8 +1,11 @@
 """Commands of the foundation: eval, models, datasets, train-standin."""
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,6 +22,27 @@ DeviceOption = Annotated[str, typer.Option("--device", "-d", help="Where the art
                                            "local?python=PATH, ssh://user@host:port?python=PATH&workdir=DIR&"
                                            "config=SSH_CONFIG (user, port, options optional) or emu-arm64 "
                                            "(emulated: correctness, no latencies)")]
+
+
+def with_option_group(parameters: list[inspect.Parameter], argument: str,
+                      build: Callable[..., Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorator: add ``parameters`` (keyword-only, Typer-annotated) as options of a command, which receives
+    them combined as ``argument=build(**values)``; commands share an option group without repeating it."""
+    names = [parameter.name for parameter in parameters]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            values = {name: kwargs.pop(name) for name in names}
+            command(**kwargs, **{argument: build(**values)})
+
+        kept = [parameter for parameter in signature.parameters.values() if parameter.name != argument]
+        wrapper.__signature__ = signature.replace(parameters=[*kept, *parameters])  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
 
 
 def default_results_dir(runtime: str, precision: str, model: str, device: str | None = None) -> Path:

@@ -1,6 +1,7 @@
 """Commands that turn results into a decision: pick and report."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -8,36 +9,38 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lpmr_edge.cli import app
+from lpmr_edge.cli.core import JsonOption, with_option_group
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
+from lpmr_edge.pick import Constraints
 
 if TYPE_CHECKING:
-    from lpmr_edge.pick import Choice, Constraints
+    from lpmr_edge.pick import Choice
 
 NO_CHOICE_EXIT = 3
 
 ResultsArgument = Annotated[list[Path], typer.Argument(help="Result directories (metrics.json + manifest.json), "
                                                        "folders holding them, and `lpmr-edge bench --json-out` "
                                                        "files (bench*.json below the folders are found too)")]
-ObjectiveOption = Annotated[str, typer.Option(help="What to optimise: ece | nll | fpr95 (lower is better), "
-                                              "auroc | accuracy | worst-group (higher is better)")]
-LatencyOption = Annotated[float | None, typer.Option(help="Largest median latency in ms (measured timings "
-                                                        "only; emulated ones never qualify)")]
-SizeOption = Annotated[float | None, typer.Option(help="Largest image-tower size in MB (2^20 bytes, as `lpmr-edge bench` reports)")]
-DropOption = Annotated[float | None, typer.Option(help="Largest top-1 drop vs the FP32 reference, in "
-                                                     "percentage points")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout")]
 
 
-def _constraints(objective: str, max_latency_ms: float | None, max_size_mb: float | None,
-                 max_accuracy_drop: float | None) -> Constraints:
-    from lpmr_edge.pick import Constraints
+_CONSTRAINT_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                      annotation=Annotated[kind, typer.Option(help=text)])
+    for name, kind, default, text in (
+        ("objective", str, "ece", ("What to optimise: ece | nll | fpr95 (lower is better), auroc | accuracy | "
+                                   "worst-group (higher is better)")),
+        ("max_latency_ms", float | None, None, ("Largest median latency in ms (measured timings only; emulated "
+                                                "ones never qualify)")),
+        ("max_size_mb", float | None, None, "Largest image-tower size in MB (2^20 bytes, as `lpmr-edge bench` reports)"),
+        ("max_accuracy_drop", float | None, None, "Largest top-1 drop vs the FP32 reference, in percentage points"),
+    )
+]
+with_constraint_options = with_option_group(_CONSTRAINT_PARAMETERS, "constraints", Constraints)
+"""Add the picker's objective and constraints to a command; it receives them as ``constraints: Constraints``."""
 
-    return Constraints(objective=objective, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
-                       max_accuracy_drop=max_accuracy_drop)
 
-
-def _fail_without_choice(choices: Sequence[Choice]) -> None:
+def fail_without_choice(choices: Sequence[Choice]) -> None:
     """Exit with status 3 and a one-line message if some target has no recommendation."""
     from lpmr_edge.pick import NoFeasibleChoice, require_recommendations
 
@@ -70,38 +73,36 @@ def print_choices(choices: Sequence[Choice]) -> None:
 
 
 @app.command("pick")
+@with_constraint_options
 def pick_command(
     results: ResultsArgument,
-    objective: ObjectiveOption = "ece",
-    max_latency_ms: LatencyOption = None,
-    max_size_mb: SizeOption = None,
-    max_accuracy_drop: DropOption = None,
     json_output: JsonOption = False,
+    *,
+    constraints: Constraints,
 ) -> None:
     """Recommend the (runtime, precision) to deploy on each target, with the reason and the Pareto
     alternatives. Exit status 3 when nothing satisfies the constraints on some target, 2 on bad input."""
     from lpmr_edge.pick import load_results, pick
 
-    choices = pick(load_results(results), _constraints(objective, max_latency_ms, max_size_mb, max_accuracy_drop))
+    choices = pick(load_results(results), constraints)
     if json_output:
         print_json([choice.to_json() for choice in choices])
     else:
         print_choices(choices)
-    _fail_without_choice(choices)
+    fail_without_choice(choices)
 
 
 @app.command("report")
+@with_constraint_options
 def report_command(
     results: ResultsArgument,
     out: Annotated[Path, typer.Option(help="Report directory (an earlier report there is replaced)")] = Path(
         "lpmr-results/report"),
-    objective: ObjectiveOption = "ece",
-    max_latency_ms: LatencyOption = None,
-    max_size_mb: SizeOption = None,
-    max_accuracy_drop: DropOption = None,
     resamples: Annotated[int | None, typer.Option(help="Paired-bootstrap resamples per comparison (default: "
                                                   "each result's suite setting, usually 1000)")] = None,
     json_output: JsonOption = False,
+    *,
+    constraints: Constraints,
 ) -> None:
     """Write report.html (self-contained), report.md, report.json and plots/ from result directories.
     Every quantized result is compared with its FP32 reference by a paired bootstrap on the stored outputs."""
@@ -109,8 +110,7 @@ def report_command(
 
     if resamples is not None and resamples < 10:
         raise UserError(f"--resamples {resamples} is too few for a 95% interval; use at least 10 (e.g. 200)")
-    report = write_report(results, out, _constraints(objective, max_latency_ms, max_size_mb, max_accuracy_drop),
-                          PairedComparator(resamples))
+    report = write_report(results, out, constraints, PairedComparator(resamples))
     summary = {"report": str(out / HTML_FILE), "recommendations": report["recommendations"],
                "claims": {claim["claim"]: claim["verdict"] for claim in report["claims"]}}
     if json_output:

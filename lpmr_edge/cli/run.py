@@ -8,36 +8,28 @@ import typer
 
 from lpmr_edge.cli import app
 from lpmr_edge.cli.core import JsonOption
-from lpmr_edge.cli.report import (
-    DropOption,
-    LatencyOption,
-    ObjectiveOption,
-    SizeOption,
-    _constraints,
-    _fail_without_choice,
-    print_choices,
-)
+from lpmr_edge.cli.report import fail_without_choice, print_choices, with_constraint_options
 from lpmr_edge.cli.ui import LiveProgress, console, print_json
+from lpmr_edge.pick import Constraints
 
 
 @app.command("run")
+@with_constraint_options
 def run_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Model spec")] = "lpmr-tiny-fmnist",
     target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target name or .toml (repeatable; default x86)")] = None,
     suite: Annotated[str, typer.Option(help="quick | full | basic | path to a suite .toml")] = "quick",
     device: Annotated[str, typer.Option(help="local | ssh://user@host[:port] | emu-arm64")] = "local",
     out: Annotated[Path, typer.Option(help="Run directory (re-running resumes it)")] = Path("lpmr-results/run"),
-    objective: ObjectiveOption = "ece",
-    max_latency_ms: LatencyOption = None,
-    max_size_mb: SizeOption = None,
-    max_accuracy_drop: DropOption = None,
     json_output: JsonOption = False,
+    *,
+    constraints: Constraints,
 ) -> None:
     """From model to decision in one command; every finished, verified step is skipped on a re-run."""
     from lpmr_edge.pipeline import RunPlan, run
 
     plan = RunPlan(model=model, targets=tuple(target or ["x86"]), out=out, suite=suite, device=device,
-                   constraints=_constraints(objective, max_latency_ms, max_size_mb, max_accuracy_drop))
+                   constraints=constraints)
     with LiveProgress() as progress:
         choices = run(plan, log=progress.log, progress=progress.task)
     if json_output:
@@ -46,4 +38,4 @@ def run_command(
     else:
         print_choices(choices)
         console.print(f"report: {out / 'report' / 'report.html'}", highlight=False)
-    _fail_without_choice(choices)
+    fail_without_choice(choices)
