@@ -7,9 +7,9 @@ content-addressed store lacks; its figures include those builds), then the local
 local Ray instance on the warm store. Per run it prints wall time (driver start to end, incl. engine
 start-up), jobs/hour and:
 
-* runtime time — the wall time of every runtime feature call of the suite plus the bench's timed calls,
-  measured inside the jobs (``runtime_seconds``); warm-up calls, model loading, worker start, data loading
-  and preprocessing, metrics and bootstrap, bench process start are *not* runtime time;
+* runtime time — the wall time of every runtime feature call of the suite and of the bench (which times
+  the same open runtime, warm-up included), measured inside the jobs (``runtime_seconds``); model loading,
+  worker start, data loading and preprocessing, metrics and bootstrap are *not* runtime time;
 * overhead share = 1 - runtime time / (wall x parallel slots): everything outside the runtimes, including
   idle slots (scheduling, engine start-up, the tail of the run);
 * in-job share = 1 - runtime time / job time: the part of a job's own wall time outside the runtimes;
