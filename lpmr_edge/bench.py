@@ -244,17 +244,14 @@ def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSetti
                 continue
             report(f"timing {len(runnable)} runtime(s) at batch {batch}")
             durations = _measure_batch(runnable, batch, settings)
-            rows += [_row(worker, batch, settings.tower, durations[index]) for index, worker in enumerate(runnable)]
+            rows += [_timing_row(worker.source, worker.description, batch, settings.tower, durations[index])
+                     for index, worker in enumerate(runnable)]
     finally:
         peaks = {worker.source.label: worker.stop() for worker in workers if worker.process.is_alive()}
     for row in rows:
         row["peak_rss_mb"] = round(peaks.get(row["source"], float("nan")), 1)
     return {"machine": machine_info(), "settings": asdict(settings), "created": now_utc(), "results": rows,
             "speedups": speedups(rows)}
-
-
-def _row(worker: _Worker, batch: int, tower: str, durations: list[float]) -> dict[str, Any]:
-    return _timing_row(worker.source, worker.description, batch, tower, durations)
 
 
 def _timing_row(source: RuntimeSource, description: dict[str, Any], batch: int, tower: str,

@@ -22,7 +22,7 @@ from pathlib import Path
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
 from lpmr_edge.pick import Choice, Constraints
 from lpmr_edge.runtimes.base import Runtime
-from lpmr_edge.suite import Progress, progress_task
+from lpmr_edge.suite import METRICS_FILE, EvalSettings, Progress, evaluate, load_suite, progress_task
 from lpmr_edge.targets import Target, load_target
 
 Log = Callable[[str], None]
@@ -57,8 +57,6 @@ def _open(artifact: Path, device: str, threads: int) -> Runtime:
 
 
 def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log, progress: Progress | None) -> None:
-    from lpmr_edge.suite import METRICS_FILE, EvalSettings, evaluate, load_suite
-
     metrics = out_dir / METRICS_FILE
     if metrics.is_file() and (out_dir / "manifest.json").is_file() and \
             read_json(out_dir / "manifest.json", "results manifest")["runtime"]["identity"] == runtime.identity \
