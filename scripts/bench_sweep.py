@@ -76,11 +76,11 @@ def main() -> None:
               f"{row['overhead_share']:>9.1%} {row['in_job_share']:>7.1%} {row['scheduling_share']:>12.1%}")
     print("overhead = 1 - runtime / (wall x slots); in-job = 1 - runtime / in-job time; outside jobs = 1 - in-job "
           "time / (wall x slots): driver start-up, engine start-up, scheduling, database, idle slots")
-    print("in-job time by step, summed over jobs (s): open runtime | suite (of it inside the runtime) | "
-          "bench (of it timed calls)")
+    print("in-job time by step, summed over jobs (s): open runtime (jobs that reused their worker's open "
+          "runtime) | suite (of it inside the runtime) | bench (of it timed calls)")
     for label, row in rows:
-        print(f"{label:<16} {row['open_s']:.1f} | {row['suite_s']:.1f} ({row['suite_runtime_s']:.1f}) | "
-              f"{row['bench_s']:.1f} ({row['bench_runtime_s']:.1f})")
+        print(f"{label:<16} {row['open_s']:.1f} ({row['runtime_reused']:.0f} of {row['jobs']} reused) | "
+              f"{row['suite_s']:.1f} ({row['suite_runtime_s']:.1f}) | {row['bench_s']:.1f} ({row['bench_runtime_s']:.1f})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Sweep files, grid expansion, the results store and one-line errors (fast: nothing is exported or run)."""
+"""Sweep files, grid expansion, the results store, scheduling, one-line errors and a worker's kept runtime
+(fast: nothing is exported; the jobs run the torch stand-in in process on a few images)."""
 from __future__ import annotations
 
 import sqlite3
@@ -8,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.sweep.jobs import flatten_metrics
+from lpmr_edge.suite import EvalSettings, suite_from_mapping
+from lpmr_edge.sweep import jobs as worker
+from lpmr_edge.sweep.jobs import JobTask, flatten_metrics, run_job
+from lpmr_edge.sweep.runner import ReadyJobs
 from lpmr_edge.sweep.spec import HOST_TARGET, expand, load_sweep
 from lpmr_edge.sweep.store import SweepStore
 
@@ -142,3 +146,38 @@ def test_one_driver_per_database(tmp_path: Path):
     with driver_lock(sweep.db_path), pytest.raises(UserError, match="another `lpmr-edge sweep` is running"):
         run_sweep(sweep)
     assert not sweep.db_path.exists()
+
+
+def test_ready_jobs_prefer_the_freed_workers_runtime_then_one_nobody_has_open():
+    ready = ReadyJobs()
+    for runtime, job in [("a", "a0"), ("b", "b0"), ("a", "a1"), ("c", "c0"), ("b", "b1")]:
+        ready.add(runtime, job)
+    assert ready.take(None, avoid=set()) == ("a", "a0")  # nothing freed or open: the oldest group
+    assert ready.take(None, avoid={"a"}) == ("b", "b0")  # a second slot: not the runtime the first has open
+    assert ready.take("a", avoid={"b"}) == ("a", "a1")  # the worker that ran a0 keeps 'a' open
+    assert ready.take("a", avoid={"b"}) == ("c", "c0")  # no 'a' left: a runtime no running job has open
+    assert ready.take("c", avoid={"b"}) == ("b", "b1")  # only 'b' is left
+    assert not ready
+
+
+def tiny_job(tmp_path: Path, name: str, seed: int, ood: str = "digits") -> JobTask:
+    suite = suite_from_mapping({"limit": 40, "bootstrap_resamples": 20, "ood": {"sets": [ood]}}, "tiny suite")
+    return JobTask(job_id=name, model="lpmr-tiny-fmnist", runtime="torch", artifact=None,
+                   results_dir=str(tmp_path / name), suite=suite, settings=EvalSettings(seed=seed),
+                   threads=1, bench=None)
+
+
+def test_a_worker_reuses_its_open_runtime_for_the_next_job_on_it_and_drops_it_after_a_failure(tmp_path: Path):
+    try:
+        first, again = run_job(tiny_job(tmp_path, "first", seed=0)), run_job(tiny_job(tmp_path, "again", seed=0))
+        assert first["ok"] and again["ok"], (first.get("error"), again.get("error"))
+        assert [run["manifest"]["timings"]["runtime_reused"] for run in (first, again)] == [False, True]
+        assert again["metrics"] == first["metrics"]  # the kept runtime gives the same numbers
+        assert 0 < again["runtime_seconds"] < again["seconds"]  # its own calls only, not the first job's
+        failed = run_job(tiny_job(tmp_path, "failed", seed=0, ood=f"folder:{tmp_path / 'missing'}"))
+        assert not failed["ok"] and "missing" in failed["error"]
+        assert worker._kept == {}  # a failed job closes the runtime: a retry starts afresh
+        retried = run_job(tiny_job(tmp_path, "retried", seed=1))
+        assert retried["ok"] and retried["manifest"]["timings"]["runtime_reused"] is False
+    finally:
+        worker.close_kept_runtime()

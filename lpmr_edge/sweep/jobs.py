@@ -8,6 +8,10 @@ stores the outcome.
 Time inside the runtimes is measured honestly and returned as ``runtime_seconds``: the wall time of
 every ``image_features``/``text_features`` call the suite and then the bench make (the bench times the
 runtime the suite used, in the same worker; its warm-up calls count as runtime time, model loading does not).
+
+A worker keeps the runtime of its last job open: the next job on the same artifact (another seed or suite)
+reuses it instead of loading and compiling the model again, and the driver steers such jobs to that
+worker (``runtime_key``). A job that fails closes it, so a retry starts from a fresh runtime.
 """
 from __future__ import annotations
 
@@ -103,6 +107,12 @@ def build_artifact(task: BuildTask) -> dict[str, Any]:
     return _outcome(work)
 
 
+def runtime_key(task: JobTask) -> str:
+    """What a job opens (its artifact, else the torch model, at its thread count): jobs with equal keys can
+    share one open runtime."""
+    return f"{task.artifact or 'torch:' + task.model}@{task.threads}"
+
+
 class _RuntimeClock:
     """Adds up the wall time of a runtime's feature calls."""
 
@@ -120,6 +130,29 @@ class _RuntimeClock:
                 self.seconds += time.perf_counter() - start
 
         return timed
+
+
+_kept: dict[str, tuple[Runtime, _RuntimeClock]] = {}  # this worker's open runtime (at most one), by runtime_key
+
+
+def close_kept_runtime() -> None:
+    """Close the runtime this worker kept open for its next job (after a failure, or when done)."""
+    for runtime, _ in _kept.values():
+        runtime.close()
+    _kept.clear()
+
+
+def _open_or_reuse(task: JobTask) -> tuple[Runtime, _RuntimeClock]:
+    """The job's runtime: the one this worker kept open if its key matches, else a newly opened one."""
+    from lpmr_edge.runtimes import open_runtime
+
+    key = runtime_key(task)
+    if key not in _kept:
+        close_kept_runtime()
+        runtime = open_runtime("torch", model=task.model, threads=task.threads) if task.artifact is None \
+            else open_runtime(artifact=Path(task.artifact), threads=task.threads)
+        _kept[key] = (runtime, _RuntimeClock(runtime))
+    return _kept[key]
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, float, float | None, float | None]]:
@@ -160,33 +193,34 @@ def run_job(task: JobTask) -> dict[str, Any]:
     """Run a job's suite (and bench); returns its flattened metrics, manifest and timings."""
     def work() -> dict[str, Any]:
         from lpmr_edge.manifest import read_json
-        from lpmr_edge.runtimes import open_runtime
         from lpmr_edge.suite import evaluate
 
         marks = [time.perf_counter()]
         configure_threads(task.threads)
         results_dir = Path(task.results_dir)
-        runtime = open_runtime("torch", model=task.model, threads=task.threads) if task.artifact is None \
-            else open_runtime(artifact=Path(task.artifact), threads=task.threads)
-        clock = _RuntimeClock(runtime)
+        reused = runtime_key(task) in _kept
+        runtime, clock = _open_or_reuse(task)
+        clock_start = clock.seconds
         marks.append(time.perf_counter())
         try:
             result = evaluate(runtime, results_dir, task.settings, suite=task.suite)
-            suite_seconds = clock.seconds
+            suite_seconds = clock.seconds - clock_start
             metrics = flatten_metrics(result["metrics"])
             marks.append(time.perf_counter())
             bench_rows, bench = _bench(task, runtime, results_dir) if task.bench else ([], None)
-        finally:
-            runtime.close()
+        except BaseException:
+            close_kept_runtime()
+            raise
         marks.append(time.perf_counter())
-        bench_seconds = clock.seconds - suite_seconds  # the bench's calls, warm-up included
-        timings = {"open_s": marks[1] - marks[0], "suite_s": marks[2] - marks[1], "suite_runtime_s": suite_seconds,
-                   "bench_s": marks[3] - marks[2], "bench_runtime_s": bench_seconds}
+        runtime_seconds = clock.seconds - clock_start
+        timings = {"open_s": marks[1] - marks[0], "runtime_reused": reused, "suite_s": marks[2] - marks[1],
+                   "suite_runtime_s": suite_seconds, "bench_s": marks[3] - marks[2],
+                   "bench_runtime_s": runtime_seconds - suite_seconds}  # the bench's calls, warm-up included
         manifest = {"results": read_json(results_dir / "manifest.json", "results manifest"), "bench": bench,
                     "threads": task.threads, "seed": task.settings.seed, "settings": asdict(task.settings),
                     "worker": {"host": socket.gethostname(), "pid": os.getpid()}, "timings": timings}
         return {"metrics": metrics + bench_rows, "manifest": manifest, "results_dir": str(results_dir),
-                "runtime_seconds": clock.seconds, "seconds": marks[3] - marks[0],
+                "runtime_seconds": runtime_seconds, "seconds": marks[3] - marks[0],
                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
     return _outcome(work)

@@ -5,6 +5,11 @@ Each needed artifact is built (or found up to date) once, by one task, in the co
 ``<artifacts>/<key[:16]>/<target>/<runtime>-<precision>``; its jobs are released when it is ready. A
 task that fails — or whose worker dies — is recorded with its error and tried again up to ``retries``
 more times; a failure never stops the sweep. A failed build fails the jobs that need it.
+
+Workers keep their last job's runtime open, so the driver hands a freed slot a job on the runtime that
+slot just ran (with every slot busy, the freed worker is the one that takes the next task), and otherwise
+prefers a runtime no running job has open. A guess that misses (two slots freed at once, Ray placing a
+task elsewhere) costs one model load, never a wrong result.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.suite import EvalSettings
 from lpmr_edge.sweep import spec as grid
 from lpmr_edge.sweep.engines import Engine, check_engine, open_engine
-from lpmr_edge.sweep.jobs import BuildTask, JobTask, build_artifact, run_job
+from lpmr_edge.sweep.jobs import BuildTask, JobTask, build_artifact, run_job, runtime_key
 from lpmr_edge.sweep.spec import Job, Sweep
 from lpmr_edge.sweep.store import SweepStore, driver_lock
 
@@ -71,6 +76,31 @@ def open_store(sweep: Sweep, jobs: list[Job], resume: bool) -> SweepStore:
     return SweepStore.create(path, sweep.describe(), _job_rows(sweep, jobs))
 
 
+class ReadyJobs:
+    """Jobs ready to run, grouped by the runtime they open, groups in order of arrival."""
+
+    def __init__(self) -> None:
+        self.by_runtime: dict[str, deque[str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.by_runtime)
+
+    def add(self, runtime: str, job_id: str) -> None:
+        """Queue a job that opens ``runtime``."""
+        self.by_runtime.setdefault(runtime, deque()).append(job_id)
+
+    def take(self, preferred: str | None, avoid: set[str]) -> tuple[str, str]:
+        """(runtime, job id) of the next job: on ``preferred`` if any, else on a runtime not in ``avoid``,
+        else the oldest group's."""
+        runtime = preferred if preferred in self.by_runtime else next(
+            (key for key in self.by_runtime if key not in avoid), next(iter(self.by_runtime)))
+        jobs = self.by_runtime[runtime]
+        job_id = jobs.popleft()
+        if not jobs:
+            del self.by_runtime[runtime]
+        return runtime, job_id
+
+
 class Scheduler:
     """Runs the pending jobs of a store on an engine."""
 
@@ -81,7 +111,7 @@ class Scheduler:
         self.on_progress = on_progress or (lambda progress: None)
         counts = store.counts()
         self.progress = Progress(total=len(jobs), done=counts["done"], failed=counts["failed"], slots=engine.slots)
-        self.ready: deque[str] = deque()
+        self.ready = ReadyJobs()
         self.builds: deque[str] = deque()
         self.waiting: dict[str, list[str]] = {}  # artifact key -> job ids
         self.requests: dict[str, ExportRequest] = {}
@@ -90,12 +120,18 @@ class Scheduler:
         self.job_artifact: dict[str, str] = {}
         self.cell_keys: dict[tuple, str] = {}  # (model, target, runtime, precision, calibration) -> key
         self.in_flight: dict[Future, tuple[str, str]] = {}
+        self.running_runtimes: dict[Future, str] = {}  # the runtime each running job has open
+        self.freed_runtimes: deque[str] = deque()  # runtimes of jobs that just finished: their workers are free
+
+    def _runtime(self, job_id: str) -> str:
+        """The runtime a ready job opens in its worker (its ``runtime_key``)."""
+        return runtime_key(self._job_task(self.jobs[job_id]))
 
     def _queue(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
             job = self.jobs[job_id]
             if not job.needs_artifact:
-                self.ready.append(job_id)
+                self.ready.add(self._runtime(job_id), job_id)
                 continue
             cell = (job.model, job.target, job.runtime, job.precision, job.calibration)
             if cell not in self.cell_keys:
@@ -119,13 +155,18 @@ class Scheduler:
     def _submit_next(self) -> bool:
         """Submit a ready job, else an artifact build (results come early; builds still fill idle slots)."""
         if self.ready:
-            job_id = self.ready.popleft()
+            freed = self.freed_runtimes.popleft() if self.freed_runtimes else None
+            runtime, job_id = self.ready.take(freed, {*self.running_runtimes.values(), *self.freed_runtimes})
             self.store.job_started(job_id)
-            self.in_flight[self.engine.submit(run_job, self._job_task(self.jobs[job_id]))] = ("job", job_id)
+            future = self.engine.submit(run_job, self._job_task(self.jobs[job_id]))
+            self.in_flight[future] = ("job", job_id)
+            self.running_runtimes[future] = runtime
             self.progress.running += 1
             return True
         if self.builds:
             key = self.builds.popleft()
+            if self.freed_runtimes:  # that freed worker builds now
+                self.freed_runtimes.popleft()
             task = BuildTask(key, self.requests[key], str((self.sweep.artifacts / key[:16]).resolve()),
                              self.sweep.max_threads())
             self.in_flight[self.engine.submit(build_artifact, task)] = ("build", key)
@@ -137,7 +178,7 @@ class Scheduler:
             self.progress.failed += 1
             self.progress.finished_here += 1
         else:
-            self.ready.append(job_id)
+            self.ready.add(self._runtime(job_id), job_id)
 
     def _finished_job(self, job_id: str, outcome: dict[str, Any]) -> None:
         self.progress.running -= 1
@@ -157,7 +198,8 @@ class Scheduler:
         self.store.artifact_result(key, self.requests[key].name, outcome)
         if outcome["ok"]:
             self.artifacts[key] = outcome
-            self.ready.extend(self.waiting.pop(key))
+            for job_id in self.waiting.pop(key):
+                self.ready.add(self._runtime(job_id), job_id)
             return
         self.build_attempts[key] = self.build_attempts.get(key, 0) + 1
         if self.build_attempts[key] <= self.sweep.retries:
@@ -186,6 +228,8 @@ class Scheduler:
             finished, _ = wait(list(self.in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
             for future in finished:
                 kind, name = self.in_flight.pop(future)
+                if future in self.running_runtimes:
+                    self.freed_runtimes.append(self.running_runtimes.pop(future))
                 outcome = self._collect(future)
                 if kind == "build":
                     self._finished_build(name, outcome)
