@@ -22,14 +22,14 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lpmr_edge.data import ImageDataset, load_dataset, preprocess_batches
+from lpmr_edge.data import ImageDataset, PreprocessedSets, load_dataset, preprocess_batches
 from lpmr_edge.data.shifts import CORRUPTIONS, SEVERITIES, SHIFTS, corrupt, shift
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import (
@@ -357,9 +357,10 @@ def _classifier_key(dataset: ImageDataset) -> str:
     return sha256_json({"classes": list(dataset.class_names), "templates": list(dataset.templates)})
 
 
-def collect_outputs(runtime: Runtime, eval_set: EvalSet, embeddings: np.ndarray, preprocess: Callable[[Any], Any],
-                    out_dir: Path, batch_size: int, on_batch: Callable[[int], None] | None = None) -> bool:
-    """Image features of a set through the runtime, stored unless already on disk for the same inputs.
+def collect_outputs(runtime: Runtime, eval_set: EvalSet, embeddings: np.ndarray, batches: Iterable[np.ndarray],
+                    out_dir: Path, on_batch: Callable[[int], None] | None = None) -> bool:
+    """Image features of a set through the runtime, stored unless already on disk for the same inputs;
+    ``batches`` (read only when needed) are the set's preprocessed images in order.
 
     Returns whether it ran the set (False: reused the stored outputs).
     """
@@ -371,7 +372,7 @@ def collect_outputs(runtime: Runtime, eval_set: EvalSet, embeddings: np.ndarray,
             if all(name in stored.files and str(stored[name]) == value for name, value in key.items()):
                 return False
     chunks = []
-    for batch in preprocess_batches(eval_set.dataset, preprocess, batch_size):
+    for batch in batches:
         chunks.append(runtime.image_features(batch))
         if on_batch:
             on_batch(len(batch))
@@ -665,19 +666,30 @@ def progress_task(progress: Progress | None, label: str, total: int) -> typing.C
 
 
 def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSettings(),
-             progress: Progress | None = None, suite: SuiteConfig | None = None) -> dict[str, Any]:
-    """Run a suite (``suite``, else ``settings.suite``) through ``runtime``; write and return ``metrics.json``."""
+             progress: Progress | None = None, suite: SuiteConfig | None = None,
+             preprocessed: PreprocessedSets | None = None) -> dict[str, Any]:
+    """Run a suite (``suite``, else ``settings.suite``) through ``runtime``; write and return ``metrics.json``.
+
+    ``preprocessed`` keeps the preprocessed images for later evaluations in this process (sweep workers).
+    """
     out_dir = Path(out_dir)
     suite = apply_overrides(suite or load_suite(settings.suite), settings)
     model_info = runtime.model_info
     sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images)
     preprocess, tokenizer = build_preprocess(model_info), build_tokenizer(model_info)
+    preprocess_key = sha256_json(model_info["preprocess"])
+
+    def batches(dataset: ImageDataset) -> Iterable[np.ndarray]:
+        if preprocessed is None:
+            return preprocess_batches(dataset, preprocess, settings.batch_size)
+        return preprocessed.batches(dataset, preprocess, preprocess_key, settings.batch_size)
+
     total = sum(len(eval_set.dataset) for eval_set in sets)
     with progress_task(progress, f"{suite.name} suite, {len(sets)} sets ({runtime.name})", total) as advance:
         for eval_set in sets:
             embeddings = class_embeddings(runtime, tokenizer, eval_set.classifier.class_names,
                                           eval_set.classifier.templates)
-            if not collect_outputs(runtime, eval_set, embeddings, preprocess, out_dir, settings.batch_size,
+            if not collect_outputs(runtime, eval_set, embeddings, batches(eval_set.dataset), out_dir,
                                    advance) and advance:
                 advance(len(eval_set.dataset))
     metrics = score_outputs(out_dir, suite, settings.seed)

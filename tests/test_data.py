@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lpmr_edge.data import load_dataset, registry
+from lpmr_edge.data import PreprocessedSets, load_dataset, preprocess_batches, registry
 from lpmr_edge.errors import UserError
 
 
@@ -105,3 +105,29 @@ def test_shipped_calibration_set_is_train_only_and_verified(tmp_path: Path, monk
         load_dataset("calib:fmnist-train-300")
     with pytest.raises(UserError, match="no calibration set 'nope'"):
         load_dataset("calib:nope")
+
+
+def test_preprocessed_sets_are_reused_bounded_and_identical_to_preprocessing_again():
+    calls = []
+
+    def preprocess(image: Image.Image) -> np.ndarray:
+        calls.append(1)
+        return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255
+
+    digits = load_dataset("digits").head(50)
+    fresh = np.concatenate(list(preprocess_batches(digits, preprocess, 16)))
+    kept = PreprocessedSets(max_bytes=99 * fresh[0].nbytes)
+    first = list(kept.batches(digits, preprocess, "t", 16))
+    calls.clear()
+    again = list(kept.batches(digits, preprocess, "t", 16))
+    assert calls == [] and [len(b) for b in again] == [16, 16, 16, 2]  # from memory, same batching
+    np.testing.assert_array_equal(np.concatenate(again), fresh)
+    np.testing.assert_array_equal(np.concatenate(first), fresh)
+    assert len(list(kept.batches(digits, preprocess, "another transform", 16))) == 4 and len(calls) == 50
+    calls.clear()
+    list(kept.batches(digits, preprocess, "t", 16))
+    assert len(calls) == 50  # two sets of 50 exceed 99 images' worth: the older one was dropped
+    calls.clear()
+    list(kept.batches(load_dataset("digits").head(101), preprocess, "t", 16))
+    list(kept.batches(digits, preprocess, "t", 16))
+    assert len(calls) == 101  # a set over the budget is streamed, not kept, and evicts nothing

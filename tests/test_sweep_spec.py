@@ -128,14 +128,17 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (tmp_path / "x.db").write_bytes(b"junk")
     bad = write(tmp_path, GRID + "colour = 1\n")
     good = write(tmp_path, GRID, "good.toml")
+    unknown_model = write(tmp_path, GRID.replace('"random:lpmr-tiny-fmnist"', '"random:NoSuchArch"'), "unknown.toml")
     for args, expected in ((["sweep", "status", str(tmp_path / "x.db")], "not an SQLite database"),
                            (["sweep", str(bad)], "unknown key 'colour'"),
                            (["sweep", "run", str(good), "--resume", "--out", str(tmp_path / "o")], "nothing to resume"),
                            (["sweep", str(good), "--engine", "slurm", "--out", str(tmp_path / "o")],
                             "unknown engine 'slurm'"),
-                           (["sweep", "export", str(tmp_path / "missing.db")], "sweep database not found")):
+                           (["sweep", "export", str(tmp_path / "missing.db")], "sweep database not found"),
+                           (["sweep", str(unknown_model), "--out", str(tmp_path / "new")], "NoSuchArch")):
         status, err = run_cli(monkeypatch, capsys, *args)
         assert status == 2 and err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new" / "sweep.db").exists()  # a bad model fails before the database is created
 
 
 def test_one_driver_per_database(tmp_path: Path):

@@ -11,7 +11,8 @@ Registry names:
 """
 from __future__ import annotations
 
-from lpmr_edge.data.core import ImageDataset, ImageSource, preprocess_batches
+from lpmr_edge.data.core import ImageDataset, ImageSource, PreprocessedSets, preprocess_batches
 from lpmr_edge.data.registry import DATASET_NAMES, load_dataset
 
-__all__ = ["DATASET_NAMES", "ImageDataset", "ImageSource", "load_dataset", "preprocess_batches"]
+__all__ = ["DATASET_NAMES", "ImageDataset", "ImageSource", "PreprocessedSets", "load_dataset",
+           "preprocess_batches"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -123,3 +124,38 @@ def preprocess_batches(dataset: ImageDataset, preprocess: Callable[[Image.Image]
         stop = min(start + batch_size, len(dataset))
         yield np.stack([np.asarray(preprocess(dataset.images.load(i)), dtype=np.float32)
                         for i in range(start, stop)])
+
+
+class PreprocessedSets:
+    """Whole datasets, preprocessed, kept in memory for the next evaluation in this process — a sweep
+    worker's next seed or suite on the same images — up to ``max_bytes`` (least recently used out first;
+    a dataset larger than that is streamed and not kept)."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._arrays: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+    def batches(self, dataset: ImageDataset, preprocess: Callable[[Image.Image], Any], preprocess_key: str,
+                batch_size: int) -> Iterator[np.ndarray]:
+        """``preprocess_batches(dataset, preprocess, batch_size)``, from memory when this dataset was already
+        preprocessed the same way (``preprocess_key`` names the transform)."""
+        key = (dataset.sha256, preprocess_key)
+        if key in self._arrays:
+            self._arrays.move_to_end(key)
+            kept = self._arrays[key]
+            yield from (kept[start:start + batch_size] for start in range(0, len(kept), batch_size))
+            return
+        chunks: list[np.ndarray] | None = []
+        for batch in preprocess_batches(dataset, preprocess, batch_size):
+            yield batch
+            if chunks is not None:
+                chunks.append(batch)
+                if batch[0].nbytes * len(dataset) > self.max_bytes:
+                    chunks = None
+        if chunks:
+            self._keep(key, np.concatenate(chunks))
+
+    def _keep(self, key: tuple[str, str], array: np.ndarray) -> None:
+        self._arrays[key] = array
+        while sum(kept.nbytes for kept in self._arrays.values()) > self.max_bytes:
+            self._arrays.popitem(last=False)

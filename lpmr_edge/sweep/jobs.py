@@ -11,7 +11,8 @@ runtime the suite used, in the same worker; its warm-up calls count as runtime t
 
 A worker keeps the runtime of its last job open: the next job on the same artifact (another seed or suite)
 reuses it instead of loading and compiling the model again, and the driver steers such jobs to that
-worker (``runtime_key``). A job that fails closes it, so a retry starts from a fresh runtime.
+worker (``runtime_key``). A job that fails closes it, so a retry starts from a fresh runtime. A worker
+also keeps the evaluation sets it preprocessed (up to 1 GiB), for its next jobs on the same images.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lpmr_edge.data.core import PreprocessedSets
 
 if TYPE_CHECKING:
     from lpmr_edge.bench import BenchSettings
@@ -91,6 +94,17 @@ def _outcome(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"ok": False, "error": _one_line(error), "traceback": traceback.format_exc()}
 
 
+def prepare_worker(_: None = None) -> dict[str, Any]:
+    """Import what a job needs (the suite, open_clip, torch and the runtimes) before the first job arrives."""
+    def work() -> dict[str, Any]:
+        from lpmr_edge import suite
+        from lpmr_edge.runtimes import executorch, openvino, torch_runtime
+
+        return {"modules": [module.__name__ for module in (suite, executorch, openvino, torch_runtime)]}
+
+    return _outcome(work)
+
+
 def build_artifact(task: BuildTask) -> dict[str, Any]:
     """Export the task's artifact unless an up-to-date one is in the store; returns path and manifest hash."""
     def work() -> dict[str, Any]:
@@ -133,6 +147,7 @@ class _RuntimeClock:
 
 
 _kept: dict[str, tuple[Runtime, _RuntimeClock]] = {}  # this worker's open runtime (at most one), by runtime_key
+_preprocessed = PreprocessedSets()  # this worker's preprocessed evaluation sets, for its next jobs
 
 
 def close_kept_runtime() -> None:
@@ -203,7 +218,8 @@ def run_job(task: JobTask) -> dict[str, Any]:
         clock_start = clock.seconds
         marks.append(time.perf_counter())
         try:
-            result = evaluate(runtime, results_dir, task.settings, suite=task.suite)
+            result = evaluate(runtime, results_dir, task.settings, suite=task.suite,
+                              preprocessed=_preprocessed)
             suite_seconds = clock.seconds - clock_start
             metrics = flatten_metrics(result["metrics"])
             marks.append(time.perf_counter())

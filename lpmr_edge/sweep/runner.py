@@ -13,6 +13,7 @@ task elsewhere) costs one model load, never a wrong result.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.suite import EvalSettings
 from lpmr_edge.sweep import spec as grid
 from lpmr_edge.sweep.engines import Engine, check_engine, open_engine
-from lpmr_edge.sweep.jobs import BuildTask, JobTask, build_artifact, run_job, runtime_key
+from lpmr_edge.sweep.jobs import BuildTask, JobTask, build_artifact, prepare_worker, run_job, runtime_key
 from lpmr_edge.sweep.spec import Job, Sweep
 from lpmr_edge.sweep.store import SweepStore, driver_lock
 
@@ -64,16 +65,23 @@ def _job_rows(sweep: Sweep, jobs: list[Job]) -> list[dict[str, Any]]:
              "suite": job.suite, "seed": job.seed, "threads": sweep.job_threads(job)} for job in jobs]
 
 
-def open_store(sweep: Sweep, jobs: list[Job], resume: bool) -> SweepStore:
-    """A new database for the sweep, or (``resume``) its existing one after checking the grid."""
-    path = sweep.db_path
-    if resume:
-        if not path.is_file():
-            raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start the sweep")
-        return SweepStore.resume(path, [job.id for job in jobs], sweep.source)
-    if path.exists():
-        raise UserError(f"{path} already exists; pass --resume to continue that sweep, or choose a new --out")
-    return SweepStore.create(path, sweep.describe(), _job_rows(sweep, jobs))
+def resume_store(sweep: Sweep, jobs: list[Job]) -> SweepStore:
+    """The sweep's existing database, after checking that it holds this grid."""
+    if not sweep.db_path.is_file():
+        raise UserError(f"nothing to resume: {sweep.db_path} does not exist; run without --resume to start the sweep")
+    return SweepStore.resume(sweep.db_path, [job.id for job in jobs], sweep.source)
+
+
+def check_new_store(sweep: Sweep) -> None:
+    """A one-line error when a new sweep would overwrite an existing database."""
+    if sweep.db_path.exists():
+        raise UserError(f"{sweep.db_path} already exists; pass --resume to continue that sweep, or choose a new --out")
+
+
+def create_store(sweep: Sweep, jobs: list[Job]) -> SweepStore:
+    """A new database for the sweep."""
+    check_new_store(sweep)
+    return SweepStore.create(sweep.db_path, sweep.describe(), _job_rows(sweep, jobs))
 
 
 class ReadyJobs:
@@ -238,28 +246,46 @@ class Scheduler:
             self.on_progress(self.progress)
 
 
+def _warm_up(runner: Engine) -> list[Future]:
+    """Have every worker import the suite and the runtimes now, while the driver loads the sweep's models."""
+    return [runner.submit(prepare_worker, None) for _ in range(runner.slots)]
+
+
+def _warmed_up(runner: Engine, warming: list[Future]) -> None:
+    wait(warming)
+    for future in warming:
+        if future.exception() is not None:  # a worker died importing: its job would fail the same way
+            runner.recover(future)
+
+
 def run_sweep(sweep: Sweep, engine: str = "local", address: str | None = None, resume: bool = False,
               retry_failed: bool = False, workers: int | None = None,
               on_progress: OnProgress | None = None) -> Progress:
-    """Run (or resume) a sweep; returns the final counts. Failed jobs are in the database, not raised."""
+    """Run (or resume) a sweep; returns the final counts. Failed jobs are in the database, not raised.
+
+    The engine starts first, so that its workers import their libraries while the driver loads every model
+    of the grid (a bad model spec still fails before a new database is created).
+    """
     check_engine(engine, address)
     jobs = grid.expand(sweep)
-    grid.check_models(sweep)
-    with driver_lock(sweep.db_path):
-        store = open_store(sweep, jobs, resume)
+    with driver_lock(sweep.db_path), contextlib.ExitStack() as cleanup:
+        store = cleanup.enter_context(contextlib.closing(resume_store(sweep, jobs))) if resume else None
+        if store is None:
+            check_new_store(sweep)
+        elif retry_failed:
+            store.requeue_failed()
+        if store and not store.job_ids("pending"):
+            counts = store.counts()
+            return Progress(total=len(jobs), done=counts["done"], failed=counts["failed"])
+        runner = open_engine(engine, sweep.max_threads(), sweep.out / WORKER_LOG, address, workers)
+        cleanup.callback(runner.close)
+        warming = _warm_up(runner)
+        grid.check_models(sweep)
+        if store is None:
+            store = cleanup.enter_context(contextlib.closing(create_store(sweep, jobs)))
+        _warmed_up(runner, warming)
+        run_id = store.start_run(runner.name, runner.slots)
         try:
-            if retry_failed:
-                store.requeue_failed()
-            pending = store.job_ids("pending")
-            if not pending:
-                counts = store.counts()
-                return Progress(total=len(jobs), done=counts["done"], failed=counts["failed"])
-            runner = open_engine(engine, sweep.max_threads(), sweep.out / WORKER_LOG, address, workers)
-            run_id = store.start_run(runner.name, runner.slots)
-            try:
-                return Scheduler(sweep, jobs, store, runner, on_progress).run(pending)
-            finally:
-                runner.close()
-                store.finish_run(run_id)
+            return Scheduler(sweep, jobs, store, runner, on_progress).run(store.job_ids("pending"))
         finally:
-            store.close()
+            store.finish_run(run_id)
