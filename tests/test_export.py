@@ -20,6 +20,7 @@ from lpmr_edge.export import (
     artifact_path,
     export_artifact,
     plan_exports,
+    request_fingerprint,
     staged_directory,
 )
 from lpmr_edge.manifest import verify_manifest
@@ -85,6 +86,11 @@ def test_export_is_resumable_and_sensitive_to_the_request(tmp_path: Path, fake_b
     export_artifact(_request(), tmp_path, isolate=False, clip=tiny_random)
     assert export_artifact(_request(), tmp_path, isolate=False, clip=tiny_random)[1] is True
     assert fake_backend.calls == 1
+    # with the caller's fingerprint (a sweep worker) a current artifact is found without loading the model
+    fingerprint = request_fingerprint(_request(), tiny_random.weights_sha256)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("lpmr_edge.models.load_model", lambda spec: pytest.fail("loaded the model"))
+        assert export_artifact(_request(), tmp_path, isolate=False, request_sha256=fingerprint)[1] is True
     assert export_artifact(_request(), tmp_path, force=True, isolate=False, clip=tiny_random)[1] is False
     changed = ExportRequest(**{**_request().__dict__, "options": QuantizationOptions(subset_size=16, seed=1)})
     assert export_artifact(changed, tmp_path, isolate=False, clip=tiny_random)[1] is False

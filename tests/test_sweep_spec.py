@@ -159,6 +159,7 @@ def test_ready_jobs_prefer_the_freed_workers_runtime_then_one_nobody_has_open():
     assert ready.take(None, avoid={"a"}) == ("b", "b0")  # a second slot: not the runtime the first has open
     assert ready.take("a", avoid={"b"}) == ("a", "a1")  # the worker that ran a0 keeps 'a' open
     assert ready.take("a", avoid={"b"}) == ("c", "c0")  # no 'a' left: a runtime no running job has open
+    assert ready.only_on({"b"}) and not ready.only_on({"b"}, unless="b") and not ready.only_on({"c"})
     assert ready.take("c", avoid={"b"}) == ("b", "b1")  # only 'b' is left
     assert not ready
 

@@ -208,16 +208,19 @@ def request_fingerprint(request: ExportRequest, weights_sha256: str) -> str:
 
 
 def export_artifact(request: ExportRequest, out_root: Path = DEFAULT_OUT_ROOT, force: bool = False,
-                    isolate: bool = True, clip: ClipModel | None = None) -> tuple[Path, bool]:
+                    isolate: bool = True, clip: ClipModel | None = None,
+                    request_sha256: str | None = None) -> tuple[Path, bool]:
     """Export one artifact unless an up-to-date one exists; returns its directory and whether it was current.
 
     With ``isolate`` the export runs in a fresh 'spawn' subprocess (bounding memory); ``clip`` saves
-    reloading the model for the up-to-date check.
+    reloading the model for the up-to-date check, and ``request_sha256`` (the request's
+    ``request_fingerprint``, when the caller has it) saves loading the model unless it has to export.
     """
-    from lpmr_edge.models import load_model
+    if request_sha256 is None:
+        from lpmr_edge.models import load_model
 
-    clip = clip or load_model(request.model)
-    request_sha256 = request_fingerprint(request, clip.weights_sha256)
+        clip = clip or load_model(request.model)
+        request_sha256 = request_fingerprint(request, clip.weights_sha256)
     destination = artifact_path(out_root, request).resolve()
     if not force and _is_current(destination, request, request_sha256):
         return destination, True

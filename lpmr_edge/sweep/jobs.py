@@ -16,7 +16,6 @@ also keeps the evaluation sets it preprocessed (up to 1 GiB), for its next jobs 
 """
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import time
@@ -31,7 +30,6 @@ from lpmr_edge.data.core import PreprocessedSets
 if TYPE_CHECKING:
     from lpmr_edge.bench import BenchSettings
     from lpmr_edge.export import ExportRequest
-    from lpmr_edge.models import ClipModel
     from lpmr_edge.runtimes.base import Runtime
     from lpmr_edge.suite import EvalSettings, SuiteConfig
 
@@ -75,13 +73,6 @@ def configure_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-@functools.lru_cache(maxsize=4)
-def _model(spec: str) -> ClipModel:
-    from lpmr_edge.models import load_model
-
-    return load_model(spec)
-
-
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
@@ -113,8 +104,7 @@ def build_artifact(task: BuildTask) -> dict[str, Any]:
 
         start = time.perf_counter()
         configure_threads(task.threads)
-        path, reused = export_artifact(task.request, Path(task.out_root), isolate=False,
-                                       clip=_model(task.request.model))
+        path, reused = export_artifact(task.request, Path(task.out_root), isolate=False, request_sha256=task.key)
         return {"path": str(path), "reused": reused, "manifest_sha256": sha256_file(path / MANIFEST_NAME),
                 "seconds": time.perf_counter() - start}
 

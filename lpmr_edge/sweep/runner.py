@@ -97,6 +97,10 @@ class ReadyJobs:
         """Queue a job that opens ``runtime``."""
         self.by_runtime.setdefault(runtime, deque()).append(job_id)
 
+    def only_on(self, runtimes: set[str], unless: str | None = None) -> bool:
+        """Whether every ready job opens one of ``runtimes`` and none opens ``unless``."""
+        return unless not in self.by_runtime and self.by_runtime.keys() <= runtimes
+
     def take(self, preferred: str | None, avoid: set[str]) -> tuple[str, str]:
         """(runtime, job id) of the next job: on ``preferred`` if any, else on a runtime not in ``avoid``,
         else the oldest group's."""
@@ -161,10 +165,15 @@ class Scheduler:
                        threads=self.sweep.job_threads(job), bench=self.sweep.bench_settings(job))
 
     def _submit_next(self) -> bool:
-        """Submit a ready job, else an artifact build (results come early; builds still fill idle slots)."""
-        if self.ready:
-            freed = self.freed_runtimes.popleft() if self.freed_runtimes else None
-            runtime, job_id = self.ready.take(freed, {*self.running_runtimes.values(), *self.freed_runtimes})
+        """Submit a ready job, else an artifact build (results come early; builds still fill idle slots) —
+        but a build first when every ready job would open a runtime another worker has open: the build
+        makes jobs on a new runtime ready instead."""
+        freed = self.freed_runtimes[0] if self.freed_runtimes else None
+        elsewhere = {*self.running_runtimes.values(), *list(self.freed_runtimes)[1:]}
+        if self.ready and not (self.builds and self.ready.only_on(elsewhere, unless=freed)):
+            if self.freed_runtimes:
+                self.freed_runtimes.popleft()
+            runtime, job_id = self.ready.take(freed, elsewhere)
             self.store.job_started(job_id)
             future = self.engine.submit(run_job, self._job_task(self.jobs[job_id]))
             self.in_flight[future] = ("job", job_id)
