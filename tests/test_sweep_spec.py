@@ -62,6 +62,7 @@ def test_grid_expands_to_stable_unique_jobs(tmp_path: Path):
     (GRID.replace("[precisions]\nopenvino", "[precisions]\nopenvinox"), "one entry per runtime"),
     (GRID.replace("seeds = [0, 1]", "seeds = [0, 0]"), "'seeds' lists an entry twice"),
     (GRID.replace("threads = 1", "threads = 0"), "'threads' is 0"),
+    (GRID.replace("threads = 1", "threads = 1\nworker_cache_mb = -1"), "'worker_cache_mb' is -1"),
     (GRID.replace("subset_size = 100", "subset_sise = 100"), "unknown key 'subset_sise' in [[calibrations]]"),
     (GRID + "[bench]\nrepeat = 3\n", "unknown key 'repeat' in [bench]"),
     (GRID.replace('suites = ["basic"]', 'suites = ["nope"]'), "unknown suite 'nope'"),
@@ -168,7 +169,7 @@ def tiny_job(tmp_path: Path, name: str, seed: int, ood: str = "digits") -> JobTa
     suite = suite_from_mapping({"limit": 40, "bootstrap_resamples": 20, "ood": {"sets": [ood]}}, "tiny suite")
     return JobTask(job_id=name, model="lpmr-tiny-fmnist", runtime="torch", artifact=None,
                    results_dir=str(tmp_path / name), suite=suite, settings=EvalSettings(seed=seed),
-                   threads=1, bench=None)
+                   threads=1, bench=None, cache_bytes=64 << 20)
 
 
 def test_a_worker_reuses_its_open_runtime_for_the_next_job_on_it_and_drops_it_after_a_failure(tmp_path: Path):
@@ -176,7 +177,7 @@ def test_a_worker_reuses_its_open_runtime_for_the_next_job_on_it_and_drops_it_af
         first, again = run_job(tiny_job(tmp_path, "first", seed=0)), run_job(tiny_job(tmp_path, "again", seed=0))
         assert first["ok"] and again["ok"], (first.get("error"), again.get("error"))
         assert [run["manifest"]["timings"]["runtime_reused"] for run in (first, again)] == [False, True]
-        assert again["metrics"] == first["metrics"]  # the kept runtime gives the same numbers
+        assert again["metrics"] == first["metrics"]  # the kept runtime and preprocessed sets: the same numbers
         assert 0 < again["runtime_seconds"] < again["seconds"]  # its own calls only, not the first job's
         failed = run_job(tiny_job(tmp_path, "failed", seed=0, ood=f"folder:{tmp_path / 'missing'}"))
         assert not failed["ok"] and "missing" in failed["error"]

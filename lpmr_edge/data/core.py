@@ -155,7 +155,15 @@ class PreprocessedSets:
         if chunks:
             self._keep(key, np.concatenate(chunks))
 
+    def resize(self, max_bytes: int) -> None:
+        """Change the budget; least recently used sets beyond it are dropped."""
+        self.max_bytes = max_bytes
+        self._evict()
+
     def _keep(self, key: tuple[str, str], array: np.ndarray) -> None:
         self._arrays[key] = array
+        self._evict()
+
+    def _evict(self) -> None:
         while sum(kept.nbytes for kept in self._arrays.values()) > self.max_bytes:
             self._arrays.popitem(last=False)

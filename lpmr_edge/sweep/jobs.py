@@ -12,7 +12,8 @@ runtime the suite used, in the same worker; its warm-up calls count as runtime t
 A worker keeps the runtime of its last job open: the next job on the same artifact (another seed or suite)
 reuses it instead of loading and compiling the model again, and the driver steers such jobs to that
 worker (``runtime_key``). A job that fails closes it, so a retry starts from a fresh runtime. A worker
-also keeps the evaluation sets it preprocessed (up to 1 GiB), for its next jobs on the same images.
+also keeps the evaluation sets it preprocessed (up to the sweep's ``worker_cache_mb``), for its next
+jobs on the same images.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class JobTask:
     settings: EvalSettings
     threads: int
     bench: BenchSettings | None
+    cache_bytes: int = 0  # preprocessed images the worker may keep for its next jobs
 
 
 def configure_threads(threads: int) -> None:
@@ -208,8 +210,8 @@ def run_job(task: JobTask) -> dict[str, Any]:
         clock_start = clock.seconds
         marks.append(time.perf_counter())
         try:
-            result = evaluate(runtime, results_dir, task.settings, suite=task.suite,
-                              preprocessed=_preprocessed)
+            _preprocessed.resize(task.cache_bytes)
+            result = evaluate(runtime, results_dir, task.settings, suite=task.suite, preprocessed=_preprocessed)
             suite_seconds = clock.seconds - clock_start
             metrics = flatten_metrics(result["metrics"])
             marks.append(time.perf_counter())

@@ -162,7 +162,8 @@ class Scheduler:
                        results_dir=str((self.sweep.out / RESULTS_DIR / job.id).resolve()),
                        suite=self.sweep.suites[job.suite],
                        settings=EvalSettings(limit=self.sweep.limit, seed=job.seed, suite=job.suite),
-                       threads=self.sweep.job_threads(job), bench=self.sweep.bench_settings(job))
+                       threads=self.sweep.job_threads(job), bench=self.sweep.bench_settings(job),
+                       cache_bytes=self.sweep.worker_cache_mb << 20)
 
     def _submit_next(self) -> bool:
         """Submit a ready job, else an artifact build (results come early; builds still fill idle slots) —

@@ -14,6 +14,7 @@ A sweep file (see ``sweeps/demo.toml``)::
     limit = 500                                    # optional cap on images per evaluation set
     threads = 1                                    # runtime threads per job (default: the target's)
     retries = 1                                    # extra attempts of a failing job
+    worker_cache_mb = 1024                         # preprocessed images a worker keeps for its next jobs (0: none)
 
     [precisions]                                   # instead of a list: per runtime
     openvino = ["fp32", "fp16", "int8-w"]
@@ -59,9 +60,11 @@ TORCH = "torch"
 HOST_TARGET = "host"
 REFERENCE_PRECISION = "fp32"
 DEFAULT_ARTIFACTS = Path("lpmr-results/sweeps/artifacts")
+DEFAULT_WORKER_CACHE_MB = 1024
 _TYPES: dict[str, Any] = {"name": str, "out": str, "artifacts": str, "models": list, "targets": list,
                           "runtimes": list, "precisions": (list, dict), "suites": list, "seeds": list,
-                          "limit": int, "threads": int, "retries": int, "calibrations": list, "bench": dict}
+                          "limit": int, "threads": int, "retries": int, "worker_cache_mb": int, "calibrations": list,
+                          "bench": dict}
 _REQUIRED = ("models", "runtimes", "precisions", "suites")
 _BENCH_KEYS = {"enabled": bool, "warmup": int, "repeats": int, "max_seconds": (int, float), "rounds": int}
 
@@ -110,6 +113,7 @@ class Sweep:
     retries: int
     calibrations: tuple[QuantizationOptions, ...]
     bench: BenchSettings | None
+    worker_cache_mb: int = DEFAULT_WORKER_CACHE_MB
 
     @property
     def db_path(self) -> Path:
@@ -145,7 +149,7 @@ class Sweep:
                 "suites": {spec: asdict(suite) for spec, suite in self.suites.items()}, "seeds": list(self.seeds),
                 "limit": self.limit, "threads": self.threads, "retries": self.retries,
                 "calibrations": [options.describe() for options in self.calibrations],
-                "bench": asdict(self.bench) if self.bench else None}
+                "bench": asdict(self.bench) if self.bench else None, "worker_cache_mb": self.worker_cache_mb}
 
 
 def _fail(source: str, problem: str, fix: str) -> UserError:
@@ -247,6 +251,7 @@ def parse_sweep(data: Mapping[str, Any], source: str) -> Sweep:
                 target.runtime(runtime)  # a target that lacks the runtime is an error naming the fix
     name = data.get("name", Path(source).stem)
     _positive(source, data, "retries", 0)
+    worker_cache_mb = _positive(source, data, "worker_cache_mb", 0)
     return Sweep(
         name=name, source=source, out=Path(data.get("out", f"lpmr-results/sweeps/{name}")),
         artifacts=Path(data.get("artifacts", DEFAULT_ARTIFACTS)), models=_strings(source, data, "models"),
@@ -254,7 +259,8 @@ def parse_sweep(data: Mapping[str, Any], source: str) -> Sweep:
         suites={spec: load_suite(spec) for spec in _strings(source, data, "suites")},
         seeds=_strings(source, data, "seeds", [0]), limit=_positive(source, data, "limit", 1),
         threads=_positive(source, data, "threads", 1), retries=data.get("retries", 1),
-        calibrations=_calibrations(source, data), bench=_bench(source, data))
+        calibrations=_calibrations(source, data), bench=_bench(source, data),
+        worker_cache_mb=DEFAULT_WORKER_CACHE_MB if worker_cache_mb is None else worker_cache_mb)
 
 
 def load_sweep(path: Path, out: Path | None = None) -> Sweep:
