@@ -1,6 +1,7 @@
 """The dataset type and its image sources (in-memory arrays or files on disk)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -91,9 +92,9 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """Content hash: images, labels, class names and templates."""
+        """Content hash: images, labels, class names and templates (computed once per dataset object)."""
         digest = hashlib.sha256(self.images.content_hash().encode())
         digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         digest.update("\n".join(self.class_names).encode() + b"\0" + "\n".join(self.templates).encode())

@@ -149,17 +149,19 @@ def close_kept_runtime() -> None:
     _kept.clear()
 
 
-def _open_or_reuse(task: JobTask) -> tuple[Runtime, _RuntimeClock]:
-    """The job's runtime: the one this worker kept open if its key matches, else a newly opened one."""
+def _open_or_reuse(task: JobTask) -> tuple[Runtime, _RuntimeClock, bool]:
+    """The job's runtime and its clock: the one this worker kept open if its key matches (reused: True),
+    else a newly opened one."""
     from lpmr_edge.runtimes import open_runtime
 
     key = runtime_key(task)
-    if key not in _kept:
+    reused = key in _kept
+    if not reused:
         close_kept_runtime()
         runtime = open_runtime("torch", model=task.model, threads=task.threads) if task.artifact is None \
             else open_runtime(artifact=Path(task.artifact), threads=task.threads)
         _kept[key] = (runtime, _RuntimeClock(runtime))
-    return _kept[key]
+    return (*_kept[key], reused)
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, float, float | None, float | None]]:
@@ -205,8 +207,7 @@ def run_job(task: JobTask) -> dict[str, Any]:
         marks = [time.perf_counter()]
         configure_threads(task.threads)
         results_dir = Path(task.results_dir)
-        reused = runtime_key(task) in _kept
-        runtime, clock = _open_or_reuse(task)
+        runtime, clock, reused = _open_or_reuse(task)
         clock_start = clock.seconds
         marks.append(time.perf_counter())
         try:
