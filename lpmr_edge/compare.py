@@ -3,7 +3,7 @@
 delta = result - reference. Each delta's 95% interval comes from a paired bootstrap: the rows
 (samples) of both results are resampled together, with the same stratification as in the suite.
 A change is significant when the interval excludes 0; "improved" respects each metric's direction
-(lower is better for ECE, NLL and FPR@95%TPR). Accuracy also gets an exact McNemar test.
+(each family's ``MetricSpec``). Accuracy also gets an exact McNemar test.
 """
 from __future__ import annotations
 
@@ -15,20 +15,13 @@ from typing import Any
 import numpy as np
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.spectrum import DEFAULT_HEAD_FRACTION, spectrum_of_results
+from lpmr_edge.results import read_result
 from lpmr_edge.stats import CONFIDENCE, Table, bootstrap_ci, mcnemar_exact
-from lpmr_edge.suite import (
-    ID_SET,
-    SHIFT_SET,
-    Probe,
-    SuiteConfig,
-    load_suite_outputs,
-    read_result,
-    stored_suite,
-    suite_probes,
-)
+from lpmr_edge.suite.config import stored_suite
+from lpmr_edge.suite.families.base import Compared, MetricSpec, Probe
+from lpmr_edge.suite.families.spectrum import DEFAULT_HEAD_FRACTION, spectrum_of_results
+from lpmr_edge.suite.run import load_suite_outputs, suite_probes
 
-LOWER_IS_BETTER = frozenset({"ece", "nll", "fpr_at_95_tpr"})
 RESULT, REFERENCE = "result:", "reference:"
 
 
@@ -49,10 +42,10 @@ def paired_probe(result: Probe, reference: Probe) -> Probe:
     return Probe(summary, tables, RESULT + result.sort_key if result.sort_key else None)
 
 
-def _delta(label: str, metric: str, result: float, reference: float, ci: list[float | None]) -> dict[str, Any]:
+def _delta(label: str, spec: MetricSpec, result: float, reference: float, ci: list[float | None]) -> dict[str, Any]:
     delta = result - reference
     significant = ci[0] is not None and (ci[0] > 0 or ci[1] < 0)
-    lower_is_better = metric in LOWER_IS_BETTER
+    lower_is_better = not spec.higher_is_better
     verdict = ("no significant change" if not significant
                else "improved" if (delta < 0) == lower_is_better else "worsened")
     interval = "undefined" if ci[0] is None else f"{ci[0]:+.4f} to {ci[1]:+.4f}"
@@ -63,18 +56,18 @@ def _delta(label: str, metric: str, result: float, reference: float, ci: list[fl
             "statement": f"{label}: {verdict}{amount} (delta {delta:+.4f}, {CONFIDENCE:.0%} CI {interval})"}
 
 
-def _compare_probe(result: Probe, reference: Probe, metrics: Mapping[str, str], n_resamples: int,
-                   seed: int) -> dict[str, dict[str, Any]]:
-    """Deltas for the named summary values of one probe: ``metrics`` maps value name -> label."""
+def _compare_probe(compared: Compared, n_resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Deltas of the compared values of one probe, keyed ``<prefix>.<value name with dots>``."""
+    result, reference = compared.result, compared.reference
     mine, theirs = result.summary(result.tables), reference.summary(reference.tables)
     paired = paired_probe(result, reference)
     intervals = bootstrap_ci(paired.summary, paired.bootstrap_tables(), n_resamples, seed)
-    return {name: _delta(label, name.rsplit("/", 1)[-1], mine[name], theirs[name], intervals[name])
-            for name, label in metrics.items()}
+    return {f"{compared.prefix}.{name.replace('/', '.')}": _delta(label, spec, mine[name], theirs[name],
+                                                                  intervals[name])
+            for name, label, spec in compared.values}
 
 
-def _check_comparable(result_dir: Path, reference_dir: Path, suite: SuiteConfig,
-                      reference_suite: SuiteConfig, outputs: Mapping[str, Any],
+def _check_comparable(result_dir: Path, reference_dir: Path, suite: Any, reference_suite: Any, outputs: Mapping[str, Any],
                       reference_outputs: Mapping[str, Any]) -> None:
     if replace(suite, name="") != replace(reference_suite, name=""):
         raise UserError(f"{result_dir} and {reference_dir} were run with different suite settings; "
@@ -90,7 +83,7 @@ def compare(result_dir: Path, reference_dir: Path, n_resamples: int | None = Non
             head_fraction: float = DEFAULT_HEAD_FRACTION) -> dict[str, Any]:
     """Paired deltas (result - reference) with CIs, McNemar tests and the spectral summary."""
     result_dir, reference_dir = Path(result_dir), Path(reference_dir)
-    result_meta, reference_meta = read_result(result_dir), read_result(reference_dir)
+    result_meta, reference_meta = read_result(result_dir).raw, read_result(reference_dir).raw
     suite = stored_suite(result_meta, result_dir)
     reference_suite = stored_suite(reference_meta, reference_dir)
     outputs = load_suite_outputs(result_dir, suite)
@@ -99,34 +92,13 @@ def compare(result_dir: Path, reference_dir: Path, n_resamples: int | None = Non
     n_resamples = n_resamples or suite.bootstrap_resamples
     seed = result_meta["settings"]["seed"] if seed is None else seed
     mine, theirs = suite_probes(outputs, suite), suite_probes(reference_outputs, suite)
-
-    def deltas(result: Probe, reference: Probe, metrics: Mapping[str, str], prefix: str) -> dict[str, Any]:
-        compared = _compare_probe(result, reference, metrics, n_resamples, seed)
-        return {f"{prefix}.{name.replace('/', '.')}": value for name, value in compared.items()}
-
-    comparison = deltas(mine.classification, theirs.classification,
-                        {"top1": "top-1 accuracy", "ece": "ECE", "nll": "NLL"}, ID_SET)
-    for name, by_score in mine.ood.items():
-        for score, probe in by_score.items():
-            comparison.update(deltas(probe, theirs.ood[name][score],
-                                     {"auroc": f"OOD AUROC {name} ({score})",
-                                      "fpr_at_95_tpr": f"OOD FPR@95%TPR {name} ({score})"}, f"ood.{name}.{score}"))
-    if mine.corruptions:
-        labels = {"mean/accuracy": "mean corrupted accuracy",
-                  **{f"{kind}/mean/accuracy": f"{kind} accuracy (mean over severities)"
-                     for kind in suite.corruptions.kinds}}
-        comparison.update(deltas(mine.corruptions, theirs.corruptions, labels, "corruptions"))
-    if mine.shift:
-        comparison.update(deltas(mine.shift, theirs.shift, {"top1": "shifted accuracy", "ece": "shifted ECE"},
-                                 SHIFT_SET))
-    if mine.spurious:
-        comparison.update(deltas(mine.spurious, theirs.spurious, {"worst_group": "worst-group accuracy",
-                                                                  "average_group": "average-group accuracy"},
-                                 "spurious"))
-    mcnemar = {ID_SET: mcnemar_exact(mine.classification.tables[0]["correct"],
-                                     theirs.classification.tables[0]["correct"])}
-    if mine.shift:
-        mcnemar[SHIFT_SET] = mcnemar_exact(mine.shift.tables[0]["correct"], theirs.shift.tables[0]["correct"])
+    comparison: dict[str, Any] = {}
+    mcnemar: dict[str, Any] = {}
+    for family, config in suite.families():
+        for compared in family.comparisons(config, mine[family.name], theirs[family.name]):
+            comparison.update(_compare_probe(compared, n_resamples, seed))
+        mcnemar.update({name: mcnemar_exact(*correct)
+                        for name, correct in family.mcnemar(mine[family.name], theirs[family.name]).items()})
     spectrum = spectrum_of_results(result_dir, reference_dir, head_fraction)
     return {
         "result": _identity(result_meta, result_dir), "reference": _identity(reference_meta, reference_dir),

@@ -116,8 +116,9 @@ def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> li
     ``progress`` (as the suite's) shows the steps done and each suite's images."""
     from lpmr_edge.export import export_target, plan_exports
     from lpmr_edge.models import load_model
-    from lpmr_edge.pick import load_results, pick
+    from lpmr_edge.pick import pick
     from lpmr_edge.report import write_report
+    from lpmr_edge.results import load_results
     from lpmr_edge.runtimes.torch_runtime import TorchRuntime
 
     targets = [load_target(name) for name in plan.targets]

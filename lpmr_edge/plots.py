@@ -15,7 +15,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lpmr_edge.pick import METRICS, MetricSpec, Result, pareto_front
+from lpmr_edge.pick import pareto_front
+from lpmr_edge.results import Result
+from lpmr_edge.suite.families import METRICS, MetricSpec
 
 FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9}
 DPI = 110

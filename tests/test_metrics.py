@@ -26,7 +26,7 @@ from lpmr_edge.metrics import (
     ood_scores,
     reliability_diagram,
 )
-from lpmr_edge.spectrum import effective_rank, spectral_diagnostic
+from lpmr_edge.suite.families.spectrum import effective_rank, spectral_diagnostic
 
 
 def test_perfectly_calibrated_toy_set_has_zero_ece_and_mce():

@@ -2,95 +2,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import run_cli
+from factories import write_synthetic_result as write_result
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.pick import (
-    Constraints,
-    NoFeasibleChoice,
-    load_results,
-    pareto_front,
-    pick,
-    read_result,
-    reference_for,
-    require_recommendations,
-)
-
-HALF_WIDTH = 0.005  # CI half-width of every synthetic metric: far smaller than the differences the tests use
-DEFAULTS = {"top1": 0.80, "ece": 0.05, "nll": 0.60, "auroc": 0.90, "fpr95": 0.40, "corrupted": 0.60,
-            "shifted": 0.50, "worst_group": 0.30}
-
-
-def _with_ci(**values: float) -> dict[str, Any]:
-    return {**values, "ci": {name: [value - HALF_WIDTH, value + HALF_WIDTH] for name, value in values.items()}}
-
-
-def metrics_json(model: str, runtime: str, precision: str, metrics: dict[str, float]) -> dict[str, Any]:
-    """A metrics.json as ``lpmr-edge eval --suite quick`` writes it, trimmed to what the report reads."""
-    severities = [1, 2, 3, 4, 5]
-    corruption = {str(s): {"accuracy": metrics["corrupted"] + 0.05 * (3 - s)} for s in severities}
-    diagram = [{"lower": k / 5, "upper": (k + 1) / 5, "count": 10 * k,
-                "confidence": (k + 0.5) / 5 if k else None,
-                "accuracy": min(1.0, (k + 0.5) / 5 - metrics["ece"]) if k else None} for k in range(5)]
-    dataset = {"name": "fmnist-test", "sha256": "id-sha", "n": 500}
-    return {
-        "model": model, "model_label": "stand-in trained by lpmr-edge, not a pretrained CLIP", "runtime": runtime,
-        "precision": precision, "executed_precision": precision, "n": 500, "created": "2026-01-02T03:04:05+00:00",
-        "dataset": dataset, "suite": {"name": "quick"},
-        "datasets": {"id": dataset, "ood-digits": {"sha256": "ood-sha"}, "shift": {"sha256": "shift-sha"},
-                     "spurious": {"sha256": "spurious-sha"},
-                     **{f"corruption-gaussian_noise-{s}": {"sha256": f"c{s}"} for s in severities}},
-        "metrics": {
-            "accuracy": _with_ci(top1=metrics["top1"]),
-            "calibration": {**_with_ci(ece=metrics["ece"], nll=metrics["nll"]), "reliability_diagram": diagram},
-            "ood": {"sets": {"digits": {"msp": _with_ci(auroc=metrics["auroc"], fpr_at_95_tpr=metrics["fpr95"])}}},
-            "corruptions": {"clean_accuracy": metrics["top1"], "kinds": ["gaussian_noise"], "severities": severities,
-                            "gaussian_noise": corruption, "mean": _with_ci(accuracy=metrics["corrupted"])},
-            "shift": _with_ci(top1=metrics["shifted"]),
-            "spurious": _with_ci(worst_group=metrics["worst_group"]),
-        },
-    }
-
-
-def bench_json(source: str, model: str, runtime: str, precision: str, latency_ms: float, size_mb: float,
-               emulated: bool) -> dict[str, Any]:
-    """An ``lpmr-edge bench --json-out`` file timing one runtime at batch 1 (and, slower, at batch 32)."""
-    rows = [{"source": source, "runtime": runtime, "precision": precision, "executed_precision": precision,
-             "threads": 2, "model": model, "model_label": "stand-in", "tower": "image", "batch": batch,
-             "artifact_mb": size_mb, "median_ms": latency_ms * batch, "p90_ms": latency_ms * batch * 1.1,
-             "peak_rss_mb": 300.0} for batch in (1, 32)]
-    device = {"device": {"kind": "emulated", "emulated": True}} if emulated else {}
-    return {"machine": {"arch": "x86_64", "cpu": "Test CPU", "cores": 2}, "created": "2026-01-02T04:00:00+00:00",
-            "settings": {"tower": "image", "batches": [1, 32]}, "results": rows, **device}
-
-
-def write_result(root: Path, target: str, runtime: str, precision: str, *, latency_ms: float | None = 10.0,
-                 size_mb: float = 100.0, emulated: bool = False, model: str = "lpmr-tiny-fmnist",
-                 warnings: tuple[str, ...] = (), **metrics: float) -> Path:
-    """One result directory (metrics.json, manifest.json) and, unless latency_ms is None, a bench.json;
-    an ``emulated`` result was evaluated on the emulated arm64 device."""
-    directory = root / target / f"{runtime}-{precision}"
-    directory.mkdir(parents=True)
-    (directory / "metrics.json").write_text(json.dumps(metrics_json(model, runtime, precision,
-                                                                    {**DEFAULTS, **metrics})))
-    artifact = None if runtime == "torch" else {"target": {"name": target}, "precision": precision,
-                                                "request": {"dynamic_batch": False, "fuse_head": False}}
-    device = {"device": {"kind": "emu-arm64", "label": "emu-arm64", "machine": "aarch64", "emulated": True}} \
-        if emulated else {}
-    manifest = {"runtime": {"runtime": runtime, "version": "1.0", "precision": precision, "artifact": artifact,
-                            "warnings": list(warnings), **device},
-                "machine": {"arch": "x86_64", "cpu": "Test CPU", "cores": 2, "node": "test"},
-                "tool_versions": {"python": "3.11", "openvino": "2026.4.1"}, "created": "2026-01-02T03:04:05+00:00"}
-    (directory / "manifest.json").write_text(json.dumps(manifest))
-    if latency_ms is not None:
-        source = f"/elsewhere/artifacts/{target}/{runtime}-{precision}" if artifact else f"torch:{model}"
-        (directory / "bench.json").write_text(json.dumps(bench_json(source, model, runtime, precision, latency_ms,
-                                                                    size_mb, emulated)))
-    return directory
+from lpmr_edge.pick import Constraints, NoFeasibleChoice, pareto_front, pick, require_recommendations
+from lpmr_edge.results import load_results, read_result, reference_for
 
 
 def _recommended(root: Path, **constraints: Any) -> str:
@@ -169,17 +90,6 @@ def test_references_and_pareto_front(tmp_path: Path):
     assert reference_for(results["x86", "executorch int8"], list(results.values())).variant == "openvino fp32"
     assert reference_for(results["arm", "executorch int8"], list(results.values())).directory == torch.resolve()
     assert pareto_front([(1, 5), (2, 4), (3, 4), (2, 6), (0.5, 9)]) == [0, 1, 4]
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run ``lpmr-edge ARGS`` in this process (as the console script does); returns (status, stdout, stderr)."""
-    from lpmr_edge.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["lpmr-edge", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code or 0, captured.out, captured.err
 
 
 def test_cli_pick_json_and_no_solution_exit(x86: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pick import run_cli, write_result
+from factories import run_cli
+from factories import write_synthetic_result as write_result
 
 from lpmr_edge import plots
 from lpmr_edge.errors import UserError

@@ -230,7 +230,7 @@ def test_failing_jobs_are_retried_recorded_and_the_rest_feeds_report_pick_and_ex
 
 def test_a_sweep_with_several_seeds_needs_a_selection_for_report(killed_and_resumed: dict):
     from lpmr_edge.errors import UserError
-    from lpmr_edge.pick import find_inputs
+    from lpmr_edge.results import find_inputs
 
     db = killed_and_resumed["db"]
     with pytest.raises(UserError, match=r"select one set, e.g. '.*sweep.db\?seed=0'"):

@@ -53,7 +53,7 @@ def fail_without_choice(choices: Sequence[Choice]) -> None:
 
 def print_choices(choices: Sequence[Choice]) -> None:
     """The picker's recommendation per target as a table, with the reason and Pareto alternatives."""
-    from lpmr_edge.pick import format_estimate
+    from lpmr_edge.results import format_estimate
 
     if not choices:
         return
@@ -82,7 +82,8 @@ def pick_command(
 ) -> None:
     """Recommend the (runtime, precision) to deploy on each target, with the reason and the Pareto
     alternatives. Exit status 3 when nothing satisfies the constraints on some target, 2 on bad input."""
-    from lpmr_edge.pick import load_results, pick
+    from lpmr_edge.pick import pick
+    from lpmr_edge.results import load_results
 
     choices = pick(load_results(results), constraints)
     if json_output:

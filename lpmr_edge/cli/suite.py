@@ -59,12 +59,12 @@ def spectrum_command(
 ) -> None:
     """Where the quantization residual lives in the FP32 feature spectrum; writes spectrum.json and a PNG."""
     from lpmr_edge.manifest import atomic_write_json
-    from lpmr_edge.spectrum import plot_spectrum, spectrum_of_results
-    from lpmr_edge.suite import read_result
+    from lpmr_edge.results import read_result
+    from lpmr_edge.suite.families.spectrum import plot_spectrum, spectrum_of_results
 
     diagnostic = spectrum_of_results(results, reference, head_fraction)
     plot = plot or results / "spectrum.png"
-    title = f"{_describe(read_result(results))} vs {_describe(read_result(reference))}"
+    title = f"{_describe(read_result(results).raw)} vs {_describe(read_result(reference).raw)}"
     plot_spectrum(diagnostic, plot, title)
     atomic_write_json(results / "spectrum.json", diagnostic)
     if json_output:

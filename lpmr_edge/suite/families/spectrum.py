@@ -1,4 +1,4 @@
-"""Spectral diagnostic: where in the FP32 representation's spectrum the quantization error lives.
+"""The spectrum family, a pairwise diagnostic: where in the FP32 representation's spectrum the quantization error lives.
 
 Features are L2-normalised first (zero-shot logits depend only on the direction). With ``F`` the
 FP32 reference features and ``Q`` the quantized ones of the same clean ID samples:
@@ -22,7 +22,9 @@ import numpy as np
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_bytes
-from lpmr_edge.suite import ID_SET, load_outputs
+from lpmr_edge.suite.families.base import Family
+from lpmr_edge.suite.families.classification import ID_SET
+from lpmr_edge.suite.outputs import load_outputs
 from lpmr_edge.zeroshot import normalise
 
 DEFAULT_HEAD_FRACTION = 0.1
@@ -118,3 +120,13 @@ def plot_spectrum(diagnostic: dict[str, Any], path: Path, title: str) -> None:
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
     atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+class Spectrum(Family):
+    """The spectral diagnostic: no suite table or sets of its own (it reads the stored clean-ID outputs of a
+    result and its reference) and no per-result metric; ``compare`` and ``report`` compute it per pair."""
+
+    name = "spectrum"
+
+
+FAMILY = Spectrum()

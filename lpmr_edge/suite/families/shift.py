@@ -1,0 +1,96 @@
+"""Covariate shift: accuracy and calibration on a shifted copy of the ID set (or a shifted dataset),
+and the accuracy lost relative to the ID set."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lpmr_edge.data.shifts import SHIFTS, shift
+from lpmr_edge.stats import Table
+from lpmr_edge.suite.families.base import (
+    PERCENT,
+    POINTS,
+    Claim,
+    Compared,
+    EvalSet,
+    Family,
+    HeadlineRow,
+    MetricSpec,
+    PlanContext,
+    Probe,
+    ScoreContext,
+    headline_row,
+    labelled,
+)
+from lpmr_edge.suite.families.classification import ECE, CalibrationConfig, classification_summary
+
+SHIFT_SET = "shift"
+SHIFTED = MetricSpec("shifted", "shifted accuracy", True, PERCENT, POINTS, ("shift", "top1"), "shift.top1", "shift")
+
+
+@dataclass(frozen=True)
+class ShiftConfig:
+    """Covariate shift: a built-in shift of the ID set (``rotate-scale``, ``invert``) or a dataset."""
+
+    set: str = "rotate-scale"
+
+
+def shift_probe(shifted: Table, in_distribution: Table, calibration: CalibrationConfig) -> Probe:
+    """Accuracy and calibration on the shifted set, and the accuracy lost relative to the ID set."""
+    classification = classification_summary(calibration)
+
+    def summary(tables: Sequence[Table]) -> dict[str, float]:
+        values = classification(tables[:1])
+        id_accuracy = float(np.mean(tables[1]["correct"]))
+        return {**values, "accuracy_drop": id_accuracy - values["top1"],
+                "relative_accuracy": values["top1"] / id_accuracy if id_accuracy else np.nan}
+
+    return Probe(summary, [shifted, {"correct": in_distribution["correct"]}], "confidence")
+
+
+class Shift(Family):
+    """Covariate shift of the ID set."""
+
+    name = "shift"
+    table = "shift"
+    config = ShiftConfig
+    presets: ClassVar[Mapping[str, Any]] = {"quick": ShiftConfig(), "full": ShiftConfig()}
+    metrics = (SHIFTED,)
+    claims = (Claim("covariate_shift", "Quantization does not help under covariate shift (shifted accuracy)",
+                    "shifted", "not improve"),)
+
+    def set_names(self, config: ShiftConfig) -> list[str]:
+        return [SHIFT_SET]
+
+    def plan(self, config: ShiftConfig, context: PlanContext) -> list[EvalSet]:
+        shifted = (shift(context.id_set, config.set, context.seed) if config.set in SHIFTS
+                   else labelled(context.load(config.set), "shifted"))
+        return [EvalSet(SHIFT_SET, shifted, shifted)]
+
+    def probe(self, config: ShiftConfig, context: ScoreContext) -> Probe:
+        return shift_probe(context.outputs[SHIFT_SET].outcomes(context.logit_scale), context.id_outcomes,
+                           context.calibration)
+
+    def score(self, config: ShiftConfig, probe: Probe, context: ScoreContext, resamples: int,
+              seed: int) -> dict[str, Any]:
+        return {"shift": {"set": config.set, "n": len(context.outputs[SHIFT_SET].labels),
+                          **probe.with_ci(resamples, seed)}}
+
+    def comparisons(self, config: ShiftConfig, result: Probe, reference: Probe) -> list[Compared]:
+        return [Compared(SHIFT_SET, result, reference, (("top1", "shifted accuracy", SHIFTED),
+                                                        ("ece", "shifted ECE", ECE)))]
+
+    def mcnemar(self, result: Probe, reference: Probe) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {SHIFT_SET: (result.tables[0]["correct"], reference.tables[0]["correct"])}
+
+    def headline(self, metrics: Mapping[str, Any]) -> list[HeadlineRow]:
+        if "shift" not in metrics:
+            return []
+        return [headline_row(("shifted_accuracy",), f"shifted accuracy ({metrics['shift']['set']})",
+                             metrics["shift"], "top1")]
+
+
+FAMILY = Shift()

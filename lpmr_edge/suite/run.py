@@ -1,0 +1,158 @@
+"""Running a suite: plan its evaluation sets, run them through a runtime, score the stored outputs.
+
+Every metric is computed from the stored outputs alone (``score_outputs``), so results produced on a
+device can be scored on the host. Evaluation sets are named by their families: ``id`` (accuracy,
+calibration), ``ood-<name>`` (ID = positive class), ``corruption-<kind>-<severity>`` (a seeded subset
+of the ID set, ImageNet-C corruptions), ``shift`` and ``spurious`` (a group-labelled set).
+"""
+from __future__ import annotations
+
+import contextlib
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lpmr_edge.data import ImageDataset, PreprocessedSets, load_dataset, preprocess_batches
+from lpmr_edge.manifest import machine_info, now_utc, sha256_json, tool_versions
+from lpmr_edge.models import build_preprocess, build_tokenizer
+from lpmr_edge.runtimes.base import Runtime
+from lpmr_edge.stats import CONFIDENCE
+from lpmr_edge.suite.config import load_suite, with_overrides
+from lpmr_edge.suite.families import FAMILIES
+from lpmr_edge.suite.families.base import EvalSet, HeadlineRow, PlanContext, labelled
+from lpmr_edge.suite.families.classification import ID_SET, score_context
+from lpmr_edge.suite.outputs import SetOutputs, collect_outputs, load_outputs, write_result
+from lpmr_edge.zeroshot import class_embeddings
+
+Progress = Callable[[str, int], typing.ContextManager[Callable[[int], None]]]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How to run a suite. ``dataset``, ``limit`` and ``logit_scale`` override the suite's when given."""
+
+    dataset: str | None = None
+    limit: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    skip_bad_images: bool = False
+    suite: str = "basic"
+    logit_scale: str | float | None = None
+
+
+def apply_overrides(suite: Any, settings: EvalSettings) -> Any:
+    """The suite with the run's ID set, image cap and logit scale when the settings give them."""
+    return with_overrides(suite, settings.dataset, settings.limit, settings.logit_scale)
+
+
+def plan_sets(suite: Any, seed: int, image_size: int | None = None, skip_bad_images: bool = False) -> list[EvalSet]:
+    """The evaluation sets of a suite, each capped at ``suite.limit`` images, family by family."""
+    def load(name: str) -> ImageDataset:
+        return load_dataset(name, skip_bad_images=skip_bad_images).head(suite.limit)
+
+    context = PlanContext(labelled(load(suite.id), "ID"), seed, image_size, load)
+    return [eval_set for family, config in suite.families() for eval_set in family.plan(config, context)]
+
+
+def suite_set_names(suite: Any) -> list[str]:
+    """Outputs names of every evaluation set of a suite."""
+    return [name for family, config in suite.families() for name in family.set_names(config)]
+
+
+def load_suite_outputs(out_dir: Path, suite: Any) -> dict[str, SetOutputs]:
+    """Stored outputs of every set of a suite."""
+    return {name: load_outputs(out_dir, name) for name in suite_set_names(suite)}
+
+
+def suite_probes(outputs: Mapping[str, SetOutputs], suite: Any) -> dict[str, Any]:
+    """Every family's probe(s) from a suite's stored outputs, by family name (families the suite runs)."""
+    context = score_context(outputs, suite.calibration)
+    return {family.name: family.probe(config, context) for family, config in suite.families()}
+
+
+def score_outputs(out_dir: Path, suite: Any, seed: int) -> dict[str, Any]:
+    """All metric families of a suite, with bootstrap CIs, from the outputs stored in ``out_dir``."""
+    outputs = load_suite_outputs(out_dir, suite)
+    context = score_context(outputs, suite.calibration)
+    metrics: dict[str, Any] = {}
+    for family, config in suite.families():
+        metrics.update(family.score(config, family.probe(config, context), context, suite.bootstrap_resamples, seed))
+    return metrics
+
+
+def progress_task(progress: Progress | None, label: str, total: int) -> typing.ContextManager[Any]:
+    """A task of ``progress`` (its context yields ``advance(n)``), or a context yielding None without one."""
+    return progress(label, total) if progress else contextlib.nullcontext()
+
+
+def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSettings(),
+             progress: Progress | None = None, suite: Any = None,
+             preprocessed: PreprocessedSets | None = None) -> dict[str, Any]:
+    """Run a suite (``suite``, else ``settings.suite``) through ``runtime``; write and return ``metrics.json``.
+
+    ``preprocessed`` keeps the preprocessed images for later evaluations in this process (sweep workers).
+    """
+    out_dir = Path(out_dir)
+    suite = apply_overrides(suite or load_suite(settings.suite), settings)
+    model_info = runtime.model_info
+    sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images)
+    preprocess, tokenizer = build_preprocess(model_info), build_tokenizer(model_info)
+    preprocess_key = sha256_json(model_info["preprocess"])
+
+    def batches(dataset: ImageDataset) -> Iterable[np.ndarray]:
+        if preprocessed is None:
+            return preprocess_batches(dataset, preprocess, settings.batch_size)
+        return preprocessed.batches(dataset, preprocess, preprocess_key, settings.batch_size)
+
+    total = sum(len(eval_set.dataset) for eval_set in sets)
+    with progress_task(progress, f"{suite.name} suite, {len(sets)} sets ({runtime.name})", total) as advance:
+        for eval_set in sets:
+            embeddings = class_embeddings(runtime, tokenizer, eval_set.classifier.class_names,
+                                          eval_set.classifier.templates)
+            if not collect_outputs(runtime, eval_set, embeddings, batches(eval_set.dataset), out_dir,
+                                   advance) and advance:
+                advance(len(eval_set.dataset))
+    metrics = score_outputs(out_dir, suite, settings.seed)
+    description = runtime.describe()
+    datasets = {eval_set.name: eval_set.dataset.describe() for eval_set in sets}
+    created = now_utc()
+    result = {
+        "model": model_info["spec"], "model_label": model_info["label"], "runtime": runtime.name,
+        "precision": description["precision"], "executed_precision": description["executed_precision"],
+        "n": len(sets[0].dataset), "dataset": datasets[ID_SET], "datasets": datasets,
+        "settings": asdict(settings), "suite": asdict(suite), "logit_scale": model_info["logit_scale"],
+        "conventions": conventions(suite, settings.seed), "metrics": metrics, "created": created,
+    }
+    write_result(out_dir, result, {"runtime": description, "dataset": datasets[ID_SET], "datasets": datasets,
+                                   "suite": asdict(suite), "settings": asdict(settings),
+                                   "tool_versions": tool_versions(), "machine": machine_info(), "created": created})
+    return result
+
+
+def conventions(suite: Any, seed: int) -> dict[str, str]:
+    """How to read the numbers in metrics.json: the bootstrap, then each family's conventions."""
+    return {
+        "ci": f"{CONFIDENCE:.0%} percentile bootstrap, {suite.bootstrap_resamples} resamples, seed {seed}; "
+              "OOD resamples ID and OOD separately, spurious resamples within each group",
+        **{name: text for family in FAMILIES for name, text in family.conventions(suite.settings(family)).items()},
+    }
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> list[HeadlineRow]:
+    """The headline numbers of a result as (key path, label, value, 95% CI), family by family."""
+    return [row for family in FAMILIES for row in family.headline(metrics)]
+
+
+def key_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline values as a nested mapping (what `eval --json` adds to its summary)."""
+    summary: dict[str, Any] = {}
+    for (*path, name), _, value, _ in headline_metrics(metrics):
+        node = summary
+        for part in path:
+            node = node.setdefault(part, {})
+        node[name] = value
+    return summary
