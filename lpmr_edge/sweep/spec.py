@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,23 +50,64 @@ from lpmr_edge.bench import BenchSettings
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import sha256_json
 from lpmr_edge.quantize import QuantizationOptions
+from lpmr_edge.schema import parse_table, require
 from lpmr_edge.targets import RUNTIMES, Target
 
 if TYPE_CHECKING:
     from lpmr_edge.export import ExportRequest
-    from lpmr_edge.suite import SuiteConfig
 
 TORCH = "torch"
 HOST_TARGET = "host"
 REFERENCE_PRECISION = "fp32"
 DEFAULT_ARTIFACTS = Path("lpmr-results/sweeps/artifacts")
 DEFAULT_WORKER_CACHE_MB = 1024
-_TYPES: dict[str, Any] = {"name": str, "out": str, "artifacts": str, "models": list, "targets": list,
-                          "runtimes": list, "precisions": (list, dict), "suites": list, "seeds": list,
-                          "limit": int, "threads": int, "retries": int, "worker_cache_mb": int, "calibrations": list,
-                          "bench": dict}
-_REQUIRED = ("models", "runtimes", "precisions", "suites")
-_BENCH_KEYS = {"enabled": bool, "warmup": int, "repeats": int, "max_seconds": (int, float), "rounds": int}
+
+
+@dataclass(frozen=True)
+class BenchTable:
+    """The sweep file's ``[bench]`` table: latency per job at the target's batch (``enabled = false``: none)."""
+
+    enabled: bool = True
+    warmup: int = 3
+    repeats: int = 30
+    max_seconds: float = 5.0
+    rounds: int = 3
+
+
+def _list(key: str, values: tuple) -> None:
+    require(bool(values), f"'{key}' must be a non-empty list")
+    require(len(set(values)) == len(values), f"'{key}' lists an entry twice ({list(values)!r}); list each once")
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """A sweep file as written (read by ``lpmr_edge.schema``); ``parse_sweep`` resolves it into a ``Sweep``."""
+
+    models: tuple[str, ...]
+    runtimes: tuple[str, ...]
+    precisions: tuple[str, ...] | dict[str, tuple[str, ...]]
+    suites: tuple[str, ...]
+    name: str | None = None
+    out: str | None = None
+    artifacts: str = str(DEFAULT_ARTIFACTS)
+    targets: tuple[str, ...] = ("x86",)
+    seeds: tuple[int, ...] = (0,)
+    limit: int | None = None
+    threads: int | None = None
+    retries: int = 1
+    worker_cache_mb: int = DEFAULT_WORKER_CACHE_MB
+    calibrations: tuple[QuantizationOptions, ...] = field(default_factory=lambda: (QuantizationOptions(),))
+    bench: BenchTable = field(default_factory=BenchTable)
+
+    def __post_init__(self) -> None:
+        for key in ("models", "runtimes", "suites", "targets", "seeds", "calibrations"):
+            _list(key, getattr(self, key))
+        for runtime, listed in (self.precisions.items() if isinstance(self.precisions, dict)
+                                else [("precisions", self.precisions)]):
+            _list(runtime, listed)
+        for key, minimum in (("limit", 1), ("threads", 1), ("retries", 0), ("worker_cache_mb", 0)):
+            value = getattr(self, key)
+            require(value is None or value >= minimum, f"'{key}' is {value}; use an integer >= {minimum}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +147,7 @@ class Sweep:
     models: tuple[str, ...]
     targets: tuple[Target, ...]
     precisions: dict[str, tuple[str, ...]]  # per runtime
-    suites: dict[str, SuiteConfig]  # spec as written -> parsed suite
+    suites: dict[str, Any]  # spec as written -> parsed suite (a lpmr_edge.suite SuiteConfig)
     seeds: tuple[int, ...]
     limit: int | None
     threads: int | None
@@ -156,30 +197,16 @@ def _fail(source: str, problem: str, fix: str) -> UserError:
     return UserError(f"sweep file {source}: {problem}; {fix}")
 
 
-def _strings(source: str, data: Mapping[str, Any], key: str, default: Sequence[str] | None = None) -> tuple:
-    values = data.get(key, default)
-    if values is None:
-        raise _fail(source, f"'{key}' is missing", f"add e.g. {key} = [...] (see sweeps/demo.toml)")
-    expected = int if key == "seeds" else str
-    if not values or not all(isinstance(v, expected) and not isinstance(v, bool) for v in values):
-        raise _fail(source, f"'{key}' must be a non-empty list of {expected.__name__}s (got {values!r})", "fix it")
-    if len(set(values)) != len(values):
-        raise _fail(source, f"'{key}' lists an entry twice ({values!r})", "list each once")
-    return tuple(values)
-
-
-def _precisions(source: str, data: Mapping[str, Any], runtimes: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    raw = data["precisions"]
-    if isinstance(raw, dict):
-        extra = sorted(set(raw) - set(runtimes))
-        missing = [runtime for runtime in runtimes if runtime not in raw]
+def _precisions(source: str, written: SweepFile) -> dict[str, tuple[str, ...]]:
+    if isinstance(written.precisions, dict):
+        extra = sorted(set(written.precisions) - set(written.runtimes))
+        missing = [runtime for runtime in written.runtimes if runtime not in written.precisions]
         if extra or missing:
             raise _fail(source, f"[precisions] must have one entry per runtime in 'runtimes' (extra: {extra}, "
                         f"missing: {missing})", "make the two agree")
-        table = {runtime: _strings(source, raw, runtime) for runtime in runtimes}
+        table = {runtime: written.precisions[runtime] for runtime in written.runtimes}
     else:
-        listed = _strings(source, data, "precisions")
-        table = {runtime: listed for runtime in runtimes}
+        table = {runtime: written.precisions for runtime in written.runtimes}
     for runtime, precisions in table.items():
         supported = (REFERENCE_PRECISION,) if runtime == TORCH else RUNTIMES[runtime].precisions
         unsupported = [p for p in precisions if p not in supported]
@@ -189,42 +216,11 @@ def _precisions(source: str, data: Mapping[str, Any], runtimes: Sequence[str]) -
     return table
 
 
-def _calibrations(source: str, data: Mapping[str, Any]) -> tuple[QuantizationOptions, ...]:
-    tables = data.get("calibrations", [{}])
-    valid = {f.name for f in fields(QuantizationOptions)}
-    if not tables or not all(isinstance(table, dict) for table in tables):
-        raise _fail(source, "'calibrations' must be a list of tables", "write [[calibrations]] tables")
-    for table in tables:
-        unknown = sorted(set(table) - valid)
-        if unknown:
-            raise _fail(source, f"unknown key '{unknown[0]}' in [[calibrations]]", f"use {', '.join(sorted(valid))}")
-    try:
-        return tuple(QuantizationOptions(**table) for table in tables)
-    except (UserError, TypeError) as error:
-        raise _fail(source, f"[[calibrations]]: {error}", "fix the value") from None
-
-
-def _bench(source: str, data: Mapping[str, Any]) -> BenchSettings | None:
-    table = dict(data.get("bench", {}))
-    for key, value in table.items():
-        if key not in _BENCH_KEYS:
-            raise _fail(source, f"unknown key '{key}' in [bench]", f"use {', '.join(_BENCH_KEYS)}")
-        if not isinstance(value, _BENCH_KEYS[key]) or (key != "enabled" and isinstance(value, bool)):
-            raise _fail(source, f"[bench] {key} has the wrong type ({value!r})", "fix the value")
-    if not table.pop("enabled", True):
+def _bench(table: BenchTable) -> BenchSettings | None:
+    if not table.enabled:
         return None
-    settings = {"warmup": 3, "repeats": 30, "max_seconds": 5.0, "rounds": 3, **table}
-    try:
-        return BenchSettings(tower="image", batches=(1,), threads=None, **settings)
-    except UserError as error:
-        raise _fail(source, f"[bench]: {error}", "fix the value") from None
-
-
-def _positive(source: str, data: Mapping[str, Any], key: str, minimum: int) -> int | None:
-    value = data.get(key)
-    if value is not None and value < minimum:
-        raise _fail(source, f"'{key}' is {value}", f"use an integer >= {minimum}")
-    return value
+    return BenchSettings(tower="image", batches=(1,), threads=None, warmup=table.warmup, repeats=table.repeats,
+                         max_seconds=table.max_seconds, rounds=table.rounds)
 
 
 def parse_sweep(data: Mapping[str, Any], source: str) -> Sweep:
@@ -232,35 +228,26 @@ def parse_sweep(data: Mapping[str, Any], source: str) -> Sweep:
     from lpmr_edge.suite import load_suite
     from lpmr_edge.targets import load_target
 
-    for key, value in data.items():
-        if key not in _TYPES:
-            raise _fail(source, f"unknown key '{key}'", f"valid keys: {', '.join(_TYPES)}")
-        if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
-            raise _fail(source, f"'{key}' has the wrong type ({value!r})", "see sweeps/demo.toml")
-    missing = [key for key in _REQUIRED if key not in data]
-    if missing:
-        raise _fail(source, f"missing key(s) {', '.join(missing)}", "add them (see sweeps/demo.toml)")
-    runtimes = _strings(source, data, "runtimes")
-    unknown = [runtime for runtime in runtimes if runtime != TORCH and runtime not in RUNTIMES]
+    try:
+        written = parse_table(SweepFile, data)
+        bench = _bench(written.bench)
+    except UserError as error:
+        raise _fail(source, str(error), "fix it (see sweeps/demo.toml)") from None
+    unknown = [runtime for runtime in written.runtimes if runtime != TORCH and runtime not in RUNTIMES]
     if unknown:
         raise _fail(source, f"unknown runtime '{unknown[0]}'", f"use {', '.join([*RUNTIMES, TORCH])}")
-    targets = tuple(load_target(name) for name in _strings(source, data, "targets", ["x86"]))
+    targets = tuple(load_target(name) for name in written.targets)
     for target in targets:
-        for runtime in runtimes:
+        for runtime in written.runtimes:
             if runtime != TORCH:
                 target.runtime(runtime)  # a target that lacks the runtime is an error naming the fix
-    name = data.get("name", Path(source).stem)
-    _positive(source, data, "retries", 0)
-    worker_cache_mb = _positive(source, data, "worker_cache_mb", 0)
+    name = written.name or Path(source).stem
     return Sweep(
-        name=name, source=source, out=Path(data.get("out", f"lpmr-results/sweeps/{name}")),
-        artifacts=Path(data.get("artifacts", DEFAULT_ARTIFACTS)), models=_strings(source, data, "models"),
-        targets=targets, precisions=_precisions(source, data, runtimes),
-        suites={spec: load_suite(spec) for spec in _strings(source, data, "suites")},
-        seeds=_strings(source, data, "seeds", [0]), limit=_positive(source, data, "limit", 1),
-        threads=_positive(source, data, "threads", 1), retries=data.get("retries", 1),
-        calibrations=_calibrations(source, data), bench=_bench(source, data),
-        worker_cache_mb=DEFAULT_WORKER_CACHE_MB if worker_cache_mb is None else worker_cache_mb)
+        name=name, source=source, out=Path(written.out or f"lpmr-results/sweeps/{name}"),
+        artifacts=Path(written.artifacts), models=written.models, targets=targets,
+        precisions=_precisions(source, written), suites={spec: load_suite(spec) for spec in written.suites},
+        seeds=written.seeds, limit=written.limit, threads=written.threads, retries=written.retries,
+        calibrations=written.calibrations, bench=bench, worker_cache_mb=written.worker_cache_mb)
 
 
 def load_sweep(path: Path, out: Path | None = None) -> Sweep:
