@@ -18,27 +18,14 @@ from lpmr_edge.metrics import (
 )
 from lpmr_edge.schema import require
 from lpmr_edge.stats import Summary, Table, seeded_rng
-from lpmr_edge.suite.families.base import (
-    PERCENT,
-    POINTS,
-    Claim,
-    Compared,
-    EvalSet,
-    Family,
-    HeadlineRow,
-    MetricSpec,
-    PlanContext,
-    Probe,
-    ScoreContext,
-    headline_row,
-)
+from lpmr_edge.suite.families import base
 
 ID_SET = "id"
 ACCURACY_KEYS = ("top1", "top5", "balanced_accuracy")
 
-TOP1 = MetricSpec("top1", "top-1 accuracy", True, PERCENT, POINTS, ("accuracy", "top1"), "id.top1")
-ECE = MetricSpec("ece", "ECE", False, at=("calibration", "ece"), paired="id.ece")
-NLL = MetricSpec("nll", "NLL (nats)", False, "nats", at=("calibration", "nll"), paired="id.nll")
+TOP1 = base.MetricSpec("top1", "top-1 accuracy", True, base.PERCENT, base.POINTS, ("accuracy", "top1"), "id.top1")
+ECE = base.MetricSpec("ece", "ECE", False, at=("calibration", "ece"), paired="id.ece")
+NLL = base.MetricSpec("nll", "NLL (nats)", False, "nats", at=("calibration", "nll"), paired="id.nll")
 
 
 @dataclass(frozen=True)
@@ -70,16 +57,16 @@ def classification_summary(calibration: CalibrationConfig) -> Summary:
                            **calibration_summary(tables[0], calibration.bins, calibration.coverages)}
 
 
-def classification_probe(outcomes: Table, calibration: CalibrationConfig) -> Probe:
+def classification_probe(outcomes: Table, calibration: CalibrationConfig) -> base.Probe:
     """Accuracy and calibration of one labelled set."""
-    return Probe(classification_summary(calibration), [outcomes], "confidence")
+    return base.Probe(classification_summary(calibration), [outcomes], "confidence")
 
 
-def score_context(outputs: Mapping[str, Any], calibration: CalibrationConfig) -> ScoreContext:
+def score_context(outputs: Mapping[str, Any], calibration: CalibrationConfig) -> base.ScoreContext:
     """The ID set's logit scale and outcomes, which every family's scoring shares."""
     in_distribution = outputs[ID_SET]
     logit_scale = resolve_logit_scale(calibration.logit_scale, in_distribution.model_logit_scale)
-    return ScoreContext(outputs, logit_scale, calibration, in_distribution.outcomes(logit_scale))
+    return base.ScoreContext(outputs, logit_scale, calibration, in_distribution.outcomes(logit_scale))
 
 
 def _split_keys(values: Mapping[str, Any], keys: tuple[str, ...], keep: bool) -> dict[str, Any]:
@@ -88,7 +75,7 @@ def _split_keys(values: Mapping[str, Any], keys: tuple[str, ...], keep: bool) ->
     return {**chosen, "ci": {name: values["ci"][name] for name in chosen}}
 
 
-def _fitted_temperature(context: ScoreContext, resamples: int, seed: int) -> dict[str, Any]:
+def _fitted_temperature(context: base.ScoreContext, resamples: int, seed: int) -> dict[str, Any]:
     """Calibration at a logit scale fitted (min NLL) on a seeded held-out part of the ID set, scored on the rest."""
     in_distribution, calibration = context.outputs[ID_SET], context.calibration
     order = seeded_rng(seed, "temperature-split").permutation(len(in_distribution.labels))
@@ -105,7 +92,7 @@ def _fitted_temperature(context: ScoreContext, resamples: int, seed: int) -> dic
             **classification_probe(outcomes, calibration).with_ci(resamples, seed)}
 
 
-class Classification(Family):
+class Classification(base.Family):
     """Accuracy and calibration of the ID set."""
 
     name = "classification"
@@ -113,19 +100,19 @@ class Classification(Family):
     config = CalibrationConfig
     required = True
     metrics = (TOP1, ECE, NLL)
-    claims = (Claim("accuracy", "Quantization can (rarely) improve accuracy", "top1", "improve"),
-              Claim("calibration", "Quantization can improve calibration (lower ECE)", "ece", "improve"))
+    claims = (base.Claim("accuracy", "Quantization can (rarely) improve accuracy", "top1", "improve"),
+              base.Claim("calibration", "Quantization can improve calibration (lower ECE)", "ece", "improve"))
 
     def set_names(self, config: CalibrationConfig) -> list[str]:
         return [ID_SET]
 
-    def plan(self, config: CalibrationConfig, context: PlanContext) -> list[EvalSet]:
-        return [EvalSet(ID_SET, context.id_set, context.id_set)]
+    def plan(self, config: CalibrationConfig, context: base.PlanContext) -> list[base.EvalSet]:
+        return [base.EvalSet(ID_SET, context.id_set, context.id_set)]
 
-    def probe(self, config: CalibrationConfig, context: ScoreContext) -> Probe:
+    def probe(self, config: CalibrationConfig, context: base.ScoreContext) -> base.Probe:
         return classification_probe(context.id_outcomes, config)
 
-    def score(self, config: CalibrationConfig, probe: Probe, context: ScoreContext, resamples: int,
+    def score(self, config: CalibrationConfig, probe: base.Probe, context: base.ScoreContext, resamples: int,
               seed: int) -> dict[str, Any]:
         id_n = len(context.outputs[ID_SET].labels)
         values = probe.with_ci(resamples, seed)
@@ -138,17 +125,17 @@ class Classification(Family):
             calibration["fitted_temperature"] = _fitted_temperature(context, resamples, seed)
         return {"accuracy": {**_split_keys(values, ACCURACY_KEYS, keep=True), "n": id_n}, "calibration": calibration}
 
-    def comparisons(self, config: CalibrationConfig, result: Probe, reference: Probe) -> list[Compared]:
-        return [Compared(ID_SET, result, reference,
+    def comparisons(self, config: CalibrationConfig, result: base.Probe, reference: base.Probe) -> list[base.Compared]:
+        return [base.Compared(ID_SET, result, reference,
                          (("top1", "top-1 accuracy", TOP1), ("ece", "ECE", ECE), ("nll", "NLL", NLL)))]
 
-    def mcnemar(self, result: Probe, reference: Probe) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def mcnemar(self, result: base.Probe, reference: base.Probe) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {ID_SET: (result.tables[0]["correct"], reference.tables[0]["correct"])}
 
-    def headline(self, metrics: Mapping[str, Any]) -> list[HeadlineRow]:
-        return [headline_row(("top1",), "top-1 accuracy", metrics["accuracy"], "top1"),
-                headline_row(("top5",), "top-5 accuracy", metrics["accuracy"], "top5"),
-                *(headline_row((name,), label, metrics["calibration"], name)
+    def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
+        return [base.headline_row(("top1",), "top-1 accuracy", metrics["accuracy"], "top1"),
+                base.headline_row(("top5",), "top-5 accuracy", metrics["accuracy"], "top5"),
+                *(base.headline_row((name,), label, metrics["calibration"], name)
                   for name, label in (("ece", "ECE"), ("nll", "NLL"), ("brier", "Brier")))]
 
     def conventions(self, config: CalibrationConfig) -> dict[str, str]:

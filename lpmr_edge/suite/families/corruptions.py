@@ -13,23 +13,10 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import expected_calibration_error
 from lpmr_edge.schema import require
 from lpmr_edge.stats import Table, seeded_rng
-from lpmr_edge.suite.families.base import (
-    PERCENT,
-    POINTS,
-    Claim,
-    Compared,
-    EvalSet,
-    Family,
-    HeadlineRow,
-    MetricSpec,
-    PlanContext,
-    Probe,
-    ScoreContext,
-    headline_row,
-)
+from lpmr_edge.suite.families import base
 from lpmr_edge.suite.outputs import OUTPUTS_DIR
 
-CORRUPTED = MetricSpec("corrupted", "corrupted accuracy", True, PERCENT, POINTS, ("corruptions", "mean", "accuracy"),
+CORRUPTED = base.MetricSpec("corrupted", "corrupted accuracy", True, base.PERCENT, base.POINTS, ("corruptions", "mean", "accuracy"),
                        "corruptions.mean.accuracy", "corruption-")
 
 
@@ -61,7 +48,7 @@ def corruption_positions(id_size: int, images: int, seed: int) -> np.ndarray:
     return np.sort(seeded_rng(seed, "corruption-subset").permutation(id_size)[:images])
 
 
-def corruption_probe(clean: Table, corrupted: Mapping[tuple[str, int], Table], bins: int) -> Probe:
+def corruption_probe(clean: Table, corrupted: Mapping[tuple[str, int], Table], bins: int) -> base.Probe:
     """Per corruption/severity accuracy, ECE and accuracy relative to clean, plus per-kind and overall means.
 
     All corrupted sets share their images (rows), so rows are resampled jointly across them.
@@ -88,7 +75,7 @@ def corruption_probe(clean: Table, corrupted: Mapping[tuple[str, int], Table], b
                                                              for kind, severity in members]))
         return values
 
-    return Probe(summary, [table])
+    return base.Probe(summary, [table])
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,7 +93,7 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-class Corruptions(Family):
+class Corruptions(base.Family):
     """Robustness to ImageNet-C noise; its probe resamples the shared subset's rows jointly."""
 
     name = "corruptions"
@@ -114,20 +101,20 @@ class Corruptions(Family):
     config = CorruptionConfig
     presets: ClassVar[Mapping[str, Any]] = {"quick": CorruptionConfig(images=200), "full": CorruptionConfig(kinds=tuple(CORRUPTIONS))}
     metrics = (CORRUPTED,)
-    claims = (Claim("noise", "Quantization can improve robustness to noise (corrupted accuracy)", "corrupted",
-                    "improve"),)
+    claims = (base.Claim("noise", "Quantization can improve robustness to noise (corrupted accuracy)", "corrupted",
+                         "improve"),)
 
     def set_names(self, config: CorruptionConfig) -> list[str]:
         return [corruption_set_name(kind, severity) for kind, severity in config.cells()]
 
-    def plan(self, config: CorruptionConfig, context: PlanContext) -> list[EvalSet]:
+    def plan(self, config: CorruptionConfig, context: base.PlanContext) -> list[base.EvalSet]:
         positions = corruption_positions(len(context.id_set), config.images, context.seed)
-        return [EvalSet(corruption_set_name(kind, severity),
+        return [base.EvalSet(corruption_set_name(kind, severity),
                         corrupt(context.id_set, kind, severity, context.seed, context.image_size).subset(positions),
                         context.id_set, positions)
                 for kind, severity in config.cells()]
 
-    def probe(self, config: CorruptionConfig, context: ScoreContext) -> Probe:
+    def probe(self, config: CorruptionConfig, context: base.ScoreContext) -> base.Probe:
         corrupted = {cell: context.outputs[corruption_set_name(*cell)] for cell in config.cells()}
         positions = next(iter(corrupted.values())).id_index
         if any(not np.array_equal(positions, other.id_index) for other in corrupted.values()):
@@ -137,23 +124,23 @@ class Corruptions(Family):
         return corruption_probe(clean, {cell: stored.outcomes(context.logit_scale) for cell, stored in corrupted.items()},
                                 context.calibration.bins)
 
-    def score(self, config: CorruptionConfig, probe: Probe, context: ScoreContext, resamples: int,
+    def score(self, config: CorruptionConfig, probe: base.Probe, context: base.ScoreContext, resamples: int,
               seed: int) -> dict[str, Any]:
         return {"corruptions": {"images": len(probe.tables[0]["clean_correct"]), "kinds": list(config.kinds),
                                 "severities": list(config.severities), **_nest(probe.with_ci(resamples, seed))}}
 
-    def comparisons(self, config: CorruptionConfig, result: Probe, reference: Probe) -> list[Compared]:
+    def comparisons(self, config: CorruptionConfig, result: base.Probe, reference: base.Probe) -> list[base.Compared]:
         labels = (("mean/accuracy", "mean corrupted accuracy", CORRUPTED),
                   *((f"{kind}/mean/accuracy", f"{kind} accuracy (mean over severities)", CORRUPTED)
                     for kind in config.kinds))
-        return [Compared("corruptions", result, reference, labels)]
+        return [base.Compared("corruptions", result, reference, labels)]
 
-    def headline(self, metrics: Mapping[str, Any]) -> list[HeadlineRow]:
+    def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         if "corruptions" not in metrics:
             return []
         mean = metrics["corruptions"]["mean"]
-        return [headline_row(("corrupted_accuracy",), "corrupted accuracy (mean)", mean, "accuracy"),
-                headline_row(("corrupted_relative_accuracy",), "corrupted / clean accuracy (mean)", mean,
+        return [base.headline_row(("corrupted_accuracy",), "corrupted accuracy (mean)", mean, "accuracy"),
+                base.headline_row(("corrupted_relative_accuracy",), "corrupted / clean accuracy (mean)", mean,
                              "relative_accuracy")]
 
     def conventions(self, config: CorruptionConfig | None) -> dict[str, str]:

@@ -11,20 +11,7 @@ import numpy as np
 
 from lpmr_edge.metrics import OOD_SCORES, ood_metrics, ood_scores
 from lpmr_edge.schema import require
-from lpmr_edge.suite.families.base import (
-    PERCENT,
-    POINTS,
-    Claim,
-    Compared,
-    EvalSet,
-    Family,
-    HeadlineRow,
-    MetricSpec,
-    PlanContext,
-    Probe,
-    ScoreContext,
-    headline_row,
-)
+from lpmr_edge.suite.families import base
 from lpmr_edge.suite.families.classification import ID_SET
 
 ID_POSITIVE = "in-distribution is the positive class; every score is higher for more in-distribution samples"
@@ -36,9 +23,9 @@ def ood_sets(metrics: Mapping[str, Any]) -> list[str]:
     return sorted(metrics.get("ood", {}).get("sets", {}))
 
 
-AUROC = MetricSpec("auroc", "OOD AUROC", True, at=("ood", "sets", "{set}", OOD_SCORE, "auroc"),
+AUROC = base.MetricSpec("auroc", "OOD AUROC", True, at=("ood", "sets", "{set}", OOD_SCORE, "auroc"),
                    paired=f"ood.{{set}}.{OOD_SCORE}.auroc", datasets="ood-", instances=ood_sets)
-FPR95 = MetricSpec("fpr95", "OOD FPR@95%TPR", False, PERCENT, POINTS,
+FPR95 = base.MetricSpec("fpr95", "OOD FPR@95%TPR", False, base.PERCENT, base.POINTS,
                    at=("ood", "sets", "{set}", OOD_SCORE, "fpr_at_95_tpr"),
                    paired=f"ood.{{set}}.{OOD_SCORE}.fpr_at_95_tpr", datasets="ood-", instances=ood_sets)
 
@@ -60,29 +47,29 @@ def ood_set_name(dataset: str) -> str:
     return "ood-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset).strip("_")
 
 
-def ood_probe(id_scores: np.ndarray, ood_scores_: np.ndarray) -> Probe:
+def ood_probe(id_scores: np.ndarray, ood_scores_: np.ndarray) -> base.Probe:
     """AUROC, FPR@95%TPR, AUPR-in/-out for one score; ID and OOD resampled separately."""
-    return Probe(lambda tables: ood_metrics(tables[0]["score"], tables[1]["score"]),
+    return base.Probe(lambda tables: ood_metrics(tables[0]["score"], tables[1]["score"]),
                  [{"score": id_scores}, {"score": ood_scores_}], "score")
 
 
-class Ood(Family):
-    """OOD detection; its probe is one Probe per (OOD set, score)."""
+class Ood(base.Family):
+    """OOD detection; its probe is one base.Probe per (OOD set, score)."""
 
     name = "ood"
     table = "ood"
     config = OodConfig
     presets: ClassVar[Mapping[str, Any]] = {"quick": OodConfig(), "full": OodConfig()}
     metrics = (AUROC, FPR95)
-    claims = (Claim("ood", "Quantization can improve OOD detection (higher AUROC)", "auroc", "improve"),)
+    claims = (base.Claim("ood", "Quantization can improve OOD detection (higher AUROC)", "auroc", "improve"),)
 
     def set_names(self, config: OodConfig) -> list[str]:
         return [ood_set_name(name) for name in config.sets]
 
-    def plan(self, config: OodConfig, context: PlanContext) -> list[EvalSet]:
-        return [EvalSet(ood_set_name(name), context.load(name), context.id_set) for name in config.sets]
+    def plan(self, config: OodConfig, context: base.PlanContext) -> list[base.EvalSet]:
+        return [base.EvalSet(ood_set_name(name), context.load(name), context.id_set) for name in config.sets]
 
-    def probe(self, config: OodConfig, context: ScoreContext) -> dict[str, dict[str, Probe]]:
+    def probe(self, config: OodConfig, context: base.ScoreContext) -> dict[str, dict[str, base.Probe]]:
         def scores(set_name: str) -> dict[str, np.ndarray]:
             return ood_scores(context.outputs[set_name].cosine(), context.logit_scale, config.mcm_temperature)
 
@@ -90,7 +77,7 @@ class Ood(Family):
         return {name: {score: ood_probe(id_scores[score], values[score]) for score in OOD_SCORES}
                 for name in config.sets for values in (scores(ood_set_name(name)),)}
 
-    def score(self, config: OodConfig, probe: dict[str, dict[str, Probe]], context: ScoreContext, resamples: int,
+    def score(self, config: OodConfig, probe: dict[str, dict[str, base.Probe]], context: base.ScoreContext, resamples: int,
               seed: int) -> dict[str, Any]:
         return {"ood": {"positive_class": ID_POSITIVE, "scores": list(OOD_SCORES),
                         "id_n": len(context.outputs[ID_SET].labels), "logit_scale": context.logit_scale,
@@ -99,15 +86,15 @@ class Ood(Family):
                                         **{score: by.with_ci(resamples, seed) for score, by in by_score.items()}}
                                  for name, by_score in probe.items()}}}
 
-    def comparisons(self, config: OodConfig, result: dict[str, dict[str, Probe]],
-                    reference: dict[str, dict[str, Probe]]) -> list[Compared]:
-        return [Compared(f"ood.{name}.{score}", probe, reference[name][score],
+    def comparisons(self, config: OodConfig, result: dict[str, dict[str, base.Probe]],
+                    reference: dict[str, dict[str, base.Probe]]) -> list[base.Compared]:
+        return [base.Compared(f"ood.{name}.{score}", probe, reference[name][score],
                          (("auroc", f"OOD AUROC {name} ({score})", AUROC),
                           ("fpr_at_95_tpr", f"OOD FPR@95%TPR {name} ({score})", FPR95)))
                 for name, by_score in result.items() for score, probe in by_score.items()]
 
-    def headline(self, metrics: Mapping[str, Any]) -> list[HeadlineRow]:
-        return [headline_row(("ood_auroc", name, score), f"OOD AUROC {name} ({score})", by_score[score], "auroc")
+    def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
+        return [base.headline_row(("ood_auroc", name, score), f"OOD AUROC {name} ({score})", by_score[score], "auroc")
                 for name, by_score in metrics.get("ood", {}).get("sets", {}).items() for score in OOD_SCORES]
 
     def conventions(self, config: OodConfig | None) -> dict[str, str]:

@@ -10,25 +10,11 @@ import numpy as np
 
 from lpmr_edge.data.shifts import SHIFTS, shift
 from lpmr_edge.stats import Table
-from lpmr_edge.suite.families.base import (
-    PERCENT,
-    POINTS,
-    Claim,
-    Compared,
-    EvalSet,
-    Family,
-    HeadlineRow,
-    MetricSpec,
-    PlanContext,
-    Probe,
-    ScoreContext,
-    headline_row,
-    labelled,
-)
+from lpmr_edge.suite.families import base
 from lpmr_edge.suite.families.classification import ECE, CalibrationConfig, classification_summary
 
 SHIFT_SET = "shift"
-SHIFTED = MetricSpec("shifted", "shifted accuracy", True, PERCENT, POINTS, ("shift", "top1"), "shift.top1", "shift")
+SHIFTED = base.MetricSpec("shifted", "shifted accuracy", True, base.PERCENT, base.POINTS, ("shift", "top1"), "shift.top1", "shift")
 
 
 @dataclass(frozen=True)
@@ -38,7 +24,7 @@ class ShiftConfig:
     set: str = "rotate-scale"
 
 
-def shift_probe(shifted: Table, in_distribution: Table, calibration: CalibrationConfig) -> Probe:
+def shift_probe(shifted: Table, in_distribution: Table, calibration: CalibrationConfig) -> base.Probe:
     """Accuracy and calibration on the shifted set, and the accuracy lost relative to the ID set."""
     classification = classification_summary(calibration)
 
@@ -48,10 +34,10 @@ def shift_probe(shifted: Table, in_distribution: Table, calibration: Calibration
         return {**values, "accuracy_drop": id_accuracy - values["top1"],
                 "relative_accuracy": values["top1"] / id_accuracy if id_accuracy else np.nan}
 
-    return Probe(summary, [shifted, {"correct": in_distribution["correct"]}], "confidence")
+    return base.Probe(summary, [shifted, {"correct": in_distribution["correct"]}], "confidence")
 
 
-class Shift(Family):
+class Shift(base.Family):
     """Covariate shift of the ID set."""
 
     name = "shift"
@@ -59,37 +45,37 @@ class Shift(Family):
     config = ShiftConfig
     presets: ClassVar[Mapping[str, Any]] = {"quick": ShiftConfig(), "full": ShiftConfig()}
     metrics = (SHIFTED,)
-    claims = (Claim("covariate_shift", "Quantization does not help under covariate shift (shifted accuracy)",
-                    "shifted", "not improve"),)
+    claims = (base.Claim("covariate_shift", "Quantization does not help under covariate shift (shifted accuracy)",
+                         "shifted", "not improve"),)
 
     def set_names(self, config: ShiftConfig) -> list[str]:
         return [SHIFT_SET]
 
-    def plan(self, config: ShiftConfig, context: PlanContext) -> list[EvalSet]:
+    def plan(self, config: ShiftConfig, context: base.PlanContext) -> list[base.EvalSet]:
         shifted = (shift(context.id_set, config.set, context.seed) if config.set in SHIFTS
-                   else labelled(context.load(config.set), "shifted"))
-        return [EvalSet(SHIFT_SET, shifted, shifted)]
+                   else base.labelled(context.load(config.set), "shifted"))
+        return [base.EvalSet(SHIFT_SET, shifted, shifted)]
 
-    def probe(self, config: ShiftConfig, context: ScoreContext) -> Probe:
+    def probe(self, config: ShiftConfig, context: base.ScoreContext) -> base.Probe:
         return shift_probe(context.outputs[SHIFT_SET].outcomes(context.logit_scale), context.id_outcomes,
                            context.calibration)
 
-    def score(self, config: ShiftConfig, probe: Probe, context: ScoreContext, resamples: int,
+    def score(self, config: ShiftConfig, probe: base.Probe, context: base.ScoreContext, resamples: int,
               seed: int) -> dict[str, Any]:
         return {"shift": {"set": config.set, "n": len(context.outputs[SHIFT_SET].labels),
                           **probe.with_ci(resamples, seed)}}
 
-    def comparisons(self, config: ShiftConfig, result: Probe, reference: Probe) -> list[Compared]:
-        return [Compared(SHIFT_SET, result, reference, (("top1", "shifted accuracy", SHIFTED),
+    def comparisons(self, config: ShiftConfig, result: base.Probe, reference: base.Probe) -> list[base.Compared]:
+        return [base.Compared(SHIFT_SET, result, reference, (("top1", "shifted accuracy", SHIFTED),
                                                         ("ece", "shifted ECE", ECE)))]
 
-    def mcnemar(self, result: Probe, reference: Probe) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def mcnemar(self, result: base.Probe, reference: base.Probe) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {SHIFT_SET: (result.tables[0]["correct"], reference.tables[0]["correct"])}
 
-    def headline(self, metrics: Mapping[str, Any]) -> list[HeadlineRow]:
+    def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         if "shift" not in metrics:
             return []
-        return [headline_row(("shifted_accuracy",), f"shifted accuracy ({metrics['shift']['set']})",
+        return [base.headline_row(("shifted_accuracy",), f"shifted accuracy ({metrics['shift']['set']})",
                              metrics["shift"], "top1")]
 
 
