@@ -85,7 +85,9 @@ def parse_value(value: Any, hint: Any, where: str) -> Any:
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise UserError(f"{where} must be {describe_type(hint)}, got {value!r}")
-        return {key: parse_value(item, typing.get_args(hint)[1], f"{where}.{key}") for key, item in value.items()}
+        item_hint = typing.get_args(hint)[1]
+        return {key: parse_value(item, item_hint, f"[{where.strip('[]')}.{key}]" if _is_table(item_hint)
+                                 else f"{where}.{key}") for key, item in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if type(value) is hint:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from lpmr_edge.errors import UserError
+from lpmr_edge.schema import parse_table, require
 from lpmr_edge.suite import EvalSettings, suite_from_mapping
 from lpmr_edge.sweep import jobs as worker
 from lpmr_edge.sweep.jobs import JobTask, flatten_metrics, run_job
@@ -186,3 +188,33 @@ def test_a_worker_reuses_its_open_runtime_for_the_next_job_on_it_and_drops_it_af
         assert retried["ok"] and retried["manifest"]["timings"]["runtime_reused"] is False
     finally:
         worker.close_kept_runtime()
+
+
+@dataclass(frozen=True)
+class RuntimeTable:
+    precisions: tuple[str, ...]
+    ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(0 < self.ratio <= 1, "ratio must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class TargetFile:
+    name: str
+    threads: int | None = None
+    runtimes: dict[str, RuntimeTable] = field(default_factory=dict)
+
+
+def test_the_generic_schema_reads_nested_tables_and_names_the_bad_key():
+    parsed = parse_table(TargetFile, {"name": "x", "runtimes": {"ov": {"precisions": ["fp32"], "ratio": 1}}})
+    assert parsed == TargetFile("x", None, {"ov": RuntimeTable(("fp32",), 1.0)})
+    for table, message in (({"threads": 2}, "missing key 'name' in the top level"),
+                           ({"name": "x", "threads": True}, "threads must be an integer, got True"),
+                           ({"name": "x", "runtimes": {"ov": {"precision": []}}},
+                            "unknown key 'precision' in [runtimes.ov]; valid keys: precisions, ratio"),
+                           ({"name": "x", "runtimes": {"ov": {"precisions": ["a"], "ratio": 2}}},
+                            "[runtimes.ov] ratio must be in (0, 1]")):
+        with pytest.raises(UserError) as error:
+            parse_table(TargetFile, table)
+        assert str(error.value) == message
