@@ -90,8 +90,8 @@ def _outcome(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def prepare_worker(_: None = None) -> dict[str, Any]:
     """Import what a job needs (the suite, open_clip, torch and the runtimes) before the first job arrives."""
     def work() -> dict[str, Any]:
-        from lpmr_edge import suite
         from lpmr_edge.runtimes import executorch, openvino, torch_runtime
+        from lpmr_edge.suite import run as suite
 
         return {"modules": [module.__name__ for module in (suite, executorch, openvino, torch_runtime)]}
 
