@@ -12,13 +12,13 @@ from typing import Any
 
 _EXPORTS = {
     "config": ("BUILTIN_SUITES", "SuiteConfig", "load_suite", "stored_suite", "suite_from_mapping"),
-    "families.base": ("EvalSet", "Probe"),
+    "families.base": ("Probe",),
     "families.classification": ("ID_SET", "CalibrationConfig"),
     "families.corruptions": ("CorruptionConfig",),
     "families.ood": ("OodConfig",),
     "families.shift": ("SHIFT_SET", "ShiftConfig"),
     "families.spurious": ("SPURIOUS_SET", "SpuriousConfig"),
-    "outputs": ("METRICS_FILE", "SetOutputs", "load_outputs", "write_result"),
+    "outputs": ("METRICS_FILE", "EvalSet", "SetOutputs", "load_outputs", "write_result"),
     "run": ("EvalSettings", "Progress", "evaluate", "headline_metrics", "key_metrics", "load_suite_outputs",
             "progress_task", "score_outputs", "suite_probes", "suite_set_names"),
 }

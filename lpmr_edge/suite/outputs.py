@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +27,22 @@ from lpmr_edge.zeroshot import cosine_similarities
 
 if TYPE_CHECKING:
     from lpmr_edge.runtimes.base import Runtime
-    from lpmr_edge.suite.families.base import EvalSet
 
 OUTPUTS_DIR = "outputs"
 METRICS_FILE = "metrics.json"
 # What every metrics.json holds (lpmr_edge.results reads them); evaluate adds n, logit_scale and conventions.
 RESULT_KEYS = ("model", "model_label", "runtime", "precision", "executed_precision", "dataset", "datasets",
                "settings", "suite", "metrics", "created")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set: the images and the dataset whose classes make the zero-shot head."""
+
+    name: str
+    dataset: ImageDataset
+    classifier: ImageDataset
+    id_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.stats import CONFIDENCE
 from lpmr_edge.suite.config import load_suite, with_overrides
 from lpmr_edge.suite.families import FAMILIES
-from lpmr_edge.suite.families.base import EvalSet, HeadlineRow, PlanContext, labelled
+from lpmr_edge.suite.families.base import HeadlineRow, PlanContext, labelled
 from lpmr_edge.suite.families.classification import ID_SET, score_context
-from lpmr_edge.suite.outputs import SetOutputs, collect_outputs, load_outputs, write_result
+from lpmr_edge.suite.outputs import EvalSet, SetOutputs, collect_outputs, load_outputs, write_result
 from lpmr_edge.zeroshot import class_embeddings
 
 Progress = Callable[[str, int], typing.ContextManager[Callable[[int], None]]]

@@ -11,18 +11,15 @@ metrics ``pick``/``report``/``plots`` show (``metrics``: ``MetricSpec``), the va
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from lpmr_edge.data import ImageDataset
 from lpmr_edge.errors import UserError
 from lpmr_edge.stats import Summary, Table, with_ci
-
-if TYPE_CHECKING:
-    from lpmr_edge.suite.families.classification import CalibrationConfig
-    from lpmr_edge.suite.outputs import SetOutputs
+from lpmr_edge.suite.outputs import EvalSet, SetOutputs
 
 PERCENT = "%"  # unit of a fraction shown in percent
 POINTS, DIFFERENCE = "percentage points", "difference"  # delta kinds: how a change (result - reference) reads
@@ -84,16 +81,6 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class EvalSet:
-    """One evaluation set: the images and the dataset whose classes make the zero-shot head."""
-
-    name: str
-    dataset: ImageDataset
-    classifier: ImageDataset
-    id_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-
-@dataclass(frozen=True)
 class Probe:
     """A summary function and the tables it summarises, rows in sample order (what a bootstrap resamples).
 
@@ -141,7 +128,7 @@ class ScoreContext:
 
     outputs: Mapping[str, SetOutputs]
     logit_scale: float
-    calibration: CalibrationConfig
+    calibration: Any  # the suite's CalibrationConfig (lpmr_edge.suite.families.classification)
     id_outcomes: Table
 
 
