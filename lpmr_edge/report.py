@@ -46,9 +46,8 @@ from lpmr_edge.results import (
     mean_estimate,
     reference_for,
 )
-from lpmr_edge.suite.families import CLAIMS, METRIC_BY_KEY, METRICS, Claim, MetricSpec
+from lpmr_edge.suite.families import CLAIMS, FAMILIES, METRIC_BY_KEY, METRICS, Claim, MetricSpec
 from lpmr_edge.suite.families.classification import ID_SET
-from lpmr_edge.suite.families.ood import OOD_SCORE, ood_sets
 from lpmr_edge.suite.outputs import outputs_path
 
 FORMAT = "lpmr-edge-report/1"
@@ -99,7 +98,7 @@ def unpaired_delta(result: Result, reference: Result, spec: MetricSpec) -> Delta
 class PairedComparator:
     """Deltas from ``lpmr_edge.compare.compare``: a paired bootstrap over the per-sample outputs both
     results stored. Falls back to ``unpaired_delta`` for a pair it cannot compare, recording why in
-    ``fallbacks``. OOD deltas are averaged over the OOD sets like the OOD metrics (CI: mean of bounds)."""
+    ``fallbacks``. A metric over several instances (e.g. the OOD sets) gets the mean of their deltas (CI: mean of bounds)."""
 
     method = "paired bootstrap on the same samples"
 
@@ -312,13 +311,10 @@ MISSING_PLOT: dict[str, Callable[[Sequence[Result]], str]] = {
 
 
 def _notes(results: Sequence[Result], comparator: Comparator) -> list[str]:
-    sets = sorted({name for result in results for name in ood_sets(result.raw["metrics"])})
     notes = [("Latency: median of one image-tower call at the smallest benchmarked batch (`lpmr-edge bench`); "
               "size: the image tower's files. Emulated timings are shown but never used for the Pareto front "
               "or latency constraints.")]
-    if sets:
-        notes.append(f"OOD metrics use the {OOD_SCORE} score averaged over the OOD sets ({', '.join(sets)}); the "
-                     "CI of that mean (and of its delta) is the mean of the per-set CIs, which is conservative.")
+    notes += [note for family in FAMILIES for note in family.report_notes([r.raw["metrics"] for r in results])]
     fallbacks = getattr(comparator, "fallbacks", {})
     unpaired = "; ".join(fallbacks) + f" (e.g. {next(iter(fallbacks.values()))})" if fallbacks else "all results"
     if comparator is unpaired_delta or fallbacks:

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import run_cli
-from factories import write_synthetic_result as write_result
+from factories import run_cli, write_synthetic_result
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.pick import Constraints, NoFeasibleChoice, pareto_front, pick, require_recommendations
@@ -23,9 +22,9 @@ def _recommended(root: Path, **constraints: Any) -> str:
 @pytest.fixture
 def x86(tmp_path: Path) -> Path:
     """fp32 (slow, large, accurate), int8 (fast, small, -2 pp), int4-w (fastest, tiny, -6 pp) on x86."""
-    write_result(tmp_path, "x86", "openvino", "fp32", latency_ms=10, size_mb=100)
-    write_result(tmp_path, "x86", "openvino", "int8", latency_ms=4, size_mb=26, top1=0.78)
-    write_result(tmp_path, "x86", "openvino", "int4-w", latency_ms=3, size_mb=14, top1=0.74)
+    write_synthetic_result(tmp_path, "x86", "openvino", "fp32", latency_ms=10, size_mb=100)
+    write_synthetic_result(tmp_path, "x86", "openvino", "int8", latency_ms=4, size_mb=26, top1=0.78)
+    write_synthetic_result(tmp_path, "x86", "openvino", "int4-w", latency_ms=3, size_mb=14, top1=0.74)
     return tmp_path
 
 
@@ -49,15 +48,15 @@ def test_latency_size_and_accuracy_drop_constraints_are_honoured(x86: Path):
 def test_each_objective_prefers_its_better_direction(tmp_path: Path, objective: str, metric: str, better: float,
                                                     worse: float):
     # The worse variant is the fastest: only a correct direction makes the slower one win.
-    write_result(tmp_path, "x86", "openvino", "fp32", latency_ms=10, **{metric: better})
-    write_result(tmp_path, "x86", "openvino", "int8", latency_ms=2, **{metric: worse})
+    write_synthetic_result(tmp_path, "x86", "openvino", "fp32", latency_ms=10, **{metric: better})
+    write_synthetic_result(tmp_path, "x86", "openvino", "int8", latency_ms=2, **{metric: worse})
     assert _recommended(tmp_path, objective=objective) == "openvino fp32"
 
 
 def test_statistical_ties_go_to_the_faster_variant_and_pareto_lists_alternatives(tmp_path: Path):
-    write_result(tmp_path, "x86", "openvino", "fp32", latency_ms=10, ece=0.050)
-    write_result(tmp_path, "x86", "openvino", "int8", latency_ms=4, ece=0.052)  # CIs overlap: tied
-    write_result(tmp_path, "x86", "executorch", "int8", latency_ms=3, ece=0.070)  # faster but clearly worse
+    write_synthetic_result(tmp_path, "x86", "openvino", "fp32", latency_ms=10, ece=0.050)
+    write_synthetic_result(tmp_path, "x86", "openvino", "int8", latency_ms=4, ece=0.052)  # CIs overlap: tied
+    write_synthetic_result(tmp_path, "x86", "executorch", "int8", latency_ms=3, ece=0.070)  # faster but clearly worse
     (choice,) = pick(load_results([tmp_path]), Constraints(objective="ece"))
     assert choice.recommended.variant == "openvino int8"
     assert "whose 95% CI overlaps the best's (openvino fp32" in choice.reason
@@ -66,9 +65,9 @@ def test_statistical_ties_go_to_the_faster_variant_and_pareto_lists_alternatives
 
 
 def test_emulated_timings_never_satisfy_a_latency_constraint(tmp_path: Path):
-    write_result(tmp_path, "arm", "executorch", "fp32", latency_ms=500, emulated=True)
-    write_result(tmp_path, "arm", "executorch", "int8", latency_ms=1, emulated=True)
-    write_result(tmp_path, "arm", "executorch", "int4-w", latency_ms=None)
+    write_synthetic_result(tmp_path, "arm", "executorch", "fp32", latency_ms=500, emulated=True)
+    write_synthetic_result(tmp_path, "arm", "executorch", "int8", latency_ms=1, emulated=True)
+    write_synthetic_result(tmp_path, "arm", "executorch", "int4-w", latency_ms=None)
     results = load_results([tmp_path])
     assert pick(results, Constraints())[0].recommended is not None  # no latency constraint: fine
     (choice,) = pick(results, Constraints(max_latency_ms=1000))
@@ -81,10 +80,10 @@ def test_emulated_timings_never_satisfy_a_latency_constraint(tmp_path: Path):
 
 
 def test_references_and_pareto_front(tmp_path: Path):
-    torch = write_result(tmp_path, "host", "torch", "fp32")
-    write_result(tmp_path, "x86", "openvino", "fp32")
-    write_result(tmp_path, "x86", "executorch", "int8")
-    write_result(tmp_path, "arm", "executorch", "int8")
+    torch = write_synthetic_result(tmp_path, "host", "torch", "fp32")
+    write_synthetic_result(tmp_path, "x86", "openvino", "fp32")
+    write_synthetic_result(tmp_path, "x86", "executorch", "int8")
+    write_synthetic_result(tmp_path, "arm", "executorch", "int8")
     results = {(r.target, r.variant): r for r in load_results([tmp_path])}
     # Same runtime first, then another runtime's FP32 on the target, then the torch reference.
     assert reference_for(results["x86", "executorch int8"], list(results.values())).variant == "openvino fp32"
@@ -112,7 +111,7 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path: Path):
         load_results([tmp_path])
     with pytest.raises(UserError, match="results path not found"):
         load_results([tmp_path / "missing"])
-    broken = write_result(tmp_path, "x86", "openvino", "fp32")
+    broken = write_synthetic_result(tmp_path, "x86", "openvino", "fp32")
     (broken / "metrics.json").write_text("{")
     with pytest.raises(UserError, match="not valid JSON"):
         read_result(broken)

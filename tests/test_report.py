@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import run_cli
-from factories import write_synthetic_result as write_result
+from factories import run_cli, write_synthetic_result
 
 from lpmr_edge import plots
 from lpmr_edge.errors import UserError
@@ -41,14 +40,14 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """x86 (measured): fp32, int8 (better calibration/OOD/noise/shift, worse accuracy and worst group) and
     int4-w (worse accuracy and ECE); arm (emulated timings): fp32 and an unchanged int8; the host's torch."""
     root = tmp_path_factory.mktemp("results")
-    write_result(root, "host", "torch", "fp32", latency_ms=None)
-    write_result(root, "x86", "openvino", "fp32", latency_ms=10, size_mb=100)
-    write_result(root, "x86", "openvino", "int8", latency_ms=3, size_mb=26, top1=0.79, ece=0.03, auroc=0.93,
+    write_synthetic_result(root, "host", "torch", "fp32", latency_ms=None)
+    write_synthetic_result(root, "x86", "openvino", "fp32", latency_ms=10, size_mb=100)
+    write_synthetic_result(root, "x86", "openvino", "int8", latency_ms=3, size_mb=26, top1=0.79, ece=0.03, auroc=0.93,
                  corrupted=0.63, shifted=0.52, worst_group=0.22)
-    write_result(root, "x86", "openvino", "int4-w", latency_ms=4, size_mb=14, top1=0.75, ece=0.07,
+    write_synthetic_result(root, "x86", "openvino", "int4-w", latency_ms=4, size_mb=14, top1=0.75, ece=0.07,
                  warnings=("image tower: INFERENCE_PRECISION_HINT f16 was requested but bf16 executes",))
-    write_result(root, "arm", "executorch", "fp32", latency_ms=900, emulated=True)
-    write_result(root, "arm", "executorch", "int8", latency_ms=400, emulated=True, size_mb=26)
+    write_synthetic_result(root, "arm", "executorch", "fp32", latency_ms=900, emulated=True)
+    write_synthetic_result(root, "arm", "executorch", "int8", latency_ms=400, emulated=True, size_mb=26)
     return root
 
 

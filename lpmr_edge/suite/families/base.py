@@ -10,7 +10,7 @@ metrics ``pick``/``report``/``plots`` show (``metrics``: ``MetricSpec``), the va
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -196,6 +196,11 @@ class Family:
 
     def headline(self, metrics: Mapping[str, Any]) -> list[HeadlineRow]:
         """Headline rows of a result's ``metrics.json`` tree (the family's part, if it was measured)."""
+        return []
+
+    def report_notes(self, metrics: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Notes the report adds about how the family's metrics were summarised (``metrics``: every
+        result's ``metrics.json`` tree)."""
         return []
 
     def conventions(self, config: Any) -> dict[str, str]:

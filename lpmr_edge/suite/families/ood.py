@@ -3,7 +3,7 @@ AUPR-in/-out for every score (MSP, MCM, max logit, energy)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -96,6 +96,13 @@ class Ood(base.Family):
     def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         return [base.headline_row(("ood_auroc", name, score), f"OOD AUROC {name} ({score})", by_score[score], "auroc")
                 for name, by_score in metrics.get("ood", {}).get("sets", {}).items() for score in OOD_SCORES]
+
+    def report_notes(self, metrics: Sequence[Mapping[str, Any]]) -> list[str]:
+        sets = sorted({name for tree in metrics for name in ood_sets(tree)})
+        if not sets:
+            return []
+        return [(f"OOD metrics use the {OOD_SCORE} score averaged over the OOD sets ({', '.join(sets)}); the CI "
+                 "of that mean (and of its delta) is the mean of the per-set CIs, which is conservative.")]
 
     def conventions(self, config: OodConfig | None) -> dict[str, str]:
         return {"ood": ID_POSITIVE}
