@@ -1,13 +1,15 @@
 """The report's figures, drawn with matplotlib's Agg canvas and returned as PNG bytes.
 
 Every function takes the results of one (model, target) and returns None when the results hold no
-data for that figure (e.g. no measured latency, or a suite without corruptions).
+data for that figure (e.g. no measured latency, or a suite without corruptions). ``FIGURES`` lists the
+kinds the report draws, each with its caption and why it can be missing.
 """
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from matplotlib import rc_context
@@ -198,3 +200,38 @@ def spectrum_figure(group: Sequence[Result], spectra: Mapping[str, Mapping[str, 
             ax.grid(alpha=0.3)
         figure.suptitle(f"{title}: spectrum of the clean-ID image features", wrap=True)
         return _png(figure)
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """A figure of the report: ``draw(group, references, spectra, title)`` (None: no data), its caption, and
+    ``missing(group)``: why a group has none."""
+
+    name: str
+    caption: str
+    draw: Callable[[Sequence[Result], Mapping[str, Result], Mapping[str, Mapping[str, Any]], str], bytes | None]
+    missing: Callable[[Sequence[Result]], str]
+
+
+def _missing_timing(group: Sequence[Result]) -> str:
+    if any(result.timing for result in group):
+        return "only emulated timings on this target (not device latencies)"
+    return "no bench JSON beside these results (run `lpmr-edge bench`)"
+
+
+FIGURES = (  # drawers looked up when called, so each stays replaceable by name
+    FigureKind("tradeoff", "Trade-off: reliability metrics vs measured latency; the black line is the Pareto front, "
+               "error bars are 95% CIs", lambda group, refs, spectra, title: tradeoff_figure(group, title),
+               _missing_timing),
+    FigureKind("reliability", "Reliability diagrams: FP32 reference (dashed black) vs each quantized result",
+               lambda group, refs, spectra, title: reliability_figure(group, refs, title),
+               lambda group: "no quantized result with an FP32 reference here"),
+    FigureKind("severity", "Severity: top-1 accuracy vs corruption severity, mean over corruption kinds",
+               lambda group, refs, spectra, title: severity_figure(group, title),
+               lambda group: "the suite had no corruptions (use --suite quick or full)"),
+    FigureKind("spectrum", "Spectrum: where the quantization residual lives in the FP32 representation's "
+               "spectrum, and how much each component's variance is damped (gain < 1)",
+               lambda group, refs, spectra, title: spectrum_figure(group, spectra, title),
+               lambda group: "no quantized result whose clean-ID outputs can be compared with its reference's"),
+)
+CAPTIONS = {kind.name: kind.caption for kind in FIGURES}

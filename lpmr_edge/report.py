@@ -274,14 +274,12 @@ def build_report(results: Sequence[Result], constraints: Constraints,
         references = {row.result.variant: row.reference for row in group_rows if row.reference}
         spectra = {row.result.variant: row.spectrum for row in group_rows if row.spectrum}
         title = target if len({key[0] for key in rows}) == 1 else f"{target} ({model})"
-        drawn = {"tradeoff": plots.tradeoff_figure(group, title),
-                 "reliability": plots.reliability_figure(group, references, title),
-                 "severity": plots.severity_figure(group, title),
-                 "spectrum": plots.spectrum_figure(group, spectra, title)}
+        drawn = {kind.name: kind.draw(group, references, spectra, title) for kind in plots.FIGURES}
         files = {kind: f"{_slug(model)}-{_slug(target)}-{kind}.png" for kind, png in drawn.items() if png}
         figures.update({files[kind]: png for kind, png in drawn.items() if png})
         plot_index.append({"model": model, "target": target, "files": files,
-                           "missing": {kind: MISSING_PLOT[kind](group) for kind, png in drawn.items() if not png}})
+                           "missing": {kind.name: kind.missing(group) for kind in plots.FIGURES
+                                       if not drawn[kind.name]}})
         warnings = [r.manifest["runtime"].get("warnings", []) for r in group]
         tables.append({"model": model, "target": target, "rows": [row.to_json() for row in group_rows],
                        "warnings": list(dict.fromkeys(w for listed in warnings for w in listed))})
@@ -294,20 +292,6 @@ def build_report(results: Sequence[Result], constraints: Constraints,
         "notes": _notes(results, comparator),
     }
     return report, figures
-
-
-def _missing_timing(group: Sequence[Result]) -> str:
-    if any(result.timing for result in group):
-        return "only emulated timings on this target (not device latencies)"
-    return "no bench JSON beside these results (run `lpmr-edge bench`)"
-
-
-MISSING_PLOT: dict[str, Callable[[Sequence[Result]], str]] = {
-    "tradeoff": _missing_timing,
-    "reliability": lambda group: "no quantized result with an FP32 reference here",
-    "severity": lambda group: "the suite had no corruptions (use --suite quick or full)",
-    "spectrum": lambda group: "no quantized result whose clean-ID outputs can be compared with its reference's",
-}
 
 
 def _notes(results: Sequence[Result], comparator: Comparator) -> list[str]:

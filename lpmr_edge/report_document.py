@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lpmr_edge.pick import OBJECTIVES
+from lpmr_edge.plots import CAPTIONS
 from lpmr_edge.results import HOST_TARGET, Estimate, format_estimate
 from lpmr_edge.suite.families import METRIC_BY_KEY, METRICS, MetricSpec
 from lpmr_edge.suite.families.base import POINTS
@@ -148,14 +149,6 @@ def _provenance_blocks(report: Mapping[str, Any]) -> list[Block]:
         *report["notes"]))]
 
 
-FIGURE_CAPTIONS = {"tradeoff": "Trade-off: reliability metrics vs measured latency; the black line is the "
-                               "Pareto front, error bars are 95% CIs",
-                   "reliability": "Reliability diagrams: FP32 reference (dashed black) vs each quantized result",
-                   "severity": "Severity: top-1 accuracy vs corruption severity, mean over corruption kinds",
-                   "spectrum": "Spectrum: where the quantization residual lives in the FP32 representation's "
-                               "spectrum, and how much each component's variance is damped (gain < 1)"}
-
-
 def document(report: Mapping[str, Any]) -> list[Block]:
     """The report (report.json content) as a sequence of blocks, rendered to HTML and Markdown alike."""
     models = report["provenance"]["models"]
@@ -172,9 +165,9 @@ def document(report: Mapping[str, Any]) -> list[Block]:
         blocks += [Block("heading", f"{heading} ({table['model']})")]
         blocks += [Block("paragraph", f"Warning: {warning}.", style="warning") for warning in table["warnings"]]
         blocks.append(_target_table(table))
-        blocks += [Block("figure", file, style=FIGURE_CAPTIONS[kind]) for kind, file in plot_entry["files"].items()]
+        blocks += [Block("figure", file, style=CAPTIONS[kind]) for kind, file in plot_entry["files"].items()]
         if table["target"] != HOST_TARGET:  # the reference has nothing to compare; say why only for targets
-            blocks += [Block("paragraph", f"No {FIGURE_CAPTIONS[kind].split(':')[0].lower()} plot: {why}.",
+            blocks += [Block("paragraph", f"No {CAPTIONS[kind].split(':')[0].lower()} plot: {why}.",
                              style="muted") for kind, why in plot_entry["missing"].items()]
     return blocks + _provenance_blocks(report)
 
