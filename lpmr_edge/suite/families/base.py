@@ -151,6 +151,11 @@ def labelled(dataset: ImageDataset, role: str) -> ImageDataset:
     return dataset
 
 
+def in_quick_and_full(config: Any) -> dict[str, Any]:
+    """``presets`` of a family that the quick and full built-in suites run with ``config``."""
+    return {"quick": config, "full": config}
+
+
 HeadlineRow = tuple[tuple[str, ...], str, float, list]  # (key path, label, value, 95% CI)
 
 
@@ -169,10 +174,11 @@ class Family:
     presets: ClassVar[Mapping[str, Any]] = {}  # built-in suite name -> the family's config there (absent: off)
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
     claims: ClassVar[tuple[Claim, ...]] = ()
+    set_name: ClassVar[str | None] = None  # the outputs name of a family's one evaluation set
 
     def set_names(self, config: Any) -> list[str]:
-        """Outputs names of the family's evaluation sets."""
-        return []
+        """Outputs names of the family's evaluation sets (by default its ``set_name``, if any)."""
+        return [self.set_name] if self.set_name else []
 
     def plan(self, config: Any, context: PlanContext) -> list[EvalSet]:
         """The family's evaluation sets."""

@@ -98,13 +98,11 @@ class Classification(base.Family):
     name = "classification"
     table = "calibration"
     config = CalibrationConfig
+    set_name = ID_SET
     required = True
     metrics = (TOP1, ECE, NLL)
     claims = (base.Claim("accuracy", "Quantization can (rarely) improve accuracy", "top1", "improve"),
               base.Claim("calibration", "Quantization can improve calibration (lower ECE)", "ece", "improve"))
-
-    def set_names(self, config: CalibrationConfig) -> list[str]:
-        return [ID_SET]
 
     def plan(self, config: CalibrationConfig, context: base.PlanContext) -> list[base.EvalSet]:
         return [base.EvalSet(ID_SET, context.id_set, context.id_set)]

@@ -59,7 +59,7 @@ class Ood(base.Family):
     name = "ood"
     table = "ood"
     config = OodConfig
-    presets: ClassVar[Mapping[str, Any]] = {"quick": OodConfig(), "full": OodConfig()}
+    presets: ClassVar[Mapping[str, Any]] = base.in_quick_and_full(OodConfig())
     metrics = (AUROC, FPR95)
     claims = (base.Claim("ood", "Quantization can improve OOD detection (higher AUROC)", "auroc", "improve"),)
 

@@ -43,13 +43,11 @@ class Shift(base.Family):
     name = "shift"
     table = "shift"
     config = ShiftConfig
-    presets: ClassVar[Mapping[str, Any]] = {"quick": ShiftConfig(), "full": ShiftConfig()}
+    set_name = SHIFT_SET
+    presets: ClassVar[Mapping[str, Any]] = base.in_quick_and_full(ShiftConfig())
     metrics = (SHIFTED,)
     claims = (base.Claim("covariate_shift", "Quantization does not help under covariate shift (shifted accuracy)",
                          "shifted", "not improve"),)
-
-    def set_names(self, config: ShiftConfig) -> list[str]:
-        return [SHIFT_SET]
 
     def plan(self, config: ShiftConfig, context: base.PlanContext) -> list[base.EvalSet]:
         shifted = (shift(context.id_set, config.set, context.seed) if config.set in SHIFTS

@@ -42,13 +42,11 @@ class Spurious(base.Family):
     name = "spurious"
     table = "spurious"
     config = SpuriousConfig
-    presets: ClassVar[Mapping[str, Any]] = {"quick": SpuriousConfig(), "full": SpuriousConfig()}
+    set_name = SPURIOUS_SET
+    presets: ClassVar[Mapping[str, Any]] = base.in_quick_and_full(SpuriousConfig())
     metrics = (WORST_GROUP,)
     claims = (base.Claim("spurious", "Quantization can worsen reliance on spurious correlations (worst-group accuracy)",
                          "worst_group", "worsen"),)
-
-    def set_names(self, config: SpuriousConfig) -> list[str]:
-        return [SPURIOUS_SET]
 
     def plan(self, config: SpuriousConfig, context: base.PlanContext) -> list[base.EvalSet]:
         grouped = base.labelled(context.load(config.set), "spurious-correlation")
