@@ -2,6 +2,7 @@
 resume, corruptions and shifts, group-labelled sets, paired comparison and the spectrum command."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -21,7 +22,8 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import sha256_json
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.runtimes.torch_runtime import TorchRuntime
-from lpmr_edge.suite import EvalSettings, evaluate, load_suite, suite_set_names
+from lpmr_edge.suite import EvalSettings, SuiteConfig, evaluate, load_suite, suite_set_names
+from lpmr_edge.suite.families import CLAIMS, FAMILIES, METRIC_BY_KEY, METRICS
 
 SMALL_SUITE = """
 bootstrap_resamples = 40
@@ -102,6 +104,14 @@ def test_builtin_suites():
     assert load_suite("basic").ood is None and load_suite("basic").calibration.bins == 15
     example = load_suite(str(Path(__file__).parents[1] / "suites" / "example.toml"))
     assert example.name == "example" and example.corruptions.images == 500 and example.spurious.set == "fmnist-colour"
+
+
+def test_families_are_registered_once_and_make_the_suite_tables():
+    assert len(METRIC_BY_KEY) == len(METRICS) and all(claim.metric in METRIC_BY_KEY for claim in CLAIMS)
+    tables = [family.table for family in FAMILIES if family.table]
+    assert [f.name for f in dataclasses.fields(SuiteConfig)] == ["name", "id", "limit", "bootstrap_resamples",
+                                                                 *tables]
+    assert tables == ["calibration", "ood", "corruptions", "shift", "spurious"]
 
 
 @pytest.mark.parametrize("content, message", [
@@ -207,6 +217,8 @@ def test_compare_against_the_reference(runs: dict[str, Path]):
                                                                        "no significant change")
     assert comparison["result"]["executed_precision"] == "int8 (simulated)"
     assert comparison["spectrum"]["relative_residual_norm"] > 0
+    metrics = _metrics(runs["int8"])["metrics"]
+    assert all(set(spec.expand(spec.paired, metrics)) <= set(deltas) for spec in METRICS)  # report reads these
     identical = compare(runs["fp32"], runs["fp32"])
     assert all(d["delta"] == 0 and d["verdict"] == "no significant change" for d in identical["deltas"].values())
     assert identical["mcnemar"]["id"] == {"only_result_correct": 0, "only_reference_correct": 0, "p_value": 1.0}
