@@ -48,6 +48,7 @@ from lpmr_edge.results import (
 )
 from lpmr_edge.suite.families import CLAIMS, FAMILIES, METRIC_BY_KEY, METRICS, Claim, MetricSpec
 from lpmr_edge.suite.families.classification import ID_SET
+from lpmr_edge.suite.families.spectrum import spectrum_of_results
 from lpmr_edge.suite.outputs import outputs_path
 
 FORMAT = "lpmr-edge-report/1"
@@ -144,7 +145,7 @@ class Row:
     result: Result
     reference: Result | None
     deltas: Mapping[str, Delta]
-    spectrum: Mapping[str, Any] | None  # lpmr_edge.spectrum diagnostic against the reference
+    spectrum: Mapping[str, Any] | None  # the spectrum family's diagnostic against the reference
 
     def to_json(self) -> dict[str, Any]:
         """JSON form: the result's summary plus ``reference``, per-metric ``delta`` and ``spectrum``
@@ -176,8 +177,6 @@ def _spectrum(result: Result, reference: Result) -> dict[str, Any] | None:
     """The spectral diagnostic of a result's clean-ID features against its reference's, if both stored them."""
     if not (has_outputs(result) and has_outputs(reference)):
         return None
-    from lpmr_edge.spectrum import spectrum_of_results
-
     try:
         return spectrum_of_results(result.directory, reference.directory)
     except UserError:

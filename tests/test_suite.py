@@ -20,6 +20,7 @@ from lpmr_edge.data import load_dataset
 from lpmr_edge.data.shifts import CORRUPTIONS, CUE_COLOURS, corrupt, shift
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import sha256_json
+from lpmr_edge.report import write_report
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.runtimes.torch_runtime import TorchRuntime
 from lpmr_edge.suite import EvalSettings, SuiteConfig, evaluate, load_suite, suite_set_names
@@ -222,6 +223,17 @@ def test_compare_against_the_reference(runs: dict[str, Path]):
     identical = compare(runs["fp32"], runs["fp32"])
     assert all(d["delta"] == 0 and d["verdict"] == "no significant change" for d in identical["deltas"].values())
     assert identical["mcnemar"]["id"] == {"only_result_correct": 0, "only_reference_correct": 0, "p_value": 1.0}
+
+
+def test_report_compares_stored_outputs_pairwise(runs: dict[str, Path], tmp_path: Path):
+    report = write_report([runs["fp32"], runs["int8"]], tmp_path / "report")
+    (row,) = [row for table in report["tables"] for row in table["rows"] if row["reference"]]
+    assert row["variant"] == "coarse int8" and row["reference"] == "torch fp32"
+    assert row["spectrum"]["relative_residual_norm"] > 0 and "per_rank" not in row["spectrum"]
+    paired = compare(runs["int8"], runs["fp32"])["deltas"]
+    assert row["metrics"]["top1"]["delta"]["method"] == "paired bootstrap on the same samples"
+    assert row["metrics"]["top1"]["delta"]["value"] == pytest.approx(paired["id.top1"]["delta"])
+    assert row["metrics"]["auroc"]["delta"]["value"] == pytest.approx(paired["ood.digits.msp.auroc"]["delta"])
 
 
 def test_compare_refuses_different_samples(runs: dict[str, Path], tmp_path: Path):
