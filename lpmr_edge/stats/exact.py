@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import beta, binomtest
 
 from lpmr_edge.stats.bootstrap import CONFIDENCE
 
@@ -39,47 +39,59 @@ def proportion_interval(successes: int, n: int, confidence: float = CONFIDENCE, 
     return [float(interval.low), float(interval.high)]
 
 
+def clopper_pearson_bounds(successes: np.ndarray, n: np.ndarray, lower_confidence: float,
+                          upper_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided exact (Clopper–Pearson) lower and upper bounds at the given confidences, vectorised.
+
+    The same bounds as ``proportion_interval(k, n, c, "clopper-pearson", "greater"/"less")``.
+    """
+    successes, n = np.asarray(successes, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        lower = np.where(successes > 0, beta.ppf(1.0 - lower_confidence, successes, n - successes + 1), 0.0)
+        upper = np.where(successes < n, beta.ppf(upper_confidence, successes + 1, n - successes), 1.0)
+    return lower, upper
+
+
 def worst_group_accuracy(correct_by_group: Mapping[str, np.ndarray], min_group_size: int = MIN_GROUP_SIZE,
-                         confidence: float = CONFIDENCE, method: str = "clopper-pearson") -> dict[str, Any]:
-    """Each group's accuracy with an exact interval, and the worst group's accuracy with an interval.
+                         confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Each group's accuracy with an exact (Clopper–Pearson) interval, and the worst group's accuracy.
 
     Worst-group interval for min_g p_g, at least ``confidence`` by construction (alpha = 1 - confidence):
-      low  = min_g of the one-sided (1 - alpha/2) lower bounds  (fails only if the truly worst group's
+      low  = min_g of the one-sided (1 - alpha/2) lower bounds (fails only if the truly worst group's
              bound does: probability <= alpha/2);
       high = min_g of the one-sided (1 - alpha/(2G)) upper bounds (Bonferroni over the G groups: fails only
              if some group's bound falls below its own accuracy: probability <= alpha/2).
-    It contains the observed worst accuracy. When the smallest group has fewer than ``min_group_size``
-    samples, ``status`` is "not enough data" and ``value``/``ci`` are None (the groups are still listed).
+    It contains the observed worst accuracy. Close to nominal when one group is clearly worst; conservative
+    (towards 99.5%) when several groups tie for worst. When the smallest group has fewer than
+    ``min_group_size`` samples, ``status`` is "not enough data" and ``value``/``ci`` are None (the groups
+    are still listed).
 
     Returns ``{"value", "ci", "method", "status", "reason", "n", "n_groups", "min_group_size",
     "worst_group": {"name", "n", "accuracy"}, "smallest_group": {"name", "n"},
     "groups": {name: {"n", "correct", "accuracy", "ci"}}}``.
     """
-    if not correct_by_group:
-        raise ValueError("worst-group accuracy needs at least one group")
-    alpha = 1.0 - confidence
-    groups: dict[str, dict[str, Any]] = {}
-    lows, highs = [], []
-    for name, correct in correct_by_group.items():
-        n, hits = len(correct), int(np.sum(correct))
-        if not n:
-            raise ValueError(f"group '{name}' has no samples")
-        groups[name] = {"n": n, "correct": hits, "accuracy": hits / n,
-                        "ci": proportion_interval(hits, n, confidence, method)}
-        lows.append(proportion_interval(hits, n, 1.0 - alpha / 2, method, "greater")[0])
-        highs.append(proportion_interval(hits, n, 1.0 - alpha / (2 * len(correct_by_group)), method, "less")[1])
-    worst = min(groups, key=lambda name: groups[name]["accuracy"])
-    smallest = min(groups, key=lambda name: groups[name]["n"])
-    enough = groups[smallest]["n"] >= min_group_size
+    names = list(correct_by_group)
+    sizes = np.array([len(correct_by_group[name]) for name in names])
+    if not len(names) or not sizes.min():
+        raise ValueError("worst-group accuracy needs at least one group, each with samples")
+    hits = np.array([int(np.sum(correct_by_group[name])) for name in names])
+    alpha, accuracies = 1.0 - confidence, hits / sizes
+    low, high = clopper_pearson_bounds(hits, sizes, 1.0 - alpha / 2, 1.0 - alpha / 2)
+    worst_low, _ = clopper_pearson_bounds(hits, sizes, 1.0 - alpha / 2, 1.0)
+    _, worst_high = clopper_pearson_bounds(hits, sizes, 0.0, 1.0 - alpha / (2 * len(names)))
+    worst, smallest = int(np.argmin(accuracies)), int(np.argmin(sizes))
+    enough = bool(sizes[smallest] >= min_group_size)
     return {
-        "value": groups[worst]["accuracy"] if enough else None,
-        "ci": [float(min(lows)), float(min(highs))] if enough else None,
-        "method": f"{method} per group; worst group: min of lower bounds, min of Bonferroni upper bounds",
+        "value": float(accuracies[worst]) if enough else None,
+        "ci": [float(worst_low.min()), float(worst_high.min())] if enough else None,
+        "method": "exact: Clopper–Pearson per group; worst group: min of lower bounds, min of Bonferroni upper bounds",
         "status": "ok" if enough else NOT_ENOUGH_DATA,
-        "reason": "" if enough else (f"the smallest group '{smallest}' has {groups[smallest]['n']} samples, "
+        "reason": "" if enough else (f"the smallest group '{names[smallest]}' has {sizes[smallest]} samples, "
                                      f"fewer than the minimum group size {min_group_size}"),
-        "n": sum(group["n"] for group in groups.values()), "n_groups": len(groups), "min_group_size": min_group_size,
-        "worst_group": {"name": worst, "n": groups[worst]["n"], "accuracy": groups[worst]["accuracy"]},
-        "smallest_group": {"name": smallest, "n": groups[smallest]["n"]},
-        "groups": groups,
+        "n": int(sizes.sum()), "n_groups": len(names), "min_group_size": min_group_size,
+        "worst_group": {"name": names[worst], "n": int(sizes[worst]), "accuracy": float(accuracies[worst])},
+        "smallest_group": {"name": names[smallest], "n": int(sizes[smallest])},
+        "groups": {name: {"n": int(size), "correct": int(hit), "accuracy": float(hit / size),
+                          "ci": [float(lower), float(upper)]}
+                   for name, size, hit, lower, upper in zip(names, sizes, hits, low, high)},
     }
