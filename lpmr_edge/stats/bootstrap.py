@@ -109,15 +109,17 @@ def bca_p_greater(estimate: float, draws: np.ndarray, jackknife: np.ndarray, nul
     """One-sided p-value of H0: theta <= ``null`` that inverts the BCa interval.
 
     The one-sided BCa lower bound at level alpha exceeds ``null`` exactly when alpha > p:
-    p = Phi(w / (1 + a w) - z0) with w = Phi^-1(G(null)) - z0, G the draws' CDF (ties counted half,
-    clipped to [1/2B, 1-1/2B], so p resolves to about 1/2B). H0: theta >= null has p = 1 - this.
+    p = Phi(w / (1 + a w) - z0) with w = Phi^-1(G(null)) - z0, G the draws' CDF (ties counted half);
+    1/2B (or 1 - 1/2B) when ``null`` lies beyond every draw. H0: theta >= null has p = 1 - this.
     """
     draws = draws[np.isfinite(draws)]
     if not len(draws) or not np.isfinite(estimate):
         return float("nan")
     z0, accel = _bias_correction(estimate, draws), acceleration(jackknife)
     share = (np.sum(draws < null) + 0.5 * np.sum(draws == null)) / len(draws)
-    w = float(ndtri(np.clip(share, 0.5 / len(draws), 1.0 - 0.5 / len(draws)))) - z0
+    if share in (0.0, 1.0):  # null beyond every draw: p only known to be below about 1/B
+        return 0.5 / len(draws) if share == 0.0 else 1.0 - 0.5 / len(draws)
+    w = float(ndtri(share)) - z0
     if 1.0 + accel * w <= 0:
         return 0.0 if w > 0 else 1.0
     return float(ndtr(w / (1.0 + accel * w) - z0))
