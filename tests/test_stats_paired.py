@@ -6,7 +6,17 @@ import pytest
 from scipy.special import ndtr
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.stats import BEST, EQUIVALENT, UNDECIDED, WORSE, bootstrap_ci, paired_decisions
+from lpmr_edge.metrics import expected_calibration_error
+from lpmr_edge.stats import (
+    BEST,
+    EQUIVALENT,
+    UNDECIDED,
+    WORSE,
+    MetricRule,
+    bootstrap_ci,
+    paired_decisions,
+    paired_metric_decisions,
+)
 
 
 def _top1(tables):
@@ -95,3 +105,23 @@ def test_undecided_without_margin_and_input_checks():
         paired_decisions(_top1, candidates, "top1", True, reference="third")
     with pytest.raises(UserError, match="margin"):
         paired_decisions(_top1, candidates, "top1", True, margin=-0.1)
+
+
+def test_many_metrics_of_one_pair_come_from_one_paired_bootstrap():
+    rng = np.random.default_rng(2)
+    confidence = rng.beta(4, 2, 1500)
+    reference = {"correct": (rng.random(1500) < confidence).astype(float), "confidence": confidence}
+    result = {"correct": reference["correct"].copy(), "confidence": np.clip(confidence + 0.08, 0, 1)}  # overconfident
+
+    def summary(tables):
+        table = tables[0]
+        return {"top1": float(np.mean(table["correct"])),
+                "ece": expected_calibration_error(table["confidence"], table["correct"])}
+
+    rules = {"top1": MetricRule(True, 0.005), "ece": MetricRule(False, 0.005)}
+    decided = paired_metric_decisions(summary, [result], [reference], rules, names=("int8", "fp32"), n_resamples=300)
+    assert decided["top1"].decision == EQUIVALENT and decided["top1"].difference == 0.0
+    assert decided["ece"].decision == WORSE and decided["ece"].candidate == "int8" and decided["ece"].reference == "fp32"
+    alone = paired_decisions(summary, {"int8": [result], "fp32": [reference]}, "ece", False, reference="fp32",
+                             margin=0.005, n_resamples=300)["int8"]
+    assert alone == decided["ece"]  # the same resampled rows whatever else is compared

@@ -33,13 +33,23 @@ from lpmr_edge.stats.multiplicity import (
     deduplicate,
     holm,
 )
-from lpmr_edge.stats.paired import BEST, BETTER, EQUIVALENT, UNDECIDED, WORSE, PairedDecision, paired_decisions
+from lpmr_edge.stats.paired import (
+    BEST,
+    BETTER,
+    EQUIVALENT,
+    UNDECIDED,
+    WORSE,
+    MetricRule,
+    PairedDecision,
+    paired_decisions,
+    paired_metric_decisions,
+)
 
 __all__ = [
     "BCA", "BEST", "BETTER", "CONFIDENCE", "DEFAULT_RESAMPLES", "DOES_NOT_HOLD", "EQUIVALENT", "HOLDS",
     "JACKKNIFE_GROUPS", "MIN_GROUP_SIZE", "MIXED", "NOT_ENOUGH_DATA", "NOT_SIGNIFICANT", "UNDECIDED", "WORSE",
-    "Evidence", "PairedDecision", "Summary", "Table", "bca_estimates", "bca_interval", "bca_p_greater",
+    "Evidence", "MetricRule", "PairedDecision", "Summary", "Table", "bca_estimates", "bca_interval", "bca_p_greater",
     "benjamini_hochberg", "bootstrap_ci", "bootstrap_draws", "calibration_errors", "claim_verdicts", "deduplicate",
-    "holm", "jackknife_values", "mcnemar_exact", "paired_decisions", "proportion_interval", "seeded_rng", "with_ci",
+    "holm", "jackknife_values", "mcnemar_exact", "paired_decisions", "paired_metric_decisions", "proportion_interval", "seeded_rng", "with_ci",
     "worst_group_accuracy",
 ]

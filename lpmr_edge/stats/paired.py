@@ -44,6 +44,14 @@ SEPARATOR = "\x1f"  # joins candidate and column names in the joint tables
 
 
 @dataclass(frozen=True)
+class MetricRule:
+    """How to decide on one metric: its direction and its equivalence margin (metric's unit; 0 = none)."""
+
+    higher_is_better: bool
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
 class PairedDecision:
     """One candidate against the reference on one metric (``difference`` = candidate - reference)."""
 
@@ -101,11 +109,10 @@ def _interval(ci: tuple[float, float] | None) -> str:
     return "undefined" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
-def _decide(candidate: str, reference: str, metric: str, higher_is_better: bool, margin: float,
-            values: Mapping[str, float], draws: np.ndarray, jackknife: np.ndarray, n: int, n_resamples: int,
-            confidence: float) -> PairedDecision:
-    alpha = 1.0 - confidence
-    difference = values[candidate] - values[reference]
+def _decide(candidate: str, reference: str, metric: str, rule: MetricRule, value: float, reference_value: float,
+            draws: np.ndarray, jackknife: np.ndarray, n: int, n_resamples: int, confidence: float) -> PairedDecision:
+    alpha, margin, higher_is_better = 1.0 - confidence, rule.margin, rule.higher_is_better
+    difference = value - reference_value
     ci = bca_interval(difference, draws, jackknife, confidence)
     equivalence_ci = bca_interval(difference, draws, jackknife, 1.0 - 2.0 * alpha)
     p_greater = bca_p_greater(difference, draws, jackknife, 0.0)
@@ -136,9 +143,34 @@ def _decide(candidate: str, reference: str, metric: str, higher_is_better: bool,
                   + (f" and its {1 - 2 * alpha:.0%} interval {_interval(pair[1])} is not within ±{margin:g} "
                      f"(TOST p={p_equivalence:.3g})" if margin > 0 else "; no equivalence margin given")
                   + f" ({bootstrap})")
-    return PairedDecision(candidate, reference, metric, higher_is_better, decision, values[candidate],
-                          values[reference], difference, pair[0], pair[1], margin, test, p_value, p_superiority,
-                          p_equivalence, n, reason)
+    return PairedDecision(candidate, reference, metric, higher_is_better, decision, value, reference_value,
+                          difference, pair[0], pair[1], margin, test, p_value, p_superiority, p_equivalence, n, reason)
+
+
+def _paired_bootstrap(summary: Summary, candidates: Mapping[str, Sequence[Table]], reference: str,
+                      metrics: Sequence[str], n_resamples: int, seed: int,
+                      jackknife_groups: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """Draws and jackknife values of candidate - reference for every other candidate and metric
+    (keys ``candidate SEP metric``), all from the same resampled rows; and the rows compared."""
+    others = [name for name in candidates if name != reference]
+
+    def differences(joint: Sequence[Table]) -> dict[str, float]:
+        base = summary(_side(joint, reference))
+        values = {name: summary(_side(joint, name)) for name in others}
+        return {f"{name}{SEPARATOR}{metric}": values[name][metric] - base[metric] for name in others for metric in metrics}
+
+    joint = _joint_tables(candidates)
+    n = sum(table_length(table) for table in joint)
+    if not others:
+        return {}, {}, n
+    return (bootstrap_draws(differences, joint, n_resamples, seed),
+            jackknife_values(differences, joint, jackknife_groups, seed), n)
+
+
+def _check_rules(rules: Mapping[str, MetricRule]) -> None:
+    for metric, rule in rules.items():
+        if rule.margin < 0:
+            raise UserError(f"the equivalence margin for {metric} must be >= 0, not {rule.margin}")
 
 
 def paired_decisions(summary: Summary, candidates: Mapping[str, Sequence[Table]], metric: str,
@@ -151,29 +183,41 @@ def paired_decisions(summary: Summary, candidates: Mapping[str, Sequence[Table]]
     ``candidates`` maps a name to its tables in sample order; ``margin`` (>= 0, the metric's unit) is the
     equivalence margin, 0 for none. The reference itself gets decision "best" (or "reference").
     """
-    if len(candidates) < 1:
+    rule = MetricRule(higher_is_better, margin)
+    _check_rules({metric: rule})
+    if not candidates:
         raise UserError("no candidates to compare")
-    if margin < 0:
-        raise UserError(f"the equivalence margin for {metric} must be >= 0, not {margin}")
     values = {name: float(summary(tables)[metric]) for name, tables in candidates.items()}
     best = max(values, key=lambda name: values[name] if higher_is_better else -values[name])
     reference = best if reference is None else reference
     if reference not in candidates:
         raise UserError(f"unknown reference '{reference}'; use one of {sorted(candidates)}")
-    others = [name for name in candidates if name != reference]
-
-    def differences(joint: Sequence[Table]) -> dict[str, float]:
-        base = summary(_side(joint, reference))[metric]
-        return {name: summary(_side(joint, name))[metric] - base for name in others}
-
-    joint = _joint_tables(candidates)
-    draws = bootstrap_draws(differences, joint, n_resamples, seed) if others else {}
-    jackknife = jackknife_values(differences, joint, jackknife_groups, seed) if others else {}
-    n = sum(table_length(table) for table in joint)
-    decided = {name: _decide(name, reference, metric, higher_is_better, margin, values, draws[name], jackknife[name],
-                             n, n_resamples, confidence) for name in others}
+    draws, jackknife, n = _paired_bootstrap(summary, candidates, reference, [metric], n_resamples, seed,
+                                            jackknife_groups)
+    decided = {name: _decide(name, reference, metric, rule, values[name], values[reference],
+                             draws[f"{name}{SEPARATOR}{metric}"], jackknife[f"{name}{SEPARATOR}{metric}"], n,
+                             n_resamples, confidence)
+               for name in candidates if name != reference}
     label = BEST if reference == best else "reference"
     decided[reference] = PairedDecision(reference, reference, metric, higher_is_better, label, values[reference],
                                         values[reference], 0.0, (0.0, 0.0), (0.0, 0.0), margin, "", 1.0, 1.0, None,
                                         n, f"{label} {metric}: {values[reference]:.4g}")
     return decided
+
+
+def paired_metric_decisions(summary: Summary, result: Sequence[Table], reference: Sequence[Table],
+                            rules: Mapping[str, MetricRule], names: tuple[str, str] = ("result", "reference"),
+                            n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE,
+                            jackknife_groups: int = JACKKNIFE_GROUPS) -> dict[str, PairedDecision]:
+    """``result`` against ``reference`` (same samples) on every metric of ``rules``, from one paired bootstrap.
+
+    ``rules`` maps a value name of ``summary`` to its direction and margin; ``names`` label the two sides.
+    """
+    _check_rules(rules)
+    mine, theirs = summary(result), summary(reference)
+    draws, jackknife, n = _paired_bootstrap(summary, dict(zip(names, (result, reference))), names[1], list(rules),
+                                            n_resamples, seed, jackknife_groups)
+    return {metric: _decide(names[0], names[1], metric, rule, float(mine[metric]), float(theirs[metric]),
+                            draws[f"{names[0]}{SEPARATOR}{metric}"], jackknife[f"{names[0]}{SEPARATOR}{metric}"], n,
+                            n_resamples, confidence)
+            for metric, rule in rules.items()}
