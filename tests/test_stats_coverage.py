@@ -33,13 +33,13 @@ def _population_ece() -> float:
                for k in range(BINS))
 
 
-def _coverage(population: float, draw_dataset, summary, name: str) -> float:
+def _coverage(population: float, draw_dataset, summary, name: str, draws: int = DRAWS) -> float:
     rng = np.random.default_rng(20261201)
     covered = 0
-    for draw in range(DRAWS):
+    for draw in range(draws):
         low, high = bca_estimates(summary, draw_dataset(rng), RESAMPLES, seed=draw)[name]["ci"]
         covered += low <= population <= high
-    return covered / DRAWS
+    return covered / draws
 
 
 def test_bca_top1_interval_covers():
@@ -55,14 +55,14 @@ def test_bca_ece_interval_covers_the_population_binned_ece():
     # the gap has one sign everywhere, so the binned value is E[conf] - E[conf^1.5] for Beta(4, 2)
     assert population == pytest.approx(4 / 6 - beta_function(5.5, 2) / beta_function(4, 2), rel=1e-9)
 
-    def dataset(rng):
-        confidence = rng.beta(*CONFIDENCE_SHAPE, size=1000)
-        return [{"confidence": confidence, "correct": (rng.random(1000) < _calibration_curve(confidence)).astype(float)}]
+    def dataset(rng):  # the quick suite's ID size: sparse low-confidence bins still bias the plug-in a little
+        confidence = rng.beta(*CONFIDENCE_SHAPE, size=2000)
+        return [{"confidence": confidence, "correct": (rng.random(2000) < _calibration_curve(confidence)).astype(float)}]
 
     def summary(tables):
         return {"ece": expected_calibration_error(tables[0]["confidence"], tables[0]["correct"], BINS)}
 
-    assert 0.90 <= _coverage(population, dataset, summary, "ece") <= 0.99
+    assert 0.90 <= _coverage(population, dataset, summary, "ece", draws=300) <= 0.99
 
 
 def test_bca_auroc_interval_covers_the_binormal_auroc():

@@ -18,6 +18,13 @@ mean confidence s_b, accuracy y_b and weight p_b = n_b / N:
                          is several s wide it removes nearly all of it (tests/test_stats_intervals.py).
 
 All estimate the binned population calibration error sum_b P(b) |E[correct | b] - E[conf | b]| (for l1).
+
+Intervals (measured, n = 2000, 15 bins, confidence ~ Beta(4, 2), accuracy = confidence - offset, 200
+seeded draws, 400 resamples): the BCa interval of the plug-in ECE covers the population ECE well only
+when it is many standard errors above 0 (93% at 0.107, tests/test_stats_coverage.py), and less near 0:
+87.5% at 0.05, 49% at 0.02, 0% at 0 (the plug-in's upward bias; no interval of its bootstrap reaches 0).
+BCa of ``ece_debiased`` does not fix this (81%, 72.5%, 72.5%, 27% at 0.05, 0.02, 0.01, 0). Treat a
+small ECE's interval as descriptive and compare candidates' ECE with the paired decisions instead.
 """
 from __future__ import annotations
 
