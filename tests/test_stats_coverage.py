@@ -57,7 +57,8 @@ def test_bca_ece_interval_covers_the_population_binned_ece():
 
     def dataset(rng):  # the quick suite's ID size: sparse low-confidence bins still bias the plug-in a little
         confidence = rng.beta(*CONFIDENCE_SHAPE, size=2000)
-        return [{"confidence": confidence, "correct": (rng.random(2000) < _calibration_curve(confidence)).astype(float)}]
+        correct = (rng.random(2000) < _calibration_curve(confidence)).astype(float)
+        return [{"confidence": confidence, "correct": correct}]
 
     def summary(tables):
         return {"ece": expected_calibration_error(tables[0]["confidence"], tables[0]["correct"], BINS)}

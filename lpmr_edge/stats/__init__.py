@@ -21,7 +21,13 @@ from lpmr_edge.stats.bootstrap import (
     with_ci,
 )
 from lpmr_edge.stats.calibration import calibration_errors
-from lpmr_edge.stats.exact import MIN_GROUP_SIZE, NOT_ENOUGH_DATA, mcnemar_exact, proportion_interval, worst_group_accuracy
+from lpmr_edge.stats.exact import (
+    MIN_GROUP_SIZE,
+    NOT_ENOUGH_DATA,
+    mcnemar_exact,
+    proportion_interval,
+    worst_group_accuracy,
+)
 from lpmr_edge.stats.multiplicity import (
     DOES_NOT_HOLD,
     HOLDS,
@@ -50,6 +56,7 @@ __all__ = [
     "JACKKNIFE_GROUPS", "MIN_GROUP_SIZE", "MIXED", "NOT_ENOUGH_DATA", "NOT_SIGNIFICANT", "UNDECIDED", "WORSE",
     "Evidence", "MetricRule", "PairedDecision", "Summary", "Table", "bca_estimates", "bca_interval", "bca_p_greater",
     "benjamini_hochberg", "bootstrap_ci", "bootstrap_draws", "calibration_errors", "claim_verdicts", "deduplicate",
-    "holm", "jackknife_values", "mcnemar_exact", "paired_decisions", "paired_metric_decisions", "proportion_interval", "seeded_rng", "with_ci",
+    "holm", "jackknife_values", "mcnemar_exact", "paired_decisions", "paired_metric_decisions", "proportion_interval",
+    "seeded_rng", "with_ci",
     "worst_group_accuracy",
 ]

@@ -84,7 +84,8 @@ def _verdict(evidence: Sequence[Evidence], duplicates: Mapping[str, str], adjust
     compared = len(rows) - len(duplicates)
     summary = f"{better} of {compared} significantly better, {worse} worse"
     if duplicates:
-        summary += f" ({len(duplicates)} duplicate{'s' if len(duplicates) > 1 else ''} of identical outputs counted once)"
+        plural = "s" if len(duplicates) > 1 else ""
+        summary += f" ({len(duplicates)} duplicate{plural} of identical outputs counted once)"
     return {"verdict": verdict, "summary": summary, "correction": f"{CORRECTION_TEXT[correction]}, alpha {alpha:g}",
             "counts": {"compared": compared, "better": better, "worse": worse,
                        "not_significant": compared - better - worse, "duplicates": len(duplicates)},

@@ -157,7 +157,8 @@ def _paired_bootstrap(summary: Summary, candidates: Mapping[str, Sequence[Table]
     def differences(joint: Sequence[Table]) -> dict[str, float]:
         base = summary(_side(joint, reference))
         values = {name: summary(_side(joint, name)) for name in others}
-        return {f"{name}{SEPARATOR}{metric}": values[name][metric] - base[metric] for name in others for metric in metrics}
+        return {f"{name}{SEPARATOR}{metric}": values[name][metric] - base[metric]
+                for name in others for metric in metrics}
 
     joint = _joint_tables(candidates)
     n = sum(table_length(table) for table in joint)
