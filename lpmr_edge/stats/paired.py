@@ -16,6 +16,13 @@ acceleration from the grouped jackknife with the same groups for all candidates.
 Decision of a candidate against the reference: "equivalent within margin" if TOST rejects (even when
 the difference is significant: it is too small to matter); otherwise "better" / "worse" if the
 superiority test rejects (in the metric's good / bad direction); otherwise "undecided".
+
+Measured error rates (seeded simulations, 400 resamples, 5% level): equal top-1 accuracies (n = 1000,
+20% discordant) are called different in 6.2% of 1000 draws (tests/test_stats_paired.py bounds it by
+8%); TOST at a margin equal to the true difference declares equivalence in 5.7%. Equal ECEs (n = 2000,
+same confidences, 20% of correctness redrawn) are called different in 9% of draws at population ECE
+0.02 and 6% at 0.05: the plug-in ECE's bias depends on each candidate's observed gaps, so the bias
+correction z0 is noisy there (the uncorrected percentile test is instead far too conservative, 0%).
 """
 from __future__ import annotations
 
