@@ -1,0 +1,62 @@
+"""Statistics: seeded bootstrap (percentile, BCa), exact proportion intervals and tests, debiased
+calibration error, paired decisions with equivalence margins, and multiplicity-controlled claim verdicts.
+
+Modules: ``bootstrap`` (resampling, BCa), ``exact`` (McNemar, Clopper–Pearson/Wilson, worst group),
+``calibration`` (debiased ECE), ``paired`` (paired decisions), ``multiplicity`` (Holm, BH, claims).
+"""
+from lpmr_edge.stats.bootstrap import (
+    BCA,
+    CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    JACKKNIFE_GROUPS,
+    Summary,
+    Table,
+    bca_estimates,
+    bca_interval,
+    bca_p_greater,
+    bootstrap_ci,
+    bootstrap_draws,
+    jackknife_values,
+    seeded_rng,
+    with_ci,
+)
+from lpmr_edge.stats.calibration import calibration_errors
+from lpmr_edge.stats.exact import (
+    MIN_GROUP_SIZE,
+    NOT_ENOUGH_DATA,
+    mcnemar_exact,
+    proportion_interval,
+    worst_group_accuracy,
+)
+from lpmr_edge.stats.multiplicity import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    MIXED,
+    NOT_SIGNIFICANT,
+    Evidence,
+    benjamini_hochberg,
+    claim_verdicts,
+    deduplicate,
+    holm,
+)
+from lpmr_edge.stats.paired import (
+    BEST,
+    BETTER,
+    EQUIVALENT,
+    UNDECIDED,
+    WORSE,
+    MetricRule,
+    PairedDecision,
+    paired_decisions,
+    paired_metric_decisions,
+)
+
+__all__ = [
+    "BCA", "BEST", "BETTER", "CONFIDENCE", "DEFAULT_RESAMPLES", "DOES_NOT_HOLD", "EQUIVALENT", "HOLDS",
+    "JACKKNIFE_GROUPS", "MIN_GROUP_SIZE", "MIXED", "NOT_ENOUGH_DATA", "NOT_SIGNIFICANT", "UNDECIDED", "WORSE",
+    "Evidence", "MetricRule", "PairedDecision", "Summary", "Table", "bca_estimates", "bca_interval", "bca_p_greater",
+    "benjamini_hochberg", "bootstrap_ci", "bootstrap_draws", "calibration_errors", "claim_verdicts", "deduplicate",
+    "holm", "jackknife_values", "mcnemar_exact", "paired_decisions", "paired_metric_decisions", "proportion_interval",
+    "seeded_rng", "with_ci",
+    "worst_group_accuracy",
+]
