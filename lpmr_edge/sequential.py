@@ -355,3 +355,16 @@ class SettlingDecision:
         if self.settled:
             return []
         return [name for name, state in self.states().items() if state != "worse"]
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole decision state, to continue it in a later run (see ``from_json``)."""
+        return {"candidates": self.candidates, "margin": self.margin, "confidence": self.confidence,
+                "bound": self.bound,
+                "comparisons": [[a, b, comparison.to_json()] for (a, b), comparison in self.comparisons.items()]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SettlingDecision:
+        decision = cls(data["candidates"], data["margin"], data["confidence"], data["bound"])
+        for a, b, comparison in data["comparisons"]:
+            decision.comparisons[(a, b)] = SequentialComparison.from_json(comparison)
+        return decision
