@@ -29,12 +29,14 @@ a Lan-DeMets spending rule is tied to a planned maximum information. The price i
 **Several candidates.** ``SettlingDecision`` keeps one CS per pair of candidates at level
 ``a / (K (K - 1) / 2)`` (Bonferroni), so with probability ``>= confidence`` all of them cover at every
 time, whatever pair the data make relevant. Upper bounds on "how much ``c`` can beat ``b``" are
-chained through other candidates (min-plus closure, valid under simultaneous coverage). A candidate
-is *worse* (settled, stops) when some other candidate certainly beats it; the recommendation is
-*settled* when no candidate can beat it by the margin or more — so with probability ``>= confidence``
-the settled recommendation is within the margin of the truly best. A candidate merely equivalent
-to the current recommendation keeps being evaluated until the whole decision settles: stopping it
-would let margins add up along a chain if the recommendation changed.
+chained through other candidates (min-plus closure, valid under simultaneous coverage). Each
+candidate is related to the recommendation ``b`` (the one whose largest possible shortfall to any other is smallest): *worse*
+(``b`` certainly beats it) or *equivalent* (the difference is certainly within the margin) settle it
+and it stops being evaluated; the decision is *settled* when every candidate is. Then, with
+probability ``>= confidence``, every label is right and ``b`` is within the margin of the truly best.
+A stopped candidate comes back if the recommendation changes and its relation to the new one is
+undecided; a pair's data are then the images both saw, a subsequence chosen from past data only,
+which keeps the CS valid. With ``margin = 0`` identical candidates never settle.
 
 **Losses.** The rule needs a decomposable per-sample loss with a known range ``[0, B]``: top-1 error
 (``1 - correct``, B = 1), Brier score (B = 2), NLL clipped at ``B`` (``clipped_nll``; the mean of the
@@ -94,8 +96,25 @@ def _shifted_cumsum(start: float, terms: np.ndarray) -> np.ndarray:
     return np.cumsum(np.concatenate(([start], terms)))[1:]
 
 
+class _RunningInterval:
+    """A running-intersection interval ``[low, high]`` of a loss difference, classified against ``margin``."""
+
+    margin: float
+    low: float
+    high: float
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The interval so far (before any data: ``[-bound, bound]``, or unbounded for ``SpentComparison``)."""
+        return self.low, self.high
+
+    @property
+    def state(self) -> State:
+        return classify(self.low, self.high, self.margin)
+
+
 @dataclass
-class SequentialComparison:
+class SequentialComparison(_RunningInterval):
     """Anytime-valid PrPl-EB confidence sequence for the mean paired loss difference (see module doc).
 
     ``update`` takes per-sample differences ``loss(candidate) - loss(reference)`` in ``[-bound, bound]``
@@ -159,15 +178,6 @@ class SequentialComparison:
         self.sum_x, self.sum_squared_deviation = float(sum_x[-1]), float(sum_squared_deviation[-1])
         self.sum_bet, self.sum_bet_x, self.sum_penalty = float(sum_bet[-1]), float(sum_bet_x[-1]), float(sum_penalty[-1])
 
-    @property
-    def interval(self) -> tuple[float, float]:
-        """The running-intersection interval for the mean difference (``[-bound, bound]`` before data)."""
-        return self.low, self.high
-
-    @property
-    def state(self) -> State:
-        return classify(self.low, self.high, self.margin)
-
     def to_json(self) -> dict[str, Any]:
         """Everything needed to continue the sequence (floats round-trip exactly through JSON)."""
         return dict(vars(self))
@@ -185,7 +195,7 @@ def look_alpha(look: int, alpha: float) -> float:
 
 
 @dataclass
-class SpentComparison:
+class SpentComparison(_RunningInterval):
     """A comparison for a non-decomposable metric (ECE, AUROC): the caller supplies, at each look,
     a paired interval of ``metric(candidate) - metric(reference)`` (oriented as a loss) computed at level
     ``1 - look_alpha(look, 1 - confidence)``; the running intersection is classified like a CS.
@@ -209,14 +219,6 @@ class SpentComparison:
         """Record the interval of the next look (computed at ``next_level``)."""
         self.looks += 1
         self.low, self.high = max(self.low, low), min(self.high, high)
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return self.low, self.high
-
-    @property
-    def state(self) -> State:
-        return classify(self.low, self.high, self.margin)
 
 
 def shard_order(n_images: int, seed: int) -> np.ndarray:
@@ -283,9 +285,8 @@ class SettlingDecision:
     """Which of several candidates to recommend (lowest mean loss), decided sequentially.
 
     One ``SequentialComparison`` per pair at the Bonferroni level (see module doc). After each
-    ``update``: ``recommended`` minimises the largest amount any other candidate can beat it by;
-    ``settled`` says that amount is below the margin; ``to_evaluate`` lists the candidates still
-    needed (none once settled; never the ``worse`` ones).
+    ``update``: ``states`` relates every candidate to the recommendation, ``settled`` says none is
+    undecided, and ``to_evaluate`` lists the candidates the next shard needs.
     """
 
     def __init__(self, candidates: Sequence[str], margin: float, confidence: float, bound: float):
@@ -320,41 +321,42 @@ class SettlingDecision:
             direct[index[a], index[b]] = -low
         return min_plus_closure(direct)
 
-    def _regrets(self, beat: np.ndarray) -> np.ndarray:
-        off_diagonal = np.where(np.eye(len(beat), dtype=bool), -np.inf, beat)
-        return off_diagonal.max(axis=0)
-
-    @property
-    def recommended(self) -> str:
-        return self.candidates[int(np.argmin(self._regrets(self.can_beat())))]
-
-    @property
-    def settled(self) -> bool:
-        return bool(self._regrets(self.can_beat()).min() < self.margin)
-
     def states(self) -> dict[str, str]:
-        """Per candidate: ``recommended``, ``worse`` (certainly beaten by some candidate: stops),
-        ``equivalent`` (within the margin of the recommendation both ways) or ``undecided``."""
+        """Each candidate against the recommendation ``b``, the candidate that minimises the most any
+        other can beat it by (ties: the first listed): ``recommended``; ``equivalent`` (the loss
+        difference is certainly inside ``(-margin, margin)``); ``worse`` (``b`` certainly beats it);
+        or ``undecided``. Bounds are chained through all candidates (``can_beat``)."""
         beat = self.can_beat()
-        best = int(np.argmin(self._regrets(beat)))
+        off_diagonal = np.where(np.eye(len(beat), dtype=bool), -np.inf, beat)
+        best = int(np.argmin(off_diagonal.max(axis=0)))
         result = {}
         for c, name in enumerate(self.candidates):
             if c == best:
                 result[name] = "recommended"
-            elif any(beat[c, j] < 0 for j in range(len(beat)) if j != c):
-                result[name] = "worse"
-            elif beat[c, best] < self.margin and beat[best, c] < self.margin:
-                result[name] = "equivalent"
             else:
-                result[name] = "undecided"
+                state = classify(-beat[c, best], beat[best, c], self.margin)  # loss(c) - loss(b)
+                # certainly better than b: b is about to be replaced, so nothing is settled yet
+                result[name] = "undecided" if state == "better" else state
         return result
 
     @property
+    def recommended(self) -> str:
+        return next(name for name, state in self.states().items() if state == "recommended")
+
+    @property
+    def settled(self) -> bool:
+        """Every other candidate is worse than or equivalent to the recommendation."""
+        return "undecided" not in self.states().values()
+
+    @property
     def to_evaluate(self) -> list[str]:
-        """Candidates to evaluate on the next shard (empty once the recommendation is settled)."""
-        if self.settled:
+        """Candidates to evaluate on the next shard: the undecided ones and the recommendation (their
+        comparisons are paired), none once settled. A candidate stopped as worse or equivalent comes
+        back if the recommendation changes and its relation to the new one is undecided."""
+        states = self.states()
+        if "undecided" not in states.values():
             return []
-        return [name for name, state in self.states().items() if state != "worse"]
+        return [name for name, state in states.items() if state in ("undecided", "recommended")]
 
     def to_json(self) -> dict[str, Any]:
         """The whole decision state, to continue it in a later run (see ``from_json``)."""

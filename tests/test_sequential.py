@@ -15,9 +15,18 @@ from scipy.sparse.csgraph import floyd_warshall
 from scipy.stats import binomtest, norm
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.sequential import (BET_TRUNCATION, EvaluationRecord, SequentialComparison, SettlingDecision,
-                                  SpentComparison, classify, clipped_nll, look_alpha, min_plus_closure,
-                                  shard_order)
+from lpmr_edge.sequential import (
+    BET_TRUNCATION,
+    EvaluationRecord,
+    SequentialComparison,
+    SettlingDecision,
+    SpentComparison,
+    classify,
+    clipped_nll,
+    look_alpha,
+    min_plus_closure,
+    shard_order,
+)
 
 
 def _tolerance(alpha: float, replications: int) -> float:
@@ -131,20 +140,19 @@ def test_confidence_sequence_is_never_narrower_than_the_exact_fixed_n_interval()
 
 
 def test_settling_picks_a_best_or_equivalent_candidate_at_the_stated_confidence():
-    confidence, margin, replications = 0.9, 0.01, 250
+    confidence, margin, replications, n = 0.9, 0.01, 250, 40000
     accuracies = [0.80, 0.78, 0.801]  # c0 and c2 are within the margin of the best; c1 is 2.1 points worse
-    wrong = unsettled = visited = 0
-    c1_stopped_early = 0
+    right = visited = c1_stopped_early = 0
     for seed in range(replications):
-        losses = _correctness_losses(np.random.default_rng(seed), accuracies, 20000, shared=0.9)
+        # 95% of outcomes follow the shared difficulty: candidates disagree on ~3% of images, as
+        # quantized and float models of one network do
+        losses = _correctness_losses(np.random.default_rng(seed), accuracies, n, shared=0.95)
         decision, position = _settle(losses, margin, confidence, shard=500)
-        unsettled += not decision.settled
-        wrong += decision.settled and decision.recommended == "c1"
+        right += decision.settled and decision.recommended in ("c0", "c2")
         c1_stopped_early += decision.comparisons[("c0", "c1")].count < position
         visited += position
-    assert wrong / replications <= (1 - confidence) + _tolerance(1 - confidence, replications)
-    assert unsettled == 0
-    assert visited / replications < 20000 / 2  # settling saves at least half of the images
+    assert right / replications >= confidence - _tolerance(1 - confidence, replications)
+    assert visited / replications < n / 4  # settling saves most of the images
     assert c1_stopped_early > replications / 2  # the clearly worse candidate stops before the others
 
 
@@ -166,6 +174,30 @@ def test_states_name_worse_equivalent_and_recommended():
     states = decision.states()
     assert states["c1"] == "worse"
     assert sorted(states[name] for name in ("c0", "c2")) == ["equivalent", "recommended"]
+
+
+def _with_intervals(intervals: dict[tuple[str, str], tuple[float, float]]) -> SettlingDecision:
+    """A decision over c0, c1, c2 (margin 0.01) whose pair intervals of loss(a) - loss(b) are given."""
+    decision = SettlingDecision(["c0", "c1", "c2"], 0.01, 0.9, 1.0)
+    for pair, (low, high) in intervals.items():
+        decision.comparisons[pair].low, decision.comparisons[pair].high = low, high
+    return decision
+
+
+def test_relations_are_chained_and_a_stopped_candidate_comes_back_when_the_recommendation_changes():
+    # c1 certainly beats c0 by >= 0.02, c2 is within 0.004 of c0, c1 vs c2 never compared directly:
+    # chained, c1 beats c2 by >= 0.016, so c2 is worse
+    chained = _with_intervals({("c0", "c1"): (0.02, 0.04), ("c0", "c2"): (-0.004, 0.004), ("c1", "c2"): (-1, 1)})
+    assert chained.states() == {"c0": "worse", "c1": "recommended", "c2": "worse"}
+    assert chained.settled and chained.to_evaluate == []
+    # c2 equivalent to the recommended c0 has stopped; c1 is undecided against c0
+    before = _with_intervals({("c0", "c1"): (-0.03, 0.002), ("c0", "c2"): (-0.004, 0.004), ("c1", "c2"): (-1, 1)})
+    assert before.states() == {"c0": "recommended", "c1": "undecided", "c2": "equivalent"}
+    assert before.to_evaluate == ["c0", "c1"]
+    # c1 now certainly beats c0 by 0.001 to 0.01: c1 is recommended, c2 within 0.014 of it: undecided again
+    after = _with_intervals({("c0", "c1"): (0.001, 0.01), ("c0", "c2"): (-0.004, 0.004), ("c1", "c2"): (-1, 1)})
+    assert after.recommended == "c1" and after.states()["c2"] == "undecided"
+    assert after.to_evaluate == ["c1", "c2"]
 
 
 def test_spent_looks_keep_the_error_rate_where_unspent_looks_do_not():
