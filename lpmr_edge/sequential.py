@@ -19,7 +19,9 @@ For ``x_1, x_2, ...`` in [0, 1] with conditional mean ``m``, truncation ``c = 1/
 
 and ``P(m in C_t for all t >= 1) >= 1 - a``; so is the running intersection of the ``C_t``, which is
 what ``SequentialComparison`` keeps (taken at every sample, so it does not depend on where the looks
-fall). A paired per-sample loss difference ``d`` in ``[-B, B]`` is mapped to ``x = (d + B) / 2B``.
+fall; it can only be empty on the event of probability ``<= a`` where the CS fails). The authors'
+``confseq`` package builds the same CS as two one-sided ones at ``a/2`` (centring ``v_i`` on the
+plain running mean; any predictable centring is valid). A paired per-sample loss difference ``d`` in ``[-B, B]`` is mapped to ``x = (d + B) / 2B``.
 
 **Why confidence sequences, not alpha spending.** A CS holds at every sample size at once: it needs
 no planned number of looks or shard size, and a resumed or extended run keeps its error rate, while
@@ -52,7 +54,7 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 
@@ -111,6 +113,14 @@ class _RunningInterval:
     @property
     def state(self) -> State:
         return classify(self.low, self.high, self.margin)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything needed to continue (floats round-trip exactly through JSON)."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**data)
 
 
 @dataclass
@@ -177,14 +187,6 @@ class SequentialComparison(_RunningInterval):
         self.count += d.size
         self.sum_x, self.sum_squared_deviation = float(sum_x[-1]), float(sum_squared_deviation[-1])
         self.sum_bet, self.sum_bet_x, self.sum_penalty = float(sum_bet[-1]), float(sum_bet_x[-1]), float(sum_penalty[-1])
-
-    def to_json(self) -> dict[str, Any]:
-        """Everything needed to continue the sequence (floats round-trip exactly through JSON)."""
-        return dict(vars(self))
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SequentialComparison:
-        return cls(**data)
 
 
 def look_alpha(look: int, alpha: float) -> float:
@@ -321,23 +323,37 @@ class SettlingDecision:
             direct[index[a], index[b]] = -low
         return min_plus_closure(direct)
 
-    def states(self) -> dict[str, str]:
-        """Each candidate against the recommendation ``b``, the candidate that minimises the most any
-        other can beat it by (ties: the first listed): ``recommended``; ``equivalent`` (the loss
-        difference is certainly inside ``(-margin, margin)``); ``worse`` (``b`` certainly beats it);
-        or ``undecided``. Bounds are chained through all candidates (``can_beat``)."""
+    def relations(self) -> dict[str, tuple[str, float, float]]:
+        """Each candidate against the recommendation ``b``, the candidate whose largest possible
+        shortfall to any other is smallest (ties: the first listed): its state and the chained interval
+        of ``loss(c) - loss(b)``. States: ``recommended``; ``equivalent`` (certainly inside
+        ``(-margin, margin)``); ``worse`` (``b`` certainly beats it); or ``undecided``."""
         beat = self.can_beat()
         off_diagonal = np.where(np.eye(len(beat), dtype=bool), -np.inf, beat)
         best = int(np.argmin(off_diagonal.max(axis=0)))
         result = {}
         for c, name in enumerate(self.candidates):
-            if c == best:
-                result[name] = "recommended"
-            else:
-                state = classify(-beat[c, best], beat[best, c], self.margin)  # loss(c) - loss(b)
-                # certainly better than b: b is about to be replaced, so nothing is settled yet
-                result[name] = "undecided" if state == "better" else state
+            low, high = float(-beat[c, best]), float(beat[best, c])
+            state = "recommended" if c == best else classify(low, high, self.margin)
+            # certainly better than b: b is about to be replaced, so nothing is settled yet
+            result[name] = ("undecided" if state == "better" else state, low, high)
         return result
+
+    def states(self) -> dict[str, str]:
+        """The state of each candidate (see ``relations``)."""
+        return {name: state for name, (state, _, _) in self.relations().items()}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON summary for results and reports: the rule, the recommendation, and per candidate its
+        state, interval against the recommendation and the images it was evaluated on."""
+        images = {name: max([0] + [c.count for pair, c in self.comparisons.items() if name in pair])
+                  for name in self.candidates}
+        relations = self.relations()
+        return {"rule": "PrPl-EB confidence sequences (Waudby-Smith & Ramdas 2023), Bonferroni over pairs",
+                "confidence": self.confidence, "margin": self.margin, "settled": self.settled,
+                "recommended": self.recommended,
+                "candidates": {name: {"state": state, "difference": [low, high], "images": images[name]}
+                               for name, (state, low, high) in relations.items()}}
 
     @property
     def recommended(self) -> str:
@@ -370,3 +386,10 @@ class SettlingDecision:
         for a, b, comparison in data["comparisons"]:
             decision.comparisons[(a, b)] = SequentialComparison.from_json(comparison)
         return decision
+
+
+def replay(decision: SettlingDecision, record: EvaluationRecord, losses: Mapping[str, np.ndarray]) -> None:
+    """Feed ``decision`` the recorded shards again from per-image losses (``losses[c][i]``: candidate
+    ``c`` on image ``i``), e.g. to resume from saved per-sample outputs instead of a saved state."""
+    for shard in record.shards:
+        decision.update({name: np.asarray(losses[name])[shard["indices"]] for name in shard["candidates"]})

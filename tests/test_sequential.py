@@ -25,6 +25,7 @@ from lpmr_edge.sequential import (
     clipped_nll,
     look_alpha,
     min_plus_closure,
+    replay,
     shard_order,
 )
 
@@ -174,6 +175,11 @@ def test_states_name_worse_equivalent_and_recommended():
     states = decision.states()
     assert states["c1"] == "worse"
     assert sorted(states[name] for name in ("c0", "c2")) == ["equivalent", "recommended"]
+    summary = json.loads(json.dumps(decision.describe()))
+    assert summary["settled"] and summary["candidates"]["c1"]["state"] == "worse"
+    low, high = summary["candidates"]["c1"]["difference"]  # c1 is 20 points worse
+    assert 0 < low <= 0.2 <= high
+    assert summary["candidates"]["c1"]["images"] < summary["candidates"][decision.recommended]["images"]
 
 
 def _with_intervals(intervals: dict[tuple[str, str], tuple[float, float]]) -> SettlingDecision:
@@ -261,6 +267,26 @@ def test_evaluation_record_hands_out_the_seeded_order_and_round_trips():
     assert resumed.seen("a") == order[:8].tolist() and resumed.seen("b") == order[:4].tolist()
     with pytest.raises(UserError, match="next images"):
         resumed.add(first, ["a"])
+
+
+def test_a_run_killed_mid_shard_resumes_by_replaying_the_record():
+    names = ["c0", "c1", "c2"]
+    per_image = dict(zip(names, _correctness_losses(np.random.default_rng(9), [0.8, 0.6, 0.79], 5000, 0.9)))
+    record, live = EvaluationRecord(n_images=5000, seed=1), SettlingDecision(names, 0.01, 0.9, 1.0)
+    for _ in range(3):
+        indices, evaluated = record.next_indices(400), live.to_evaluate
+        live.update({name: per_image[name][indices] for name in evaluated})
+        record.add(indices, evaluated)
+    killed_shard = record.next_indices(400)  # evaluated in part, never recorded
+    resumed_record = EvaluationRecord.from_json(json.loads(json.dumps(record.to_json())))
+    resumed = SettlingDecision(names, 0.01, 0.9, 1.0)
+    replay(resumed, resumed_record, per_image)
+    assert resumed.to_json() == live.to_json()
+    assert "c1" not in resumed.to_evaluate and resumed_record.seen("c1") != resumed_record.seen("c0")
+    assert np.array_equal(resumed_record.next_indices(400), killed_shard)
+    spent = SpentComparison(0.01, 0.9)
+    spent.add_look(-0.1, 0.2)
+    assert SpentComparison.from_json(json.loads(json.dumps(spent.to_json()))) == spent
 
 
 def test_min_plus_closure_matches_scipy_floyd_warshall():
