@@ -22,6 +22,9 @@ what ``SequentialComparison`` keeps (taken at every sample, so it does not depen
 fall; it can only be empty on the event of probability ``<= a`` where the CS fails). The authors'
 ``confseq`` package builds the same CS as two one-sided ones at ``a/2`` (centring ``v_i`` on the
 plain running mean; any predictable centring is valid). A paired per-sample loss difference ``d`` in ``[-B, B]`` is mapped to ``x = (d + B) / 2B``.
+Any predictable bets keep the guarantee, so ``horizon=N`` may replace ``t log(1 + t)`` by ``N`` in
+``lambda_t`` (the paper's choice for a sample size N, e.g. the set's size): tighter near ``N``, looser
+early, still valid at every ``t`` and on extension.
 
 **Why confidence sequences, not alpha spending.** A CS holds at every sample size at once: it needs
 no planned number of looks or shard size, and a resumed or extended run keeps its error rate, while
@@ -135,6 +138,7 @@ class SequentialComparison(_RunningInterval):
     margin: float
     confidence: float
     bound: float
+    horizon: int | None = None
     count: int = 0
     sum_x: float = 0.0
     sum_squared_deviation: float = 0.0
@@ -172,7 +176,8 @@ class SequentialComparison(_RunningInterval):
         variance = (0.25 + sum_squared_deviation) / (t + 1.0)
         previous_variance = np.concatenate((((0.25 + self.sum_squared_deviation) / (self.count + 1.0),),
                                             variance[:-1]))
-        bet = np.minimum(np.sqrt(2.0 * self.log_term / (previous_variance * t * np.log1p(t))), BET_TRUNCATION)
+        growth = t * np.log1p(t) if self.horizon is None else float(self.horizon)
+        bet = np.minimum(np.sqrt(2.0 * self.log_term / (previous_variance * growth)), BET_TRUNCATION)
         v = 4.0 * (x - previous_mean) ** 2
         psi = (-np.log1p(-bet) - bet) / 4.0
         penalty = v * psi
@@ -291,7 +296,8 @@ class SettlingDecision:
     undecided, and ``to_evaluate`` lists the candidates the next shard needs.
     """
 
-    def __init__(self, candidates: Sequence[str], margin: float, confidence: float, bound: float):
+    def __init__(self, candidates: Sequence[str], margin: float, confidence: float, bound: float,
+                 horizon: int | None = None):
         if len(candidates) < 2 or len(set(candidates)) != len(candidates):
             raise UserError("a settling decision needs at least two distinct candidate names")
         _check_level(margin, confidence)
@@ -299,7 +305,7 @@ class SettlingDecision:
         self.margin, self.confidence, self.bound = margin, confidence, bound
         pairs = len(candidates) * (len(candidates) - 1) // 2
         self.pair_confidence = 1.0 - (1.0 - confidence) / pairs
-        self.comparisons = {(a, b): SequentialComparison(margin, self.pair_confidence, bound)
+        self.comparisons = {(a, b): SequentialComparison(margin, self.pair_confidence, bound, horizon)
                             for i, a in enumerate(self.candidates) for b in self.candidates[i + 1:]}
 
     def update(self, losses: Mapping[str, np.ndarray]) -> None:

@@ -56,7 +56,7 @@ def _settle(losses: np.ndarray, margin: float, confidence: float, shard: int) ->
     return decision, position
 
 
-def _reference_intervals(diffs: np.ndarray, confidence: float, bound: float) -> np.ndarray:
+def _reference_intervals(diffs: np.ndarray, confidence: float, bound: float, horizon: int | None = None) -> np.ndarray:
     """C_t of Waudby-Smith & Ramdas (2023), Theorem 2, one sample at a time (rows: t, [low, high])."""
     log_term = math.log(2.0 / (1.0 - confidence))
     mean_before, variance_before = 0.5, 0.25
@@ -64,7 +64,8 @@ def _reference_intervals(diffs: np.ndarray, confidence: float, bound: float) -> 
     rows = []
     for t, d in enumerate(diffs, start=1):
         x = (d + bound) / (2 * bound)
-        bet = min(math.sqrt(2 * log_term / (variance_before * t * math.log(1 + t))), BET_TRUNCATION)
+        growth = t * math.log(1 + t) if horizon is None else horizon
+        bet = min(math.sqrt(2 * log_term / (variance_before * growth)), BET_TRUNCATION)
         sum_penalty += 4 * (x - mean_before) ** 2 * (-math.log(1 - bet) - bet) / 4
         sum_bet += bet
         sum_bet_x += bet * x
@@ -77,12 +78,13 @@ def _reference_intervals(diffs: np.ndarray, confidence: float, bound: float) -> 
     return np.array(rows)
 
 
-def test_matches_a_one_sample_at_a_time_reference_at_every_look():
+@pytest.mark.parametrize("horizon", [None, 600])
+def test_matches_a_one_sample_at_a_time_reference_at_every_look(horizon):
     rng = np.random.default_rng(3)
     diffs = rng.choice([-1.0, 0.0, 1.0], p=[0.06, 0.84, 0.10], size=900)
-    reference = _reference_intervals(diffs, 0.9, 1.0)
+    reference = _reference_intervals(diffs, 0.9, 1.0, horizon)
     running_low, running_high = np.maximum.accumulate(reference[:, 0]), np.minimum.accumulate(reference[:, 1])
-    comparison = SequentialComparison(margin=0.02, confidence=0.9, bound=1.0)
+    comparison = SequentialComparison(margin=0.02, confidence=0.9, bound=1.0, horizon=horizon)
     cuts = np.sort(rng.choice(np.arange(1, 900), size=12, replace=False)).tolist() + [900]
     start = 0
     for end in cuts:
@@ -109,16 +111,27 @@ def test_identical_candidates_stay_undecided_until_exactly_the_look_the_bound_al
     assert states[first_allowed - 1:] == ["equivalent"] * 6
 
 
-def test_confidence_sequence_covers_at_every_look_where_repeated_fixed_n_intervals_do_not():
+def _top1_differences(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.choice([-1.0, 0.0, 1.0], p=[0.07, 0.83, 0.10], size=n)  # mean 0.03
+
+
+def _brier_like_differences(rng: np.random.Generator, n: int) -> np.ndarray:
+    return 2.0 * (rng.beta(2.0, 5.0, n) - rng.beta(2.2, 5.0, n))  # in [-2, 2], mean 2 (2/7 - 2.2/7.2)
+
+
+@pytest.mark.parametrize("draw, bound, true_mean, horizon", [
+    (_top1_differences, 1.0, 0.03, None),
+    (_top1_differences, 1.0, 0.03, 1000),  # tuned for n = 1000, still covers at every n up to 3000
+    (_brier_like_differences, 2.0, 2 * (2 / 7 - 2.2 / 7.2), None)])
+def test_confidence_sequence_covers_at_every_look_where_repeated_fixed_n_intervals_do_not(draw, bound, true_mean,
+                                                                                         horizon):
     confidence, replications, n, look_every = 0.9, 300, 3000, 100
     alpha = 1 - confidence
-    probabilities = [0.07, 0.83, 0.10]  # mean difference 0.03
-    true_mean = 0.03
     cs_misses = naive_misses = 0
     z = norm.ppf(1 - alpha / 2)
     for seed in range(replications):
-        diffs = np.random.default_rng(seed).choice([-1.0, 0.0, 1.0], p=probabilities, size=n)
-        comparison = SequentialComparison(0.01, confidence, 1.0)
+        diffs = draw(np.random.default_rng(seed), n)
+        comparison = SequentialComparison(0.01, confidence, bound, horizon)
         comparison.update(diffs)  # the running intersection: excluded at the end iff excluded at some t
         low, high = comparison.interval
         cs_misses += not low <= true_mean <= high
