@@ -21,8 +21,8 @@ and ``P(m in C_t for all t >= 1) >= 1 - a``; so is the running intersection of t
 what ``SequentialComparison`` keeps (taken at every sample, so it does not depend on where the looks
 fall; it can only be empty on the event of probability ``<= a`` where the CS fails). The authors'
 ``confseq`` package builds the same CS as two one-sided ones at ``a/2`` (centring ``v_i`` on the
-plain running mean; any predictable centring is valid). A paired per-sample loss difference ``d`` in ``[-B, B]`` is mapped to ``x = (d + B) / 2B``.
-Any predictable bets keep the guarantee, so ``horizon=N`` may replace ``t log(1 + t)`` by ``N`` in
+plain running mean; any predictable centring is valid). A paired per-sample loss difference ``d``
+in ``[-B, B]`` is mapped to ``x = (d + B) / 2B``. Any predictable bets keep the guarantee, so ``horizon=N`` may replace ``t log(1 + t)`` by ``N`` in
 ``lambda_t`` (the paper's choice for a sample size N, e.g. the set's size): tighter near ``N``, looser
 early, still valid at every ``t`` and on extension.
 
@@ -35,9 +35,9 @@ a Lan-DeMets spending rule is tied to a planned maximum information. The price i
 ``a / (K (K - 1) / 2)`` (Bonferroni), so with probability ``>= confidence`` all of them cover at every
 time, whatever pair the data make relevant. Upper bounds on "how much ``c`` can beat ``b``" are
 chained through other candidates (min-plus closure, valid under simultaneous coverage). Each
-candidate is related to the recommendation ``b`` (the one whose largest possible shortfall to any other is smallest): *worse*
-(``b`` certainly beats it) or *equivalent* (the difference is certainly within the margin) settle it
-and it stops being evaluated; the decision is *settled* when every candidate is. Then, with
+candidate is related to the recommendation ``b`` (the one whose largest possible shortfall to any
+other is smallest): *worse* (``b`` certainly beats it) or *equivalent* (the difference is certainly
+within the margin) settle it and it stops being evaluated; the decision is *settled* when every candidate is. Then, with
 probability ``>= confidence``, every label is right and ``b`` is within the margin of the truly best.
 A stopped candidate comes back if the recommendation changes and its relation to the new one is
 undecided; a pair's data are then the images both saw, a subsequence chosen from past data only,
@@ -351,14 +351,14 @@ class SettlingDecision:
 
     def describe(self) -> dict[str, Any]:
         """JSON summary for results and reports: the rule, the recommendation, and per candidate its
-        state, interval against the recommendation and the images it was evaluated on."""
+        state, interval against the recommendation and the most images it was compared on."""
         images = {name: max([0] + [c.count for pair, c in self.comparisons.items() if name in pair])
                   for name in self.candidates}
         relations = self.relations()
         return {"rule": "PrPl-EB confidence sequences (Waudby-Smith & Ramdas 2023), Bonferroni over pairs",
                 "confidence": self.confidence, "margin": self.margin, "settled": self.settled,
                 "recommended": self.recommended,
-                "candidates": {name: {"state": state, "difference": [low, high], "images": images[name]}
+                "candidates": {name: {"state": state, "difference": [low, high], "paired_images": images[name]}
                                for name, (state, low, high) in relations.items()}}
 
     @property

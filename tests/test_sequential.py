@@ -192,7 +192,7 @@ def test_states_name_worse_equivalent_and_recommended():
     assert summary["settled"] and summary["candidates"]["c1"]["state"] == "worse"
     low, high = summary["candidates"]["c1"]["difference"]  # c1 is 20 points worse
     assert 0 < low <= 0.2 <= high
-    assert summary["candidates"]["c1"]["images"] < summary["candidates"][decision.recommended]["images"]
+    assert summary["candidates"]["c1"]["paired_images"] < summary["candidates"][decision.recommended]["paired_images"]
 
 
 def _with_intervals(intervals: dict[tuple[str, str], tuple[float, float]]) -> SettlingDecision:
