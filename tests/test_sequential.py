@@ -185,6 +185,7 @@ def test_states_name_worse_equivalent_and_recommended():
     losses = _correctness_losses(np.random.default_rng(5), [0.80, 0.60, 0.80], 20000, shared=1.0)
     decision, _ = _settle(losses, margin=0.01, confidence=0.95, shard=1000)
     assert decision.settled and decision.to_evaluate == []
+    assert all(c.confidence == pytest.approx(1 - 0.05 / 3) for c in decision.comparisons.values())  # Bonferroni
     states = decision.states()
     assert states["c1"] == "worse"
     assert sorted(states[name] for name in ("c0", "c2")) == ["equivalent", "recommended"]
