@@ -1,0 +1,401 @@
+"""Evaluate until settled: anytime-valid paired comparisons of candidates on a seeded image order.
+
+**Setting.** The images of an evaluation set are visited in a seeded random order (``shard_order``),
+a shard at a time. If the set's images are i.i.d. draws from a population, the visited sequence is
+i.i.d. too, so every quantity below is about the *population* mean (the same target as the picker's
+paired bootstrap). A candidate that is settled stops being evaluated; ``EvaluationRecord`` says
+exactly which images each candidate has seen, round-trips through JSON and hands out the next shard
+(resume/extension).
+
+**Method: predictable plug-in empirical-Bernstein confidence sequence (PrPl-EB)**, Waudby-Smith &
+Ramdas (2023), "Estimating means of bounded random variables by betting", JRSS-B 86(1), Theorem 2.
+For ``x_1, x_2, ...`` in [0, 1] with conditional mean ``m``, truncation ``c = 1/2`` and level ``a``::
+
+    mu_t     = (1/2 + sum_{i<=t} x_i) / (t + 1)                    (mu_0 = 1/2)
+    sigma2_t = (1/4 + sum_{i<=t} (x_i - mu_i)^2) / (t + 1)         (sigma2_0 = 1/4)
+    lambda_t = min(sqrt(2 log(2/a) / (sigma2_{t-1} t log(1 + t))), c)    (predictable)
+    v_t      = 4 (x_t - mu_{t-1})^2,   psi(l) = (-log(1 - l) - l) / 4
+    C_t      = sum lambda_i x_i / sum lambda_i  +-  (log(2/a) + sum v_i psi(lambda_i)) / sum lambda_i
+
+and ``P(m in C_t for all t >= 1) >= 1 - a``; so is the running intersection of the ``C_t``, which is
+what ``SequentialComparison`` keeps (taken at every sample, so it does not depend on where the looks
+fall; it can only be empty on the event of probability ``<= a`` where the CS fails). The authors'
+``confseq`` package builds the same CS as two one-sided ones at ``a/2`` (centring ``v_i`` on the
+plain running mean; any predictable centring is valid). A paired per-sample loss difference ``d``
+in ``[-B, B]`` is mapped to ``x = (d + B) / 2B``. Any predictable bets keep the guarantee, so ``horizon=N`` may replace ``t log(1 + t)`` by ``N`` in
+``lambda_t`` (the paper's choice for a sample size N, e.g. the set's size): tighter near ``N``, looser
+early, still valid at every ``t`` and on extension.
+
+**Why confidence sequences, not alpha spending.** A CS holds at every sample size at once: it needs
+no planned number of looks or shard size, and a resumed or extended run keeps its error rate, while
+a Lan-DeMets spending rule is tied to a planned maximum information. The price is width: about
+``sqrt(log(2/a) * log t)`` instead of ``z_{a/2}``, i.e. more images than a fixed-n test needs.
+
+**Several candidates.** ``SettlingDecision`` keeps one CS per pair of candidates at level
+``a / (K (K - 1) / 2)`` (Bonferroni), so with probability ``>= confidence`` all of them cover at every
+time, whatever pair the data make relevant. Upper bounds on "how much ``c`` can beat ``b``" are
+chained through other candidates (min-plus closure, valid under simultaneous coverage). Each
+candidate is related to the recommendation ``b`` (the one whose largest possible shortfall to any
+other is smallest): *worse* (``b`` certainly beats it) or *equivalent* (the difference is certainly
+within the margin) settle it and it stops being evaluated; the decision is *settled* when every candidate is. Then, with
+probability ``>= confidence``, every label is right and ``b`` is within the margin of the truly best.
+A stopped candidate comes back if the recommendation changes and its relation to the new one is
+undecided; a pair's data are then the images both saw, a subsequence chosen from past data only,
+which keeps the CS valid. With ``margin = 0`` identical candidates never settle.
+
+**Losses.** The rule needs a decomposable per-sample loss with a known range ``[0, B]``: top-1 error
+(``1 - correct``, B = 1), Brier score (B = 2), NLL clipped at ``B`` (``clipped_nll``; the mean of the
+clipped NLL is then what is compared). ECE and AUROC are not means of per-sample losses: for them,
+the caller computes its paired (bootstrap) interval of the metric difference at look ``k`` at level
+``1 - look_alpha(k, a)`` (Bonferroni over an unbounded number of looks, ``sum_k look_alpha = a``) and
+feeds it to ``SpentComparison``; this is only as valid as the bootstrap itself (asymptotic). A
+proper-scoring-rule surrogate is the anytime-valid alternative: decide calibration on the Brier score.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+import numpy as np
+
+from lpmr_edge.errors import UserError
+
+State = Literal["better", "worse", "equivalent", "undecided"]
+BET_TRUNCATION = 0.5  # c in Waudby-Smith & Ramdas (2023), who suggest 1/2 or 3/4
+BRIER_BOUND = 2.0  # sum_k (p_k - y_k)^2 over a probability vector lies in [0, 2]
+TOP1_BOUND = 1.0  # top-1 error 1 - correct lies in {0, 1}
+
+
+def clipped_nll(probability_of_label: np.ndarray, bound: float) -> np.ndarray:
+    """Per-sample NLL ``-log p`` clipped to ``[0, bound]`` (the range ``SequentialComparison`` needs)."""
+    return np.minimum(-np.log(np.clip(probability_of_label, math.exp(-bound), 1.0)), bound)
+
+
+def classify(low: float, high: float, margin: float) -> State:
+    """The state of a loss difference (candidate - reference) known to lie in ``[low, high]``.
+
+    ``equivalent`` (inside ``(-margin, margin)``) takes precedence over ``better`` (``high < 0``) and
+    ``worse`` (``low > 0``): a difference smaller than the margin is practically none.
+    """
+    if -margin < low and high < margin:
+        return "equivalent"
+    if high < 0:
+        return "better"
+    if low > 0:
+        return "worse"
+    return "undecided"
+
+
+def _check_level(margin: float, confidence: float) -> None:
+    if not margin >= 0:
+        raise UserError(f"margin {margin} is negative; give a margin >= 0 in the metric's units")
+    if not 0 < confidence < 1:
+        raise UserError(f"confidence {confidence} is not in (0, 1); give e.g. 0.95")
+
+
+def _shifted_cumsum(start: float, terms: np.ndarray) -> np.ndarray:
+    """``start + cumsum(terms)`` added left to right, so chunked and one-go updates agree exactly."""
+    return np.cumsum(np.concatenate(([start], terms)))[1:]
+
+
+class _RunningInterval:
+    """A running-intersection interval ``[low, high]`` of a loss difference, classified against ``margin``."""
+
+    margin: float
+    low: float
+    high: float
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The interval so far (before any data: ``[-bound, bound]``, or unbounded for ``SpentComparison``)."""
+        return self.low, self.high
+
+    @property
+    def state(self) -> State:
+        return classify(self.low, self.high, self.margin)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything needed to continue (floats round-trip exactly through JSON)."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**data)
+
+
+@dataclass
+class SequentialComparison(_RunningInterval):
+    """Anytime-valid PrPl-EB confidence sequence for the mean paired loss difference (see module doc).
+
+    ``update`` takes per-sample differences ``loss(candidate) - loss(reference)`` in ``[-bound, bound]``
+    in visiting order; ``interval`` is the running intersection, ``state`` its ``classify``-cation.
+    Feeding the same sequence in any chunking gives the identical state.
+    """
+
+    margin: float
+    confidence: float
+    bound: float
+    horizon: int | None = None
+    count: int = 0
+    sum_x: float = 0.0
+    sum_squared_deviation: float = 0.0
+    sum_bet: float = 0.0
+    sum_bet_x: float = 0.0
+    sum_penalty: float = 0.0
+    low: float = field(default=-math.inf)
+    high: float = field(default=math.inf)
+
+    def __post_init__(self) -> None:
+        _check_level(self.margin, self.confidence)
+        if not self.bound > 0:
+            raise UserError(f"bound {self.bound} must be > 0: the largest per-sample loss")
+        self.low = max(self.low, -self.bound)
+        self.high = min(self.high, self.bound)
+
+    @property
+    def log_term(self) -> float:
+        """``log(2 / a)`` with ``a = 1 - confidence``."""
+        return math.log(2.0 / (1.0 - self.confidence))
+
+    def update(self, diffs: np.ndarray) -> None:
+        """Add the next paired differences (in visiting order) and tighten the interval."""
+        d = np.asarray(diffs, dtype=np.float64).ravel()
+        if d.size == 0:
+            return
+        if not np.all(np.abs(d) <= self.bound):
+            raise UserError(f"paired differences outside [-{self.bound}, {self.bound}]; clip the loss or raise bound")
+        x = (d + self.bound) / (2.0 * self.bound)
+        t = self.count + np.arange(1, d.size + 1, dtype=np.float64)
+        sum_x = _shifted_cumsum(self.sum_x, x)
+        mean = (0.5 + sum_x) / (t + 1.0)
+        previous_mean = np.concatenate((((0.5 + self.sum_x) / (self.count + 1.0),), mean[:-1]))
+        sum_squared_deviation = _shifted_cumsum(self.sum_squared_deviation, (x - mean) ** 2)
+        variance = (0.25 + sum_squared_deviation) / (t + 1.0)
+        previous_variance = np.concatenate((((0.25 + self.sum_squared_deviation) / (self.count + 1.0),),
+                                            variance[:-1]))
+        growth = t * np.log1p(t) if self.horizon is None else float(self.horizon)
+        bet = np.minimum(np.sqrt(2.0 * self.log_term / (previous_variance * growth)), BET_TRUNCATION)
+        v = 4.0 * (x - previous_mean) ** 2
+        psi = (-np.log1p(-bet) - bet) / 4.0
+        penalty = v * psi
+        sum_bet = _shifted_cumsum(self.sum_bet, bet)
+        sum_bet_x = _shifted_cumsum(self.sum_bet_x, bet * x)
+        sum_penalty = _shifted_cumsum(self.sum_penalty, penalty)
+        centre = sum_bet_x / sum_bet
+        half_width = (self.log_term + sum_penalty) / sum_bet
+        scale = 2.0 * self.bound
+        self.low = max(self.low, float(np.max(scale * (centre - half_width) - self.bound)))
+        self.high = min(self.high, float(np.min(scale * (centre + half_width) - self.bound)))
+        self.count += d.size
+        self.sum_x, self.sum_squared_deviation = float(sum_x[-1]), float(sum_squared_deviation[-1])
+        self.sum_bet, self.sum_bet_x, self.sum_penalty = float(sum_bet[-1]), float(sum_bet_x[-1]), float(sum_penalty[-1])
+
+
+def look_alpha(look: int, alpha: float) -> float:
+    """Error rate spent at look ``look`` (1-based): ``alpha * 6 / (pi^2 look^2)``; the sum over all looks is alpha."""
+    if look < 1:
+        raise UserError(f"look {look} must be >= 1")
+    return alpha * 6.0 / (math.pi ** 2 * look ** 2)
+
+
+@dataclass
+class SpentComparison(_RunningInterval):
+    """A comparison for a non-decomposable metric (ECE, AUROC): the caller supplies, at each look,
+    a paired interval of ``metric(candidate) - metric(reference)`` (oriented as a loss) computed at level
+    ``1 - look_alpha(look, 1 - confidence)``; the running intersection is classified like a CS.
+    """
+
+    margin: float
+    confidence: float
+    looks: int = 0
+    low: float = -math.inf
+    high: float = math.inf
+
+    def __post_init__(self) -> None:
+        _check_level(self.margin, self.confidence)
+
+    @property
+    def next_level(self) -> float:
+        """The confidence level the caller's interval for the next look must have."""
+        return 1.0 - look_alpha(self.looks + 1, 1.0 - self.confidence)
+
+    def add_look(self, low: float, high: float) -> None:
+        """Record the interval of the next look (computed at ``next_level``)."""
+        self.looks += 1
+        self.low, self.high = max(self.low, low), min(self.high, high)
+
+
+def shard_order(n_images: int, seed: int) -> np.ndarray:
+    """The seeded order in which the ``n_images`` images of an evaluation set are visited."""
+    if n_images < 0:
+        raise UserError(f"n_images {n_images} is negative")
+    return np.random.default_rng([seed, zlib.crc32(b"shard order")]).permutation(n_images)
+
+
+@dataclass
+class EvaluationRecord:
+    """Which images of one evaluation set each candidate has seen, shard by shard (JSON-serialisable).
+
+    ``shards`` lists, in order, ``{"indices": [...], "candidates": [...]}``: the image indices of the
+    shard (a contiguous stretch of ``shard_order``) and the candidates evaluated on all of them.
+    A shard is recorded only once every listed candidate has finished it.
+    """
+
+    n_images: int
+    seed: int
+    shards: list[dict[str, list]] = field(default_factory=list)
+
+    @property
+    def position(self) -> int:
+        """How many images of the order have been handed out in recorded shards."""
+        return sum(len(shard["indices"]) for shard in self.shards)
+
+    def next_indices(self, shard_size: int) -> np.ndarray:
+        """The image indices of the next shard (empty when the set is exhausted)."""
+        if shard_size < 1:
+            raise UserError(f"shard size {shard_size} must be >= 1")
+        start = self.position
+        return shard_order(self.n_images, self.seed)[start:start + shard_size]
+
+    def add(self, indices: Sequence[int], candidates: Sequence[str]) -> None:
+        """Record that ``candidates`` were evaluated on the next shard, ``indices``."""
+        expected = self.next_indices(max(len(indices), 1))[:len(indices)]
+        if not np.array_equal(np.asarray(indices), expected):
+            raise UserError("shard indices are not the next images of the seeded order; take them from next_indices")
+        self.shards.append({"indices": [int(i) for i in indices], "candidates": list(candidates)})
+
+    def seen(self, candidate: str) -> list[int]:
+        """The image indices ``candidate`` was evaluated on, in visiting order."""
+        return [i for shard in self.shards if candidate in shard["candidates"] for i in shard["indices"]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n_images": self.n_images, "seed": self.seed, "shards": self.shards}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EvaluationRecord:
+        return cls(int(data["n_images"]), int(data["seed"]),
+                   [{"indices": list(s["indices"]), "candidates": list(s["candidates"])} for s in data["shards"]])
+
+
+def min_plus_closure(weights: np.ndarray) -> np.ndarray:
+    """All-pairs shortest path lengths (Floyd-Warshall) of a dense weight matrix with a zero diagonal."""
+    closed = np.array(weights, dtype=np.float64)
+    for k in range(len(closed)):
+        closed = np.minimum(closed, closed[:, k, None] + closed[None, k, :])
+    return closed
+
+
+class SettlingDecision:
+    """Which of several candidates to recommend (lowest mean loss), decided sequentially.
+
+    One ``SequentialComparison`` per pair at the Bonferroni level (see module doc). After each
+    ``update``: ``states`` relates every candidate to the recommendation, ``settled`` says none is
+    undecided, and ``to_evaluate`` lists the candidates the next shard needs.
+    """
+
+    def __init__(self, candidates: Sequence[str], margin: float, confidence: float, bound: float,
+                 horizon: int | None = None):
+        if len(candidates) < 2 or len(set(candidates)) != len(candidates):
+            raise UserError("a settling decision needs at least two distinct candidate names")
+        _check_level(margin, confidence)
+        self.candidates = list(candidates)
+        self.margin, self.confidence, self.bound = margin, confidence, bound
+        pairs = len(candidates) * (len(candidates) - 1) // 2
+        self.pair_confidence = 1.0 - (1.0 - confidence) / pairs
+        self.comparisons = {(a, b): SequentialComparison(margin, self.pair_confidence, bound, horizon)
+                            for i, a in enumerate(self.candidates) for b in self.candidates[i + 1:]}
+
+    def update(self, losses: Mapping[str, np.ndarray]) -> None:
+        """Add one shard: per-sample losses (in visiting order, same images) of each evaluated candidate."""
+        unknown = set(losses) - set(self.candidates)
+        if unknown:
+            raise UserError(f"unknown candidates {sorted(unknown)}; known: {self.candidates}")
+        if len({np.shape(v) for v in losses.values()}) > 1:
+            raise UserError("every candidate of a shard needs a loss for each of the shard's images")
+        for (a, b), comparison in self.comparisons.items():
+            if a in losses and b in losses:
+                comparison.update(np.asarray(losses[a], dtype=np.float64) - np.asarray(losses[b], dtype=np.float64))
+
+    def can_beat(self) -> np.ndarray:
+        """``[c, b]``: upper bound on ``loss(b) - loss(c)``, how much ``c`` can beat ``b`` (chained)."""
+        index = {name: i for i, name in enumerate(self.candidates)}
+        direct = np.zeros((len(self.candidates),) * 2)
+        for (a, b), comparison in self.comparisons.items():
+            low, high = comparison.interval  # loss(a) - loss(b) in [low, high]
+            direct[index[b], index[a]] = high
+            direct[index[a], index[b]] = -low
+        return min_plus_closure(direct)
+
+    def relations(self) -> dict[str, tuple[str, float, float]]:
+        """Each candidate against the recommendation ``b``, the candidate whose largest possible
+        shortfall to any other is smallest (ties: the first listed): its state and the chained interval
+        of ``loss(c) - loss(b)``. States: ``recommended``; ``equivalent`` (certainly inside
+        ``(-margin, margin)``); ``worse`` (``b`` certainly beats it); or ``undecided``."""
+        beat = self.can_beat()
+        off_diagonal = np.where(np.eye(len(beat), dtype=bool), -np.inf, beat)
+        best = int(np.argmin(off_diagonal.max(axis=0)))
+        result = {}
+        for c, name in enumerate(self.candidates):
+            low, high = float(-beat[c, best]), float(beat[best, c])
+            state = "recommended" if c == best else classify(low, high, self.margin)
+            # certainly better than b: b is about to be replaced, so nothing is settled yet
+            result[name] = ("undecided" if state == "better" else state, low, high)
+        return result
+
+    def states(self) -> dict[str, str]:
+        """The state of each candidate (see ``relations``)."""
+        return {name: state for name, (state, _, _) in self.relations().items()}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON summary for results and reports: the rule, the recommendation, and per candidate its
+        state, interval against the recommendation and the most images it was compared on."""
+        images = {name: max([0] + [c.count for pair, c in self.comparisons.items() if name in pair])
+                  for name in self.candidates}
+        relations = self.relations()
+        return {"rule": "PrPl-EB confidence sequences (Waudby-Smith & Ramdas 2023), Bonferroni over pairs",
+                "confidence": self.confidence, "margin": self.margin, "settled": self.settled,
+                "recommended": self.recommended,
+                "candidates": {name: {"state": state, "difference": [low, high], "paired_images": images[name]}
+                               for name, (state, low, high) in relations.items()}}
+
+    @property
+    def recommended(self) -> str:
+        return next(name for name, state in self.states().items() if state == "recommended")
+
+    @property
+    def settled(self) -> bool:
+        """Every other candidate is worse than or equivalent to the recommendation."""
+        return "undecided" not in self.states().values()
+
+    @property
+    def to_evaluate(self) -> list[str]:
+        """Candidates to evaluate on the next shard: the undecided ones and the recommendation (their
+        comparisons are paired), none once settled. A candidate stopped as worse or equivalent comes
+        back if the recommendation changes and its relation to the new one is undecided."""
+        states = self.states()
+        if "undecided" not in states.values():
+            return []
+        return [name for name, state in states.items() if state in ("undecided", "recommended")]
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole decision state, to continue it in a later run (see ``from_json``)."""
+        return {"candidates": self.candidates, "margin": self.margin, "confidence": self.confidence,
+                "bound": self.bound,
+                "comparisons": [[a, b, comparison.to_json()] for (a, b), comparison in self.comparisons.items()]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SettlingDecision:
+        decision = cls(data["candidates"], data["margin"], data["confidence"], data["bound"])
+        for a, b, comparison in data["comparisons"]:
+            decision.comparisons[(a, b)] = SequentialComparison.from_json(comparison)
+        return decision
+
+
+def replay(decision: SettlingDecision, record: EvaluationRecord, losses: Mapping[str, np.ndarray]) -> None:
+    """Feed ``decision`` the recorded shards again from per-image losses (``losses[c][i]``: candidate
+    ``c`` on image ``i``), e.g. to resume from saved per-sample outputs instead of a saved state."""
+    for shard in record.shards:
+        decision.update({name: np.asarray(losses[name])[shard["indices"]] for name in shard["candidates"]})
