@@ -15,13 +15,13 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
-import sys  # noqa: E402
-import time  # noqa: E402
+import sys
+import time
 
-import cv2  # noqa: E402
+import cv2
 
-from lpmr_edge.data import load_dataset  # noqa: E402
-from lpmr_edge.data.corruptions import CORRUPTION_GROUPS, CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
+from lpmr_edge.data import load_dataset
+from lpmr_edge.data.corruptions import CORRUPTION_GROUPS, CORRUPTIONS, SEVERITIES, corrupt
 
 
 def main(images: int) -> None:
