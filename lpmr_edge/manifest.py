@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from lpmr_edge.errors import UserError
+from lpmr_edge.runtimes.registry import BACKENDS
 
 MANIFEST_NAME = "manifest.json"
-_TOOLS = ("lpmr-edge", "torch", "torchvision", "executorch", "torchao", "openvino", "nncf",
-          "open_clip_torch", "numpy", "scikit-learn", "scipy")
+_TOOLS = ("lpmr-edge", "torch", "torchvision", *(tool for backend in BACKENDS.values() for tool in backend.manifest_tools),
+          "nncf", "open_clip_torch", "numpy", "scikit-learn", "scipy")
 
 
 def sha256_bytes(data: bytes) -> str:

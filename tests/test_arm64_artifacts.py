@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpmr_edge.devices import EmulatedArm64
+from lpmr_edge.devices.emulated import EmulatedArm64
 from lpmr_edge.export import export_target
-from lpmr_edge.export.executorch import run_program
+from lpmr_edge.runtimes.executorch.export import run_program
 from lpmr_edge.manifest import verify_manifest
-from lpmr_edge.parity import feature_agreement
+from lpmr_edge.artifact import feature_agreement
 from lpmr_edge.targets import load_target
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from device_fixtures import SshServer
 
-from lpmr_edge.devices.base import parse_device
+from lpmr_edge.devices.kinds import parse_device
 from lpmr_edge.devices.session import DeviceSession
 from lpmr_edge.errors import UserError
 from lpmr_edge.runtimes import open_runtime

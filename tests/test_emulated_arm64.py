@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpmr_edge.devices import EmulatedArm64
+from lpmr_edge.devices.emulated import EmulatedArm64
 from lpmr_edge.devices.emulated import RUNNER
 
 pytestmark = pytest.mark.slow

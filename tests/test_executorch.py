@@ -19,7 +19,7 @@ import torch
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest, export_artifact
-from lpmr_edge.export.executorch import (
+from lpmr_edge.runtimes.executorch.export import (
     executed_precision,
     export_towers,
     lower_tower,

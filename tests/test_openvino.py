@@ -133,7 +133,7 @@ def test_dynamic_batch_and_fused_zero_shot_head(tmp_path: Path, monkeypatch: pyt
 
 def test_calibrate_reuses_the_int8_calibration_of_export(artifacts: dict[str, Path], int8_cache: Path,
                                                           monkeypatch: pytest.MonkeyPatch, tiny_random):
-    from lpmr_edge.export.openvino import calibrate
+    from lpmr_edge.runtimes.openvino.export import calibrate
 
     monkeypatch.setenv("LPMR_EDGE_CACHE", str(int8_cache))
     report = calibrate(tiny_random, FAST)

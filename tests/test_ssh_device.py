@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from device_fixtures import SshServer, one_line_error, run_cli
 
-from lpmr_edge.devices.base import parse_device
+from lpmr_edge.devices.kinds import parse_device
 from lpmr_edge.devices.setup import setup_device
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import write_manifest

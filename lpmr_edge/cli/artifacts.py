@@ -14,6 +14,7 @@ from lpmr_edge.cli.core import ArtifactOption, DeviceOption, JsonOption, ModelOp
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 from lpmr_edge.quantize import QuantizationOptions
+from lpmr_edge.runtimes.registry import runtime_help
 
 DEFAULTS = QuantizationOptions()
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="Target name (targets/NAME.toml) or path to a "
@@ -71,7 +72,7 @@ def calibrate_command(model: ModelOption = None, json_output: JsonOption = False
 
     Reports, per tower, calibration time, quantizers inserted, and INT8 against FP32 on the calibration inputs.
     """
-    from lpmr_edge.export.openvino import calibrate
+    from lpmr_edge.runtimes.openvino.export import calibrate
     from lpmr_edge.models import load_model
 
     if model is None:
@@ -95,7 +96,8 @@ def export_command(
     model: ModelOption = None,
     runtime: Annotated[list[str] | None, typer.Option(help="Runtime(s) to export (default: all of the "
                                                          "target's)")] = None,
-    precision: Annotated[list[str] | None, typer.Option(help="Precision(s) (default: the target's list)")] = None,
+    precision: Annotated[list[str] | None, typer.Option(help="Precision(s) (default: the target's list; "
+                                                           f"{runtime_help()})")] = None,
     out: Annotated[Path, typer.Option(help="Artifacts root (<out>/<target>/<runtime>-<precision>)")] =
         Path("lpmr-results/artifacts"),
     dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension instead of the target's static "
