@@ -42,8 +42,9 @@ def foreign_machine_warnings(manifest: Mapping[str, Any], machine: str | None = 
     target, machine = manifest["target"], machine or platform.machine()
     if target["arch"] == machine:
         return []
-    return [f"artifact for target '{target['name']}' ({target['arch']}) runs on {where or machine}: "
-            "figures do not describe the target"]
+    warning = (f"artifact for target '{target['name']}' ({target['arch']}) runs on {where or machine}: "
+               "figures do not describe the target")
+    return [warning]
 
 
 def feature_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lpmr_edge.errors import UserError
 from lpmr_edge.artifact import TOWERS
+from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import machine_info, now_utc
 
 if TYPE_CHECKING:

@@ -49,7 +49,7 @@ def check_parity(artifact: Path, n: int = 256, dataset: str = "fmnist-test",
     """Compare an artifact (any runtime) with the torch FP32 reference on the first ``n`` images of a dataset."""
     from lpmr_edge.data import load_dataset, preprocess_batches
     from lpmr_edge.models import build_preprocess, build_tokenizer
-    from lpmr_edge.runtimes import open_runtime
+    from lpmr_edge.runtimes.factory import open_runtime
 
     if n < 1:
         raise UserError(f"--n {n}: compare at least one image")

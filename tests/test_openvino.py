@@ -12,13 +12,15 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.export import export_target
 from lpmr_edge.parity import check_parity
 from lpmr_edge.quantize import QuantizationOptions
-from lpmr_edge.runtimes import open_runtime
-from lpmr_edge.runtimes.openvino import OpenVinoRuntime, summarise_execution
-from lpmr_edge.targets import RUNTIMES, load_target
+from lpmr_edge.runtimes.factory import open_runtime
+from lpmr_edge.runtimes.openvino.loader import summarise_execution
+from lpmr_edge.runtimes.openvino.runtime import OpenVinoRuntime
+from lpmr_edge.runtimes.registry import BACKENDS
+from lpmr_edge.targets import load_target
 
 MODEL = "random:lpmr-tiny-fmnist"
 FAST = QuantizationOptions(subset_size=32)
-PRECISIONS = RUNTIMES["openvino"].precisions
+PRECISIONS = BACKENDS["openvino"].precisions
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from lpmr_edge.devices.setup import setup_device
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import write_manifest
 from lpmr_edge.pick import read_bench
-from lpmr_edge.runtimes import open_runtime
+from lpmr_edge.runtimes.factory import open_runtime
 from lpmr_edge.suite import EvalSettings, evaluate
 
 pytest_plugins = ["device_fixtures"]

@@ -72,8 +72,8 @@ def calibrate_command(model: ModelOption = None, json_output: JsonOption = False
 
     Reports, per tower, calibration time, quantizers inserted, and INT8 against FP32 on the calibration inputs.
     """
-    from lpmr_edge.runtimes.openvino.export import calibrate
     from lpmr_edge.models import load_model
+    from lpmr_edge.runtimes.openvino.export import calibrate
 
     if model is None:
         raise UserError("calibrate needs --model (e.g. --model lpmr-tiny-fmnist)")

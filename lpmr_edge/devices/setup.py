@@ -20,6 +20,7 @@ from lpmr_edge.devices.base import Device
 from lpmr_edge.devices.session import DeviceSession
 from lpmr_edge.errors import UserError
 from lpmr_edge.runtimes.registry import BACKENDS, Runner
+
 MIN_PYTHON = (3, 9)
 SYSTEM_PYTHON = "python3"
 VENV_TIMEOUT = 600.0

@@ -8,7 +8,6 @@ only process: when the channel drops, the device server's supervisor ends it.
 from __future__ import annotations
 
 import shlex
-
 from urllib.parse import SplitResult
 
 from lpmr_edge.devices.base import Device, parse_options

@@ -48,7 +48,6 @@ from lpmr_edge.manifest import (
     sha256_file,
     sha256_json,
     tool_versions,
-    verify_manifest,
     write_manifest,
 )
 from lpmr_edge.quantize import QuantizationOptions, calibration_dataset, load_calibration_inputs

@@ -36,11 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lpmr_edge.artifact import TOWERS, feature_agreement
 from lpmr_edge.errors import UserError
-from lpmr_edge.artifact import TOWERS
 from lpmr_edge.export import ExportRequest
 from lpmr_edge.manifest import atomic_write_bytes, tool_versions
-from lpmr_edge.artifact import feature_agreement
 
 if TYPE_CHECKING:
     import torch

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lpmr_edge.errors import UserError
 from lpmr_edge.artifact import TOWERS
+from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest, staged_directory
 from lpmr_edge.manifest import MANIFEST_NAME, sha256_json, tool_versions, verify_manifest, write_manifest
 from lpmr_edge.quantize import (
