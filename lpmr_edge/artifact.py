@@ -19,20 +19,27 @@ import numpy as np
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import verify_manifest
+from lpmr_edge.runtimes.registry import backend
 
 FORMAT = "lpmr-edge-artifact/1"
 TOWERS = ("image", "text")
 
 
 def verify_artifact(directory: Path, runtime: str | None = None) -> dict[str, Any]:
-    """An artifact's manifest after checking every file hash, the format and (if given) the runtime it
-    was made for."""
+    """An artifact's manifest after checking every file hash, the format, (if given) the runtime it was made
+    for and that its tower files are that runtime's kind."""
     manifest = verify_manifest(directory)
     if manifest.get("format") != FORMAT or runtime not in (None, manifest.get("runtime")):
         wanted = f" for runtime '{runtime}'" if runtime else ""
         raise UserError(f"{directory} is not an artifact{wanted} in format {FORMAT} (format "
                         f"{manifest.get('format')!r}, runtime {manifest.get('runtime')!r}); export one with "
                         f"`lpmr-edge export{f' --runtime {runtime}' if runtime else ''}`")
+    suffix = backend(manifest["runtime"]).file_suffix
+    for tower in TOWERS:
+        name = manifest["towers"][tower]["file"]
+        if not name.endswith(suffix):
+            raise UserError(f"the {tower} tower of {directory} is {name}, not a {suffix} file of runtime "
+                            f"'{manifest['runtime']}'; re-export the artifact")
     return manifest
 
 

@@ -189,10 +189,17 @@ def test_int8_pte_bit_exact_on_arm64(emulated_device: str, artifacts: dict[str, 
     np.testing.assert_array_equal(arm, x86)
 
 
-def test_a_tower_file_the_runtime_cannot_read_is_one_line(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    """An OpenVINO artifact whose tower is a .pte: the device's loader refuses it in one line."""
-    pte = artifacts["et-fp32"] / "tiny-fp32.pte"
-    broken = _artifact("openvino", pte, tmp_path / "broken")
+def test_a_tower_file_of_another_runtime_is_refused(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    """An OpenVINO artifact whose tower is a .pte is refused before anything is loaded."""
+    broken = _artifact("openvino", artifacts["et-fp32"] / "tiny-fp32.pte", tmp_path / "broken")
+    with pytest.raises(UserError, match="tower of .* is tiny-fp32.pte, not a .xml file of runtime 'openvino'"):
+        DeviceRuntime(broken, parse_device(f"local?python={sys.executable}&workdir={tmp_path / 'device'}"))
+
+
+def test_a_tower_file_the_runtime_cannot_read_is_one_line(tmp_path: Path) -> None:
+    """The device's loader (the host's own loading code) reports an unreadable IR in one line."""
+    (tmp_path / "bad.xml").write_text("not an IR")
+    broken = _artifact("openvino", tmp_path / "bad.xml", tmp_path / "broken")
     with pytest.raises(UserError, match="OpenVINO .* cannot load the image tower") as failure:
         DeviceRuntime(broken, parse_device(f"local?python={sys.executable}&workdir={tmp_path / 'device'}"))
     assert "\n" not in str(failure.value)

@@ -12,10 +12,11 @@ from lpmr_edge.runtimes.registry import RUNTIME_NAMES, TORCH, backend
 
 
 def open_runtime(runtime: str | None = None, model: str | None = None, artifact: Path | None = None,
-                 threads: int | None = None, device: str = LOCAL) -> Runtime:
+                 threads: int | None = None, device: str = LOCAL, runner: str | None = None) -> Runtime:
     """The torch reference for ``model``, or the runtime an artifact's manifest names (``runtime``, if given,
     must agree), in this process for ``device`` ``local``, else on that device (``--device`` spec) through a
-    ``DeviceRuntime`` whose ``describe()["device"]`` names it."""
+    ``DeviceRuntime`` whose ``describe()["device"]`` names it; ``runner`` picks the backend's device runner
+    kind (default: its first, the Python device server)."""
     if artifact is not None:
         artifact = Path(artifact)
         declared = read_json(artifact / "manifest.json", "artifact manifest").get("runtime")
@@ -29,7 +30,7 @@ def open_runtime(runtime: str | None = None, model: str | None = None, artifact:
                             "`lpmr-edge export`)")
         from lpmr_edge.runtimes.device import DeviceRuntime
 
-        return DeviceRuntime(artifact, parse_device(device), threads)
+        return DeviceRuntime(artifact, parse_device(device), threads, runner=runner)
     if runtime == TORCH or (runtime is None and artifact is None):
         if model is None:
             raise UserError("the torch runtime needs --model (e.g. --model lpmr-tiny-fmnist)")
