@@ -31,16 +31,24 @@ def set_threads(threads: int) -> int:
     return portable_lib._threadpool_get_thread_count()
 
 
-def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[str, Infer], dict[str, Any]]:
-    """Load both towers' ``method`` with the manifest's backend, ExecuTorch's threadpool at ``threads``."""
-    import executorch
+def method_runner(program: bytes | Path, method: str = "forward") -> Infer:
+    """``infer(batch)``: one batch through a program's ``method`` (a .pte path, or its bytes) in the Python
+    runtime; a RuntimeError if ExecuTorch cannot load it."""
     import numpy as np
     import torch
     from executorch.runtime import Runtime
 
+    loaded = Runtime.get().load_program(program).load_method(method)
+    return lambda batch: loaded.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
+
+
+def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[str, Infer], dict[str, Any]]:
+    """Load both towers' ``method`` with the manifest's backend, ExecuTorch's threadpool at ``threads``."""
+    import executorch
+    from executorch.runtime import Runtime
+
     config = manifest["runtime_config"]
-    programs = Runtime.get()
-    if not programs.backend_registry.is_available(config["backend"]):
+    if not Runtime.get().backend_registry.is_available(config["backend"]):
         raise ImportError(f"the ExecuTorch build at {Path(executorch.__file__).parent} has no {config['backend']}; "
                           "install the executorch wheel from PyPI, which includes XNNPACK")
     threads = set_threads(threads)
@@ -48,12 +56,10 @@ def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[
     for tower in TOWERS:
         path = Path(directory) / manifest["towers"][tower]["file"]
         try:
-            method = programs.load_program(path).load_method(config["method"])
+            towers[tower] = method_runner(path, config["method"])
         except RuntimeError as error:
             raise ValueError(f"ExecuTorch {metadata.version('executorch')} cannot load the {tower} tower {path} "
                              f"({error}); re-export the artifact with this ExecuTorch version") from None
-        towers[tower] = lambda batch, method=method: method.execute(
-            [torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
     return towers, {"version": metadata.version("executorch"), "threads": threads,
                     "executed_precision": config["executed_precision"]}
 
