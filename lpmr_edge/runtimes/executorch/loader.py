@@ -15,8 +15,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-TOWERS = ("image", "text")
-
 Infer = Callable[[Any], Any]
 
 
@@ -53,7 +51,7 @@ def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[
                           "install the executorch wheel from PyPI, which includes XNNPACK")
     threads = set_threads(threads)
     towers = {}
-    for tower in TOWERS:
+    for tower in manifest["towers"]:
         path = Path(directory) / manifest["towers"][tower]["file"]
         try:
             towers[tower] = method_runner(path, config["method"])

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-TOWERS = ("image", "text")
 COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution")
 PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "u8": "int8", "i8": "int8", "u4": "int4",
                    "i4": "int4"}
@@ -87,7 +86,7 @@ def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[
     config = manifest["runtime_config"]
     core = openvino.Core()
     towers, execution = {}, {}
-    for tower in TOWERS:
+    for tower in manifest["towers"]:
         try:
             compiled = core.compile_model(core.read_model(Path(directory) / manifest["towers"][tower]["file"]),
                                           config["device"], {**config["properties"], "INFERENCE_NUM_THREADS": threads})
