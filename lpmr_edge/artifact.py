@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from lpmr_edge.backends import backend
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import verify_manifest
-from lpmr_edge.runtimes.registry import backend
 
 FORMAT = "lpmr-edge-artifact/1"
 TOWERS = ("image", "text")

@@ -11,8 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.errors import UserError
-from lpmr_edge.runtimes.registry import BACKENDS
 
 MANIFEST_NAME = "manifest.json"
 _TOOLS = ("lpmr-edge", "torch", "torchvision", *(tool for backend in BACKENDS.values() for tool in backend.manifest_tools),

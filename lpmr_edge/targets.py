@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.errors import UserError
-from lpmr_edge.runtimes.registry import BACKENDS
 
 TARGETS_DIR = Path(os.environ.get("LPMR_EDGE_TARGETS_DIR", Path(__file__).resolve().parents[1] / "targets"))
 ARCHES = ("x86_64", "aarch64")
-RUNTIMES = BACKENDS  # read by sweep/spec.py; new code reads lpmr_edge.runtimes.registry
+RUNTIMES = BACKENDS  # read by sweep/spec.py; new code reads lpmr_edge.backends
 _TOP_LEVEL_TYPES: dict[str, type] = {"name": str, "description": str, "arch": str, "threads": int,
                                      "image_batch": int, "text_batch": int, "runtimes": dict}
 _REQUIRED = ("arch", "threads", "image_batch", "text_batch", "runtimes")
@@ -106,7 +106,7 @@ def _parse_runtime(source: Path, runtime: str, table: Any) -> RuntimeTarget:
     options = table.get("options", {})
     if spec.option_types is not None:
         _check_types(source, options, spec.option_types, f"{where}options.")
-    problem = spec.check_options and spec.check_options(options, f"{where}options.", spec.precisions)
+    problem = spec.option_problem(options, f"{where}options.")
     if problem:
         raise _fail(source, *problem)
     return RuntimeTarget(precisions=tuple(precisions), options=options)

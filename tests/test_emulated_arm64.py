@@ -19,12 +19,12 @@ import pytest
 import torch
 
 from lpmr_edge.artifact import FORMAT
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.devices.emulated import EmulatedArm64
 from lpmr_edge.devices.kinds import parse_device
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import write_manifest
 from lpmr_edge.runtimes.device import DeviceRuntime
-from lpmr_edge.runtimes.registry import BACKENDS
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["device_fixtures"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import export_target
 from lpmr_edge.parity import check_parity
@@ -15,7 +16,6 @@ from lpmr_edge.quantize import QuantizationOptions
 from lpmr_edge.runtimes.factory import open_runtime
 from lpmr_edge.runtimes.openvino.loader import summarise_execution
 from lpmr_edge.runtimes.openvino.runtime import OpenVinoRuntime
-from lpmr_edge.runtimes.registry import BACKENDS
 from lpmr_edge.targets import load_target
 
 MODEL = "random:lpmr-tiny-fmnist"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lpmr_edge.runtimes.registry import BACKENDS
+from lpmr_edge.backends import BACKENDS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lpmr_edge"
-LAYERED = ("lpmr_edge.runtimes", "lpmr_edge.export", "lpmr_edge.parity", "lpmr_edge.devices", "lpmr_edge.artifact",
+LAYERED = ("lpmr_edge.backends", "lpmr_edge.runtimes", "lpmr_edge.export", "lpmr_edge.parity", "lpmr_edge.devices", "lpmr_edge.artifact",
            "lpmr_edge.manifest", "lpmr_edge.targets", "lpmr_edge.quantize", "lpmr_edge.bench")
 
 
@@ -93,3 +93,13 @@ def test_a_device_loader_imports_only_the_standard_library_numpy_and_its_runtime
 
 def test_the_device_base_class_knows_no_device_kind() -> None:
     assert not {m for m in _graph()["lpmr_edge.devices.base"] if m.startswith("lpmr_edge.devices.")}
+
+
+def test_the_backend_records_and_devices_import_no_runtime_export_or_suite() -> None:
+    graph = _graph()
+    assert graph["lpmr_edge.backends"] <= {"lpmr_edge", "lpmr_edge.errors"}
+    devices = {module: graph[module] for module in graph if module.startswith("lpmr_edge.devices")}
+    upward = {module: sorted(m for m in imported if m.startswith(("lpmr_edge.runtimes", "lpmr_edge.export",
+                                                                  "lpmr_edge.suite", "lpmr_edge.parity")))
+              for module, imported in devices.items()}
+    assert not {module: found for module, found in upward.items() if found}

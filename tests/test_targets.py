@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lpmr_edge.backends import ARM_OPENVINO_INT8, BACKENDS
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest, plan_exports, request_warnings
-from lpmr_edge.runtimes.registry import ARM_OPENVINO_INT8, BACKENDS
 from lpmr_edge.targets import list_targets, load_target
 
 GOOD = """

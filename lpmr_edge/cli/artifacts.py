@@ -9,12 +9,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from lpmr_edge.backends import runtime_help
 from lpmr_edge.cli import app
 from lpmr_edge.cli.core import ArtifactOption, DeviceOption, JsonOption, ModelOption, with_option_group
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 from lpmr_edge.quantize import QuantizationOptions
-from lpmr_edge.runtimes.registry import runtime_help
 
 DEFAULTS = QuantizationOptions()
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="Target name (targets/NAME.toml) or path to a "

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
+from lpmr_edge.backends import RUNTIME_NAMES
 from lpmr_edge.cli import app
 from lpmr_edge.cli.ui import console, print_json, print_table, progress_bar
 from lpmr_edge.errors import UserError
-from lpmr_edge.runtimes.registry import RUNTIME_NAMES
 from lpmr_edge.training import TrainConfig
 
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Model spec: lpmr-tiny-fmnist, "

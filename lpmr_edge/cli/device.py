@@ -5,11 +5,11 @@ from typing import Annotated
 
 import typer
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.cli import app
 from lpmr_edge.cli.core import DeviceOption, JsonOption
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
-from lpmr_edge.runtimes.registry import BACKENDS
 
 RuntimesOption = Annotated[list[str], typer.Option("--runtime", help="Runtime(s) to install and check: "
                                                    f"{', '.join(BACKENDS)}")]

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from lpmr_edge.backends import BACKENDS, Runner
 from lpmr_edge.devices.base import Device
 from lpmr_edge.devices.session import DeviceSession
 from lpmr_edge.errors import UserError
-from lpmr_edge.runtimes.registry import BACKENDS, Runner
 
 MIN_PYTHON = (3, 9)
 SYSTEM_PYTHON = "python3"

@@ -9,7 +9,7 @@ Artifact layout::
                                   tool_versions, machine, created
 
 Backend contract (``lpmr_edge/runtimes/<name>/export.py``, the ``exporter`` of the runtime's ``Backend`` record
-in ``lpmr_edge/runtimes/registry.py``)::
+in ``lpmr_edge/backends.py``)::
 
     def export_towers(clip: ClipModel, request: ExportRequest, calibration: CalibrationInputs,
                       staging_dir: Path) -> dict
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lpmr_edge.artifact import FORMAT, verify_artifact
+from lpmr_edge.backends import BACKENDS, source_file
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import (
     MANIFEST_NAME,
@@ -51,7 +52,6 @@ from lpmr_edge.manifest import (
     write_manifest,
 )
 from lpmr_edge.quantize import QuantizationOptions, calibration_dataset, load_calibration_inputs
-from lpmr_edge.runtimes.registry import BACKENDS, source_file
 from lpmr_edge.targets import Target
 
 if TYPE_CHECKING:

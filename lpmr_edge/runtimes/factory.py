@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lpmr_edge.backends import RUNTIME_NAMES, TORCH, backend
 from lpmr_edge.devices.base import LOCAL, in_process
 from lpmr_edge.devices.kinds import parse_device
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import read_json
 from lpmr_edge.runtimes.base import Runtime
-from lpmr_edge.runtimes.registry import RUNTIME_NAMES, TORCH, backend
 
 
 def open_runtime(runtime: str | None = None, model: str | None = None, artifact: Path | None = None,

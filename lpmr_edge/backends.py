@@ -2,20 +2,19 @@
 read what a runtime is.
 
 Adding a runtime = one folder ``lpmr_edge/runtimes/<name>/`` (``loader.py``, ``runtime.py``, ``export.py``)
-plus one ``Backend`` in ``BACKENDS``. This module imports only the standard library (and the light option
-checks of a backend folder), so anything may read it.
+plus one ``Backend`` in ``BACKENDS``. A record names its modules by path and this module imports only the
+standard library, so every layer may read it (it sits with ``errors`` and ``manifest`` at the bottom).
 """
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.runtimes.openvino.options import check_options as check_openvino_options
 
 TORCH = "torch"  # the in-process FP32 reference (lpmr_edge/runtimes/torch_runtime.py): no artifact, no record
 PYTHON_RUNNER = "python"
@@ -52,8 +51,9 @@ class Backend:
     manifest_tools: tuple[str, ...]  # distributions whose versions every manifest records
     runners: Mapping[str, Runner]  # by kind; the first is the default
     option_types: Mapping[str, type] | None = None  # target options lpmr-edge checks (None: the exporter does)
-    # (options, "runtimes.<name>.options.", precisions) -> (problem, fix) of the first bad value, or None
-    check_options: Callable[[Mapping[str, Any], str, tuple[str, ...]], tuple[str, str] | None] | None = None
+    # "module:function" (options, "runtimes.<name>.options.", precisions) -> (problem, fix) of the first bad
+    # value, or None; stdlib-only module
+    option_check: str | None = None
     fused_head: bool = False  # can export a fused zero-shot head (--fuse-head)
     arch_warnings: Mapping[str, str] = field(default_factory=dict)  # target arch -> warning for integer precisions
 
@@ -66,15 +66,24 @@ class Backend:
 
     def runtime_type(self) -> type:
         """The host ``Runtime`` class (imports the runtime package)."""
-        module, name = self.runtime_class.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _attribute(self.runtime_class)
+
+    def option_problem(self, options: Mapping[str, Any], where: str) -> tuple[str, str] | None:
+        """(problem, fix) for the first bad target option value (``where``: its key prefix), or None."""
+        return _attribute(self.option_check)(options, where, self.precisions) if self.option_check else None
+
+
+def _attribute(path: str) -> Any:
+    """``module:name`` imported."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def source_file(module: str) -> Path:
     """The source file of a module of this package, found without importing it."""
     package, *parts = module.split(".")
     assert package == __name__.split(".")[0], module
-    return Path(__file__).parents[1].joinpath(*parts).with_suffix(".py")
+    return Path(__file__).parent.joinpath(*parts).with_suffix(".py")
 
 
 def _python_runner(name: str, packages: tuple[str, ...], modules: tuple[str, ...]) -> dict[str, Runner]:
@@ -88,7 +97,7 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({backend.name: backend for ba
             runners=_python_runner("openvino", ("openvino",), ("openvino",)),
             option_types={"performance_hint": str, "num_streams": int, "inference_precision": dict,
                           "dynamic_quantization_group_size": int},
-            check_options=check_openvino_options, fused_head=True, arch_warnings={"aarch64": ARM_OPENVINO_INT8}),
+            option_check="lpmr_edge.runtimes.openvino.options:check_options", fused_head=True, arch_warnings={"aarch64": ARM_OPENVINO_INT8}),
     Backend(name="executorch", precisions=("fp32", "int8", "int8-dyn", "int4-w"), file_suffix=".pte",
             runtime_class="lpmr_edge.runtimes.executorch.runtime:ExecuTorchRuntime",
             exporter="lpmr_edge.runtimes.executorch.export", manifest_tools=("executorch", "torchao"),
