@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lpmr_edge.artifact import TOWERS
 from lpmr_edge.errors import UserError
-from lpmr_edge.export import TOWERS
 from lpmr_edge.manifest import machine_info, now_utc
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def runnable_batches(description: dict[str, Any], tower: str, wanted: tuple[int,
 
 def _worker(connection: Connection, source: RuntimeSource, threads: int | None, tower: str, classes: int) -> None:
     """Serve timing requests for one runtime until told to stop."""
-    from lpmr_edge.runtimes import open_runtime
+    from lpmr_edge.runtimes.factory import open_runtime
 
     try:
         runtime = open_runtime("torch" if source.model else None, model=source.model,
@@ -305,8 +305,8 @@ def benchmark_on_device(artifacts: list[Path], device_spec: str, settings: Bench
                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark artifacts on a device (``--device`` spec) through its device server, one at a time;
     rows as ``benchmark`` plus the device, with its peak RSS and ``emulated`` flag."""
-    from lpmr_edge.devices.base import parse_device
-    from lpmr_edge.runtimes.device import DeviceRuntime
+    from lpmr_edge.devices.kinds import parse_device
+    from lpmr_edge.runtimes.factory import open_runtime
 
     if settings.tower == ZERO_SHOT:
         raise UserError("the zero-shot path is timed on this host only; on a device time --tower image (the "
@@ -316,7 +316,7 @@ def benchmark_on_device(artifacts: list[Path], device_spec: str, settings: Bench
     rows: list[dict[str, Any]] = []
     for artifact in artifacts:
         report(f"timing {artifact} on {device.label}")
-        runtime = DeviceRuntime(artifact, device, settings.threads)
+        runtime = open_runtime(artifact=artifact, threads=settings.threads, device=device_spec)
         try:
             description = runtime.describe()
             shape = runtime.manifest["towers"][settings.tower]["inputs"][0]["shape"]

@@ -11,11 +11,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
-_TOOLS = ("lpmr-edge", "torch", "torchvision", "executorch", "torchao", "openvino", "nncf",
-          "open_clip_torch", "numpy", "scikit-learn", "scipy")
+_TOOLS = ("lpmr-edge", "torch", "torchvision", *(tool for backend in BACKENDS.values() for tool in backend.manifest_tools),
+          "nncf", "open_clip_torch", "numpy", "scikit-learn", "scipy")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -1,45 +1,14 @@
 """Parity of an artifact with the torch FP32 reference: feature cosine, max differences, top-1 agreement."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lpmr_edge.artifact import feature_agreement
 from lpmr_edge.errors import UserError
 from lpmr_edge.runtimes.base import Runtime
-
-
-def feature_agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Cosine (mean, min), max abs diff and max abs diff relative to the reference's largest magnitude."""
-    reference = np.asarray(reference, dtype=np.float64)
-    candidate = np.asarray(candidate, dtype=np.float64)
-    cosine = (reference * candidate).sum(-1) / np.maximum(
-        np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1), 1e-30)
-    max_abs = float(np.abs(reference - candidate).max())
-    return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()), "max_abs_diff": max_abs,
-            "relative_max_diff": max_abs / max(float(np.abs(reference).max()), 1e-30)}
-
-
-def verify_reference_outputs(artifact_dir: Path, manifest: Mapping[str, Any],
-                             run: Callable[[str, np.ndarray], np.ndarray], where: str) -> dict[str, dict[str, float]]:
-    """Run an artifact's reference inputs (its manifest's ``verification``) through ``run(tower, inputs)`` and
-    compare with the outputs recorded at export; the agreement per tower, or a UserError naming ``where``
-    when a tower is outside the manifest's tolerance."""
-    verification = manifest["verification"]
-    tolerance = verification["tolerance"]
-    with np.load(Path(artifact_dir) / verification["file"]) as reference:
-        agreement = {tower: feature_agreement(reference[names["expected"]], run(tower, reference[names["input"]]))
-                     for tower, names in verification["towers"].items()}
-    failed = [tower for tower, result in agreement.items()
-              if result["cosine_min"] < tolerance["cosine_min"]
-              or result["relative_max_diff"] > tolerance["relative_max_diff"]]
-    if failed:
-        raise UserError(f"{', '.join(failed)} tower output(s) on {where} differ from the exporting host's beyond "
-                        f"{tolerance}: {agreement}; do not trust results from this device/runtime build until "
-                        "that is explained")
-    return agreement
 
 
 def torch_reference(runtime: Runtime, threads: int | None = None) -> Runtime:
@@ -80,7 +49,7 @@ def check_parity(artifact: Path, n: int = 256, dataset: str = "fmnist-test",
     """Compare an artifact (any runtime) with the torch FP32 reference on the first ``n`` images of a dataset."""
     from lpmr_edge.data import load_dataset, preprocess_batches
     from lpmr_edge.models import build_preprocess, build_tokenizer
-    from lpmr_edge.runtimes import open_runtime
+    from lpmr_edge.runtimes.factory import open_runtime
 
     if n < 1:
         raise UserError(f"--n {n}: compare at least one image")

@@ -47,13 +47,9 @@ def _is_done(path: Path, key: str) -> bool:
 
 
 def _open(artifact: Path, device: str, threads: int) -> Runtime:
-    from lpmr_edge.runtimes import open_runtime
+    from lpmr_edge.runtimes.factory import open_runtime
 
-    if device == "local":
-        return open_runtime(artifact=artifact, threads=threads)
-    from lpmr_edge.runtimes.device import open_device_runtime
-
-    return open_device_runtime(artifact, device, threads)
+    return open_runtime(artifact=artifact, threads=threads, device=device)
 
 
 def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log, progress: Progress | None) -> None:
@@ -88,7 +84,8 @@ def _bench(target: Target, artifacts: Sequence[Path], device_spec: str, out: Pat
     """Latency and memory where they mean something: on the device, or on this host when it is the target's
     architecture; emulated timings are not latencies, so an emulated device is not benchmarked."""
     from lpmr_edge.bench import BenchSettings, RuntimeSource, benchmark, benchmark_on_device
-    from lpmr_edge.devices.base import in_process, parse_device
+    from lpmr_edge.devices.base import in_process
+    from lpmr_edge.devices.kinds import parse_device
     from lpmr_edge.manifest import verify_manifest
 
     on_device = not in_process(device_spec)

@@ -26,28 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.errors import UserError
 
 TARGETS_DIR = Path(os.environ.get("LPMR_EDGE_TARGETS_DIR", Path(__file__).resolve().parents[1] / "targets"))
 ARCHES = ("x86_64", "aarch64")
-OPENVINO_HINTS = ("f32", "bf16", "f16")
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """What a runtime can export: its precisions and (if lpmr-edge checks them) its option types."""
-
-    precisions: tuple[str, ...]
-    option_types: Mapping[str, type] | None = None
-
-
-RUNTIMES: dict[str, RuntimeSpec] = {
-    "openvino": RuntimeSpec(("fp32", "bf16", "fp16", "int8", "int8-w", "int4-w"),
-                            {"performance_hint": str, "num_streams": int, "inference_precision": dict,
-                             "dynamic_quantization_group_size": int}),
-    # ExecuTorch options are checked by its exporter.
-    "executorch": RuntimeSpec(("fp32", "int8", "int8-dyn", "int4-w")),
-}
 _TOP_LEVEL_TYPES: dict[str, type] = {"name": str, "description": str, "arch": str, "threads": int,
                                      "image_batch": int, "text_batch": int, "runtimes": dict}
 _REQUIRED = ("arch", "threads", "image_batch", "text_batch", "runtimes")
@@ -105,12 +88,12 @@ def _check_types(source: Path, table: Mapping[str, Any], types: Mapping[str, typ
 
 def _parse_runtime(source: Path, runtime: str, table: Any) -> RuntimeTarget:
     where = f"runtimes.{runtime}."
-    if runtime not in RUNTIMES:
-        raise _fail(source, f"unknown runtime '{runtime}'", f"use one of {', '.join(RUNTIMES)}")
+    if runtime not in BACKENDS:
+        raise _fail(source, f"unknown runtime '{runtime}'", f"use one of {', '.join(BACKENDS)}")
     if not isinstance(table, dict):
         raise _fail(source, f"'runtimes.{runtime}' must be a table", f"write [runtimes.{runtime}]")
     _check_types(source, table, {"precisions": list, "options": dict}, where)
-    spec = RUNTIMES[runtime]
+    spec = BACKENDS[runtime]
     precisions = table.get("precisions")
     if not precisions:
         raise _fail(source, f"'{where}precisions' is missing or empty",
@@ -122,23 +105,10 @@ def _parse_runtime(source: Path, runtime: str, table: Any) -> RuntimeTarget:
     options = table.get("options", {})
     if spec.option_types is not None:
         _check_types(source, options, spec.option_types, f"{where}options.")
-        _check_openvino_options(source, options, where)
+    problem = spec.option_problem(options, f"{where}options.")
+    if problem:
+        raise _fail(source, *problem)
     return RuntimeTarget(precisions=tuple(precisions), options=options)
-
-
-def _check_openvino_options(source: Path, options: Mapping[str, Any], where: str) -> None:
-    if options.get("performance_hint", "LATENCY") not in ("LATENCY", "THROUGHPUT"):
-        raise _fail(source, f"'{where}options.performance_hint' is {options['performance_hint']!r}",
-                    "use LATENCY or THROUGHPUT")
-    for key in ("num_streams", "dynamic_quantization_group_size"):
-        if options.get(key, 1) < (1 if key == "num_streams" else 0):
-            raise _fail(source, f"'{where}options.{key}' is {options[key]}", "use a non-negative count "
-                        "(num_streams >= 1)")
-    for precision, hint in options.get("inference_precision", {}).items():
-        if precision not in RUNTIMES["openvino"].precisions or hint not in OPENVINO_HINTS:
-            raise _fail(source, f"'{where}options.inference_precision' maps {precision!r} to {hint!r}",
-                        f"map precisions ({', '.join(RUNTIMES['openvino'].precisions)}) to one of "
-                        f"{', '.join(OPENVINO_HINTS)}")
 
 
 def parse_target(source: Path, data: Mapping[str, Any]) -> Target:
@@ -156,7 +126,7 @@ def parse_target(source: Path, data: Mapping[str, Any]) -> Target:
         if data[key] < 1:
             raise _fail(source, f"'{key}' is {data[key]}", "use a positive integer")
     if not data["runtimes"]:
-        raise _fail(source, "'runtimes' is empty", "add a [runtimes.openvino] or [runtimes.executorch] table")
+        raise _fail(source, "'runtimes' is empty", f"add a table such as [runtimes.{next(iter(BACKENDS))}] (runtimes: {', '.join(BACKENDS)})")
     runtimes = {runtime: _parse_runtime(source, runtime, table)
                 for runtime, table in data["runtimes"].items()}
     return Target(name=name, description=data.get("description", ""), arch=data["arch"], threads=data["threads"],

@@ -88,7 +88,7 @@ def emulated_device(emulator: EmulatedArm64) -> Iterator[str]:
         shutil.rmtree(emulator.root / workdir.lstrip("/"), ignore_errors=True)
 
 
-def _export(runtime: str, target: str, out: Path) -> Path:
+def _export(runtime: str, target: str, out: Path, precision: str = "fp32") -> Path:
     from lpmr_edge._compat import import_open_clip
     from lpmr_edge.export import ExportRequest, export_artifact
     from lpmr_edge.models.bundled import CONFIG_DIR
@@ -101,7 +101,7 @@ def _export(runtime: str, target: str, out: Path) -> Path:
     (out / f"{ARCHITECTURE}.json").write_text(json.dumps(config))
     import_open_clip().add_model_config(out)
     request = ExportRequest(model=f"random:{ARCHITECTURE}", target=load_target(target), runtime=runtime,
-                            precision="fp32", options=QuantizationOptions(subset_size=16))
+                            precision=precision, options=QuantizationOptions(subset_size=16))
     return export_artifact(request, out, isolate=False)[0]
 
 
@@ -109,6 +109,12 @@ def _export(runtime: str, target: str, out: Path) -> Path:
 def openvino_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An fp32 OpenVINO IR for the x86 target."""
     return _export("openvino", "x86", tmp_path_factory.mktemp("openvino"))
+
+
+@pytest.fixture(scope="session")
+def openvino_int8w_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An int8-w (weight-only) OpenVINO IR for the x86 target: its label depends on the dynamic quantization group."""
+    return _export("openvino", "x86", tmp_path_factory.mktemp("openvino-int8w"), precision="int8-w")
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from device_fixtures import SshServer
 
-from lpmr_edge.devices.base import parse_device
+from lpmr_edge.devices.kinds import parse_device
 from lpmr_edge.devices.session import DeviceSession
 from lpmr_edge.errors import UserError
-from lpmr_edge.runtimes import open_runtime
 from lpmr_edge.runtimes.device import DeviceRuntime
+from lpmr_edge.runtimes.factory import open_runtime
 from lpmr_edge.suite import EvalSettings, evaluate
 
 pytest_plugins = ["device_fixtures"]
@@ -160,3 +160,18 @@ def test_a_silent_device_times_out_and_is_stopped(tmp_path: Path) -> None:
         DeviceSession(parse_device(f"local?python={python}"), timeout=1)
     assert "\n" not in str(failure.value)
     assert not _running(silent)
+
+
+def test_a_device_labels_what_it_executes_as_this_process_does(openvino_int8w_artifact: Path, tmp_path: Path) -> None:
+    """The device runs the host's own loader: an int8-w artifact's label names the dynamic quantization group
+    (the CPU plugin's on-the-fly int8 activations) on the device exactly as in this process."""
+    in_process = open_runtime(artifact=openvino_int8w_artifact, threads=1)
+    on_device = open_runtime(artifact=openvino_int8w_artifact, threads=1,
+                             device=f"local?python={sys.executable}&workdir={tmp_path / 'device'}")
+    try:
+        assert isinstance(on_device, DeviceRuntime)
+        assert "dynamic int8 activations, group" in in_process.describe()["executed_precision"]
+        assert on_device.describe()["executed_precision"] == in_process.describe()["executed_precision"]
+        assert on_device.describe()["execution"] == in_process.describe()["execution"]
+    finally:
+        on_device.close()

@@ -1,13 +1,14 @@
 """The emulated arm64 device runs ExecuTorch (XNNPACK) and OpenVINO artifacts like x86 does.
 
-Needs the root from `make arm-root` (skipped without it) and root privileges. Each emulated run
-takes about a minute, mostly importing torch and executorch under QEMU.
+Both sides run the same loading code: each backend's ``loader`` module, in this process on x86 and shipped
+with the device server to the emulated root. Needs the root from `make arm-root` (skipped without it) and
+root privileges. Each emulated run takes about a minute, mostly importing torch and executorch under QEMU.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -17,12 +18,22 @@ import numpy as np
 import pytest
 import torch
 
-from lpmr_edge.devices import EmulatedArm64
-from lpmr_edge.devices.emulated import RUNNER
+from lpmr_edge.artifact import FORMAT
+from lpmr_edge.backends import BACKENDS
+from lpmr_edge.devices.emulated import EmulatedArm64
+from lpmr_edge.devices.kinds import parse_device
+from lpmr_edge.errors import UserError
+from lpmr_edge.manifest import write_manifest
+from lpmr_edge.runtimes.device import DeviceRuntime
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["device_fixtures"]
 
 BATCH = 4
+RUNTIME_CONFIGS = {
+    "executorch": {"backend": "XnnpackBackend", "method": "forward", "threads": 1, "executed_precision": "fp32"},
+    "openvino": {"device": "CPU", "threads": 1, "properties": {"INFERENCE_PRECISION_HINT": "f32"}},
+}
 
 
 class TinyNet(torch.nn.Module):
@@ -61,9 +72,23 @@ def _quantize_int8(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Mo
     return convert_pt2e(prepared)
 
 
+def _artifact(runtime: str, tower_file: Path, out: Path) -> Path:
+    """``tower_file`` (with an IR's .bin) as an artifact of ``runtime`` whose image tower it is (TinyNet has no
+    text tower: the text entry names the same file and is never run)."""
+    out.mkdir()
+    for path in (tower_file, tower_file.with_suffix(".bin")):
+        if path.is_file():
+            (out / path.name).write_bytes(path.read_bytes())
+    tower = {"file": tower_file.name, "inputs": [{"name": "x", "shape": [BATCH, 3, 8, 8], "dtype": "float32"}]}
+    write_manifest(out, {"format": FORMAT, "runtime": runtime, "precision": "fp32", "model": {},
+                         "target": {"name": "tiny", "arch": "aarch64"}, "runtime_config": RUNTIME_CONFIGS[runtime],
+                         "towers": {"image": tower, "text": tower}})
+    return out
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """fp32 and int8 .pte and an fp32 OpenVINO IR of TinyNet, the fixed input and torch's output."""
+    """fp32 and int8 .pte and an fp32 OpenVINO IR of TinyNet as artifacts, the fixed input and torch's output."""
     import openvino
 
     out = tmp_path_factory.mktemp("artifacts")
@@ -78,9 +103,10 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         return {
             "input": out / "input.npy",
             "torch": out / "torch.npy",
-            "et-fp32": _export_pte(model, example, out / "tiny-fp32.pte"),
-            "et-int8": _export_pte(_quantize_int8(model, example), example, out / "tiny-int8.pte"),
-            "ov-fp32": out / "tiny.xml",
+            "et-fp32": _artifact("executorch", _export_pte(model, example, out / "tiny-fp32.pte"), out / "et-fp32"),
+            "et-int8": _artifact("executorch", _export_pte(_quantize_int8(model, example), example,
+                                                           out / "tiny-int8.pte"), out / "et-int8"),
+            "ov-fp32": _artifact("openvino", out / "tiny.xml", out / "ov-fp32"),
         }
 
 
@@ -92,20 +118,22 @@ def device() -> EmulatedArm64:
     return dev
 
 
-def _run_x86(runtime: str, artifact: Path, input_npy: Path, out: Path) -> tuple[np.ndarray, dict]:
-    env = {k: v for k, v in os.environ.items() if k != "LPMR_EDGE_EMULATED"}
-    subprocess.run(
-        [sys.executable, str(RUNNER), "--runtime", runtime, "--artifact", str(artifact), "--input",
-         str(input_npy), "--output", str(out / "output.npy"), "--meta", str(out / "meta.json")],
-        check=True, env=env,
-    )
-    return np.load(out / "output.npy"), json.loads((out / "meta.json").read_text())
+def _run_x86(name: str, artifacts: dict[str, Path]) -> np.ndarray:
+    """The image tower on this host through the backend's loader (the code the device runs)."""
+    artifact = artifacts[name]
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    loader = importlib.import_module(BACKENDS[manifest["runtime"]].runner().loader)
+    towers, _ = loader.load(artifact, manifest, 1)
+    return np.asarray(towers["image"](np.load(artifacts["input"])), dtype=np.float32)
 
 
-def _run_arm(device: EmulatedArm64, runtime: str, artifact: Path, input_npy: Path, out: Path):
-    result = device.run_runner(runtime, artifact, input_npy, out, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return np.load(out / "output.npy"), json.loads((out / "meta.json").read_text())
+def _run_arm(spec: str, name: str, artifacts: dict[str, Path]) -> tuple[np.ndarray, DeviceRuntime]:
+    """The image tower on the emulated device through its device server; the runtime (closed) for its report."""
+    runtime = DeviceRuntime(artifacts[name], parse_device(spec), threads=1)
+    try:
+        return runtime.run_on_device("image", np.load(artifacts["input"])).features, runtime
+    finally:
+        runtime.close()
 
 
 def test_device_is_aarch64(device: EmulatedArm64, tmp_path: Path) -> None:
@@ -141,35 +169,37 @@ def _cmdline(proc: Path) -> bytes:
         return b""
 
 
-@pytest.mark.parametrize(
-    ("name", "runtime"), [("et-fp32", "executorch"), ("ov-fp32", "openvino")]
-)
-def test_fp32_matches_x86(device: EmulatedArm64, artifacts: dict[str, Path], tmp_path: Path,
-                          name: str, runtime: str) -> None:
-    x86, _ = _run_x86(runtime, artifacts[name], artifacts["input"], tmp_path / "x86")
-    arm, meta = _run_arm(device, runtime, artifacts[name], artifacts["input"], tmp_path / "arm")
+@pytest.mark.parametrize("name", ["et-fp32", "ov-fp32"])
+def test_fp32_matches_x86(emulated_device: str, artifacts: dict[str, Path], name: str) -> None:
+    x86 = _run_x86(name, artifacts)
+    arm, runtime = _run_arm(emulated_device, name, artifacts)
     assert arm.shape == x86.shape == (BATCH, 16)
     assert np.max(np.abs(arm - x86)) <= 1e-4 * np.max(np.abs(x86))
-    assert meta["measured_on"] == {**meta["measured_on"], "machine": "aarch64", "emulated": True}
-    assert meta["timing"].startswith("emulated")
-    if runtime == "openvino":
-        assert meta["inference_precision"] == "f32"
+    timing = runtime.timing()
+    assert runtime.device_info["machine"] == timing["measured_on"] == "aarch64"
+    assert timing["emulated"] is True and timing["note"].startswith("emulated")
+    if name.startswith("ov"):
+        assert {facts["inference_precision"] for facts in runtime.loaded["execution"].values()} == {"f32"}
 
 
-def test_int8_pte_bit_exact_on_arm64(
-    device: EmulatedArm64, artifacts: dict[str, Path], tmp_path: Path
-) -> None:
-    x86, _ = _run_x86("executorch", artifacts["et-int8"], artifacts["input"], tmp_path / "x86")
-    arm, _ = _run_arm(device, "executorch", artifacts["et-int8"], artifacts["input"], tmp_path / "arm")
+def test_int8_pte_bit_exact_on_arm64(emulated_device: str, artifacts: dict[str, Path]) -> None:
+    x86 = _run_x86("et-int8", artifacts)
+    arm, _ = _run_arm(emulated_device, "et-int8", artifacts)
     assert not np.allclose(x86, np.load(artifacts["torch"]), atol=1e-4), "the int8 artifact is not quantized"
     np.testing.assert_array_equal(arm, x86)
 
 
-def test_runner_rejects_bad_input(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(RUNNER), "--runtime", "openvino", "--artifact", str(artifacts["et-fp32"]),
-         "--input", str(artifacts["input"]), "--output", str(tmp_path / "y.npy")],
-        check=False, capture_output=True, text=True,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip() == "runner: openvino needs a .xml file, got tiny-fp32.pte"
+def test_a_tower_file_of_another_runtime_is_refused(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    """An OpenVINO artifact whose tower is a .pte is refused before anything is loaded."""
+    broken = _artifact("openvino", artifacts["et-fp32"] / "tiny-fp32.pte", tmp_path / "broken")
+    with pytest.raises(UserError, match="tower of .* is tiny-fp32.pte, not a .xml file of runtime 'openvino'"):
+        DeviceRuntime(broken, parse_device(f"local?python={sys.executable}&workdir={tmp_path / 'device'}"))
+
+
+def test_a_tower_file_the_runtime_cannot_read_is_one_line(tmp_path: Path) -> None:
+    """The device's loader (the host's own loading code) reports an unreadable IR in one line."""
+    (tmp_path / "bad.xml").write_text("not an IR")
+    broken = _artifact("openvino", tmp_path / "bad.xml", tmp_path / "broken")
+    with pytest.raises(UserError, match="OpenVINO .* cannot load the image tower") as failure:
+        DeviceRuntime(broken, parse_device(f"local?python={sys.executable}&workdir={tmp_path / 'device'}"))
+    assert "\n" not in str(failure.value)

@@ -17,7 +17,7 @@ from conftest import target_toml
 from device_fixtures import processes_inside, run_cli, wait_until
 
 from lpmr_edge.devices.emulated import EmulatedArm64
-from lpmr_edge.runtimes import open_runtime
+from lpmr_edge.runtimes.factory import open_runtime
 from lpmr_edge.suite import EvalSettings, evaluate
 
 pytestmark = pytest.mark.slow

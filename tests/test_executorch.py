@@ -19,17 +19,18 @@ import torch
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest, export_artifact
-from lpmr_edge.export.executorch import (
+from lpmr_edge.manifest import write_manifest
+from lpmr_edge.models.bundled import CONFIG_DIR
+from lpmr_edge.quantize import QuantizationOptions
+from lpmr_edge.runtimes.executorch.export import (
     executed_precision,
     export_towers,
     lower_tower,
     quantize_static,
     run_program,
 )
-from lpmr_edge.manifest import write_manifest
-from lpmr_edge.models.bundled import CONFIG_DIR
-from lpmr_edge.quantize import QuantizationOptions
-from lpmr_edge.runtimes.executorch import ExecuTorchRuntime, set_threads
+from lpmr_edge.runtimes.executorch.loader import set_threads
+from lpmr_edge.runtimes.executorch.runtime import ExecuTorchRuntime
 from lpmr_edge.targets import RuntimeTarget, load_target
 
 ARCHITECTURE = "lpmr-tiny-1layer"
@@ -185,7 +186,7 @@ def test_outputs_that_differ_from_the_exporting_host_fail_verification(artifacts
 def test_threads_are_set_and_read_back(artifacts: dict[str, Path]) -> None:
     assert ExecuTorchRuntime(artifacts["fp32"], threads=1).describe()["threads"] == 1
     assert ExecuTorchRuntime(artifacts["fp32"]).describe()["threads"] == load_target("x86").threads
-    with pytest.raises(UserError, match="at least 1"):
+    with pytest.raises(ValueError, match="at least 1"):
         set_threads(0)
 
 

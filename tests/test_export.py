@@ -38,7 +38,7 @@ class FakeBackend(types.ModuleType):
     """Implements the backend contract by writing placeholder tower files (or failing halfway)."""
 
     def __init__(self, fail: bool = False) -> None:
-        super().__init__("lpmr_edge.export.executorch")
+        super().__init__("lpmr_edge.runtimes.executorch.export")
         self.fail, self.calls = fail, 0
 
     def export_towers(self, clip: Any, request: ExportRequest, calibration: Any, staging_dir: Path) -> dict:
@@ -57,7 +57,7 @@ class FakeBackend(types.ModuleType):
 @pytest.fixture()
 def fake_backend(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
     backend = FakeBackend()
-    monkeypatch.setitem(sys.modules, "lpmr_edge.export.executorch", backend)
+    monkeypatch.setitem(sys.modules, "lpmr_edge.runtimes.executorch.export", backend)
     return backend
 
 
@@ -101,10 +101,10 @@ def test_export_is_resumable_and_sensitive_to_the_request(tmp_path: Path, fake_b
 
 def test_a_failed_export_leaves_the_previous_artifact_and_no_debris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                      tiny_random):
-    monkeypatch.setitem(sys.modules, "lpmr_edge.export.executorch", FakeBackend())
+    monkeypatch.setitem(sys.modules, "lpmr_edge.runtimes.executorch.export", FakeBackend())
     good, _ = export_artifact(_request(), tmp_path, isolate=False, clip=tiny_random)
     before = (good / "manifest.json").read_text()
-    monkeypatch.setitem(sys.modules, "lpmr_edge.export.executorch", FakeBackend(fail=True))
+    monkeypatch.setitem(sys.modules, "lpmr_edge.runtimes.executorch.export", FakeBackend(fail=True))
     with pytest.raises(RuntimeError, match="lowering failed"):
         export_artifact(_request(), tmp_path, force=True, isolate=False, clip=tiny_random)
     assert (good / "manifest.json").read_text() == before

@@ -8,17 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import export_target
 from lpmr_edge.parity import check_parity
 from lpmr_edge.quantize import QuantizationOptions
-from lpmr_edge.runtimes import open_runtime
-from lpmr_edge.runtimes.openvino import OpenVinoRuntime, summarise_execution
-from lpmr_edge.targets import RUNTIMES, load_target
+from lpmr_edge.runtimes.factory import open_runtime
+from lpmr_edge.runtimes.openvino.loader import summarise_execution
+from lpmr_edge.runtimes.openvino.runtime import OpenVinoRuntime
+from lpmr_edge.targets import load_target
 
 MODEL = "random:lpmr-tiny-fmnist"
 FAST = QuantizationOptions(subset_size=32)
-PRECISIONS = RUNTIMES["openvino"].precisions
+PRECISIONS = BACKENDS["openvino"].precisions
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def test_dynamic_batch_and_fused_zero_shot_head(tmp_path: Path, monkeypatch: pyt
 
 def test_calibrate_reuses_the_int8_calibration_of_export(artifacts: dict[str, Path], int8_cache: Path,
                                                           monkeypatch: pytest.MonkeyPatch, tiny_random):
-    from lpmr_edge.export.openvino import calibrate
+    from lpmr_edge.runtimes.openvino.export import calibrate
 
     monkeypatch.setenv("LPMR_EDGE_CACHE", str(int8_cache))
     report = calibrate(tiny_random, FAST)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from device_fixtures import SshServer, one_line_error, run_cli
 
-from lpmr_edge.devices.base import parse_device
+from lpmr_edge.devices.kinds import parse_device
 from lpmr_edge.devices.setup import setup_device
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import write_manifest
-from lpmr_edge.pick import read_bench
-from lpmr_edge.runtimes import open_runtime
+from lpmr_edge.results import read_bench
+from lpmr_edge.runtimes.factory import open_runtime
 from lpmr_edge.suite import EvalSettings, evaluate
 
 pytest_plugins = ["device_fixtures"]

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from lpmr_edge.backends import ARM_OPENVINO_INT8, BACKENDS
 from lpmr_edge.errors import UserError
-from lpmr_edge.export import ARM_OPENVINO_INT8, ExportRequest, plan_exports, request_warnings
-from lpmr_edge.targets import RUNTIMES, list_targets, load_target
+from lpmr_edge.export import ExportRequest, plan_exports, request_warnings
+from lpmr_edge.targets import list_targets, load_target
 
 GOOD = """
 name = "pi5"
@@ -35,7 +36,7 @@ def test_shipped_targets_follow_the_contract():
     assert {"x86", "arm"} <= set(targets)
     x86, arm = targets["x86"], targets["arm"]
     assert x86.arch == "x86_64" and arm.arch == "aarch64"
-    assert x86.runtime("openvino").precisions == RUNTIMES["openvino"].precisions
+    assert x86.runtime("openvino").precisions == BACKENDS["openvino"].precisions
     assert set(arm.runtime("openvino").precisions) == {"fp32", "fp16"}
     assert {"fp32", "int8", "int8-dyn"} <= set(x86.runtime("executorch").precisions)
     assert {"fp32", "int8", "int8-dyn"} <= set(arm.runtime("executorch").precisions)

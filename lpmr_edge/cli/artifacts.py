@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from lpmr_edge.backends import runtime_help
 from lpmr_edge.cli import app
 from lpmr_edge.cli.core import ArtifactOption, DeviceOption, JsonOption, ModelOption, with_option_group
 from lpmr_edge.cli.ui import console, print_json, print_table
@@ -71,8 +72,8 @@ def calibrate_command(model: ModelOption = None, json_output: JsonOption = False
 
     Reports, per tower, calibration time, quantizers inserted, and INT8 against FP32 on the calibration inputs.
     """
-    from lpmr_edge.export.openvino import calibrate
     from lpmr_edge.models import load_model
+    from lpmr_edge.runtimes.openvino.export import calibrate
 
     if model is None:
         raise UserError("calibrate needs --model (e.g. --model lpmr-tiny-fmnist)")
@@ -95,7 +96,8 @@ def export_command(
     model: ModelOption = None,
     runtime: Annotated[list[str] | None, typer.Option(help="Runtime(s) to export (default: all of the "
                                                          "target's)")] = None,
-    precision: Annotated[list[str] | None, typer.Option(help="Precision(s) (default: the target's list)")] = None,
+    precision: Annotated[list[str] | None, typer.Option(help="Precision(s) (default: the target's list; "
+                                                           f"{runtime_help()})")] = None,
     out: Annotated[Path, typer.Option(help="Artifacts root (<out>/<target>/<runtime>-<precision>)")] =
         Path("lpmr-results/artifacts"),
     dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension instead of the target's static "

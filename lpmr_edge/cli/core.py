@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lpmr_edge.backends import RUNTIME_NAMES
 from lpmr_edge.cli import app
 from lpmr_edge.cli.ui import console, print_json, print_table, progress_bar
 from lpmr_edge.errors import UserError
@@ -54,7 +55,7 @@ def default_results_dir(runtime: str, precision: str, model: str, device: str | 
 @app.command("eval")
 def eval_command(
     model: ModelOption = None,
-    runtime: Annotated[str | None, typer.Option(help="torch | openvino | executorch "
+    runtime: Annotated[str | None, typer.Option(help=f"{' | '.join(RUNTIME_NAMES)} "
                                                    "(default: torch, or the artifact's runtime)")] = None,
     artifact: ArtifactOption = None,
     suite: Annotated[str, typer.Option(help="basic (ID accuracy + calibration) | quick | full | "
@@ -73,14 +74,11 @@ def eval_command(
     device: DeviceOption = "local",
 ) -> None:
     """Reliability suite through a runtime: writes per-sample outputs, metrics with 95% CIs and a manifest."""
-    from lpmr_edge.devices.base import in_process
-    from lpmr_edge.runtimes import open_runtime
-    from lpmr_edge.runtimes.device import open_device_runtime
+    from lpmr_edge.runtimes.factory import open_runtime
     from lpmr_edge.suite import EvalSettings, evaluate, headline_metrics, key_metrics, load_suite
 
     load_suite(suite)  # a bad suite file fails before the runtime is opened
-    engine = (open_runtime(runtime, model=model, artifact=artifact, threads=threads) if in_process(device)
-              else open_device_runtime(artifact, device, threads))
+    engine = open_runtime(runtime, model=model, artifact=artifact, threads=threads, device=device)
     try:
         description = engine.describe()
         out = out or default_results_dir(engine.name, description["precision"], engine.model_info["spec"],

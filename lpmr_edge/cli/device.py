@@ -5,13 +5,14 @@ from typing import Annotated
 
 import typer
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.cli import app
 from lpmr_edge.cli.core import DeviceOption, JsonOption
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 
-RuntimesOption = Annotated[list[str], typer.Option("--runtime", help="Runtime(s) to install and check: openvino, "
-                                                   "executorch")]
+RuntimesOption = Annotated[list[str], typer.Option("--runtime", help="Runtime(s) to install and check: "
+                                                   f"{', '.join(BACKENDS)}")]
 device_app = typer.Typer(help="Devices that run artifacts: set them up and check them.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
 
@@ -19,12 +20,12 @@ app.add_typer(device_app, name="device")
 @device_app.command("setup")
 def setup_command(
     device: DeviceOption,
-    runtime: RuntimesOption = ["openvino", "executorch"],  # noqa: B006 - typer reads, never mutates it
+    runtime: RuntimesOption = list(BACKENDS),  # noqa: B006 - typer reads, never mutates it
     json_output: JsonOption = False,
 ) -> None:
     """Check a device's Python, architecture, numpy and runtimes; install them into its private venv
     (<workdir>/venv, when no ?python= is given) with pip on the device."""
-    from lpmr_edge.devices.base import parse_device
+    from lpmr_edge.devices.kinds import parse_device
     from lpmr_edge.devices.setup import setup_device
 
     report = setup_device(parse_device(device), runtime, log=console.print)

@@ -1,6 +1,6 @@
 """Where artifacts run: a device is a way to start processes there with their stdio connected to the host.
 
-``--device`` specs (``parse_device``)::
+``--device`` specs (``lpmr_edge.devices.kinds.parse_device``; each kind is a ``Device`` subclass listed there)::
 
     local                                         this machine, the runtime in process (the default)
     local?python=PATH                             a device server on this machine, in another Python
@@ -18,12 +18,11 @@ import subprocess
 import tempfile
 from abc import ABC, abstractmethod
 from typing import IO, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl
 
 from lpmr_edge.errors import UserError
 
 LOCAL = "local"
-EMULATED_ARM64 = "emu-arm64"
 DEFAULT_WORKDIR = "~/.cache/lpmr-edge"
 COMMAND_NOT_FOUND = 127
 KILLED = 128  # exit status 128 + N: the device server was killed by signal N
@@ -34,7 +33,13 @@ class Device(ABC):
 
     kind = "device"
     emulated = False
+    options: tuple[str, ...] = ("python", "workdir")  # the ``?name=value`` options its spec takes
     spec: str | None = None  # the --device spec it was made from, options included
+
+    @classmethod
+    def from_spec(cls, spec: str, parts: SplitResult) -> Device:
+        """The device a parsed spec of this kind names (its options checked against ``options``)."""
+        return cls(**parse_options(spec, parts.query, cls.options))
 
     def __init__(self, workdir: str | None = None, python: str | None = None) -> None:
         self.workdir = (workdir or DEFAULT_WORKDIR).rstrip("/")
@@ -109,43 +114,13 @@ class Device(ABC):
                                                stderr.read().decode(errors="replace"))
 
 
-def _options(spec: str, query: str, allowed: tuple[str, ...]) -> dict[str, str]:
+def parse_options(spec: str, query: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The ``?name=value&...`` options of a device spec; a UserError for one its kind does not take."""
     options = dict(parse_qsl(query, keep_blank_values=True))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise UserError(f"unknown option '{unknown[0]}' in device '{spec}'; valid: {', '.join(allowed) or 'none'}")
     return options
-
-
-def parse_device(spec: str) -> Device:
-    """The device a ``--device`` spec names (see the module docstring); a UserError for a bad spec."""
-    device = _make_device(spec)
-    device.spec = spec
-    return device
-
-
-def _make_device(spec: str) -> Device:
-    parts = urlsplit(spec)
-    if parts.scheme == "ssh":
-        from lpmr_edge.devices.ssh import SshDevice
-
-        try:
-            port = parts.port
-        except ValueError:
-            raise UserError(f"bad port in device '{spec}'; use ssh://user@host:22") from None
-        if not parts.hostname:
-            raise UserError(f"device '{spec}' names no host; use ssh://user@host[:port]")
-        return SshDevice(parts.hostname, user=parts.username, port=port,
-                         **_options(spec, parts.query, ("python", "workdir", "config")))
-    if not parts.scheme and parts.path == LOCAL:
-        from lpmr_edge.devices.local import LocalDevice
-
-        return LocalDevice(**_options(spec, parts.query, ("python", "workdir")))
-    if not parts.scheme and parts.path == EMULATED_ARM64:
-        from lpmr_edge.devices.emu import EmulatedDevice
-
-        return EmulatedDevice(**_options(spec, parts.query, ("workdir", "cpu")))
-    raise UserError(f"unknown device '{spec}'; use {LOCAL}, ssh://user@host[:port] or {EMULATED_ARM64}")
 
 
 def in_process(spec: str) -> bool:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lpmr_edge.devices.base import EMULATED_ARM64, Device
+from lpmr_edge.devices.base import Device
 from lpmr_edge.devices.emulated import GUEST_HOME, EmulatedArm64, guest_environment
 from lpmr_edge.errors import UserError
+
+EMULATED_ARM64 = "emu-arm64"
 
 
 class EmulatedDevice(Device):
@@ -18,6 +20,7 @@ class EmulatedDevice(Device):
 
     kind = EMULATED_ARM64
     emulated = True
+    options = ("workdir", "cpu")
 
     def __init__(self, workdir: str | None = None, cpu: str | None = None) -> None:
         super().__init__(workdir=workdir, python=EmulatedArm64.python)

@@ -27,7 +27,6 @@ GUEST_QEMU = "/opt/lpmr-edge/qemu-aarch64"
 GUEST_STAMP = "opt/lpmr-edge/stamp.json"
 DEFAULT_CPU = "neoverse-n1"  # Armv8.2 + dotprod + fp16; bit-exact with QEMU 10 (see the build script)
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-arm64-root.sh"
-RUNNER = Path(__file__).with_name("runner.py")
 
 # Host side, in fresh mount + pid namespaces: mount /proc, /sys and /dev into the root, then run
 # QEMU chrooted there. The environment passes through as the guest's. $1 root, $2 guest cwd,
@@ -151,29 +150,6 @@ class EmulatedArm64:
             return result
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-
-    def run_runner(
-        self,
-        runtime: str,
-        artifact: Path,
-        input_npy: Path,
-        outputs_dir: Path,
-        *,
-        threads: int = 1,
-        batch_size: int = 0,
-        timeout: float = 900,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run lpmr_edge/devices/runner.py on an artifact; writes output.npy and meta.json to outputs_dir.
-
-        An OpenVINO .xml is sent with the .bin beside it.
-        """
-        inputs = {"runner.py": RUNNER, artifact.name: artifact, "input.npy": input_npy}
-        if artifact.suffix == ".xml":
-            inputs[artifact.with_suffix(".bin").name] = artifact.with_suffix(".bin")
-        argv = [self.python, "runner.py", "--runtime", runtime, "--artifact", artifact.name,
-                "--input", "input.npy", "--output", "out/output.npy", "--meta", "out/meta.json",
-                "--threads", str(threads), "--batch-size", str(batch_size)]
-        return self.run(argv, inputs, outputs_dir, timeout)
 
 
 def _run_killing_group(

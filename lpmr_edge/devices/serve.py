@@ -2,18 +2,22 @@
 
 Standalone on purpose: it needs Python >= 3.9, numpy and the runtime (openvino, or executorch with
 torch importable), never lpmr_edge, and it imports numpy and the runtime only when asked to, so it
-can also report what a bare device lacks. The host starts ``python -c BOOTSTRAP lpmr-edge-serve N``
-and writes this file's N bytes of source first: nothing but the artifact is stored on the device.
+can also report what a bare device lacks. It knows no runtime: the host sends the artifact's loader
+module (lpmr_edge/runtimes/<name>/loader.py, the host's own loading code) with the load request.
+The host starts ``python -c BOOTSTRAP lpmr-edge-serve N`` and writes this file's N bytes of source
+first: nothing but the artifact is stored on the device.
 
-Protocol (version 1) in frames: a 4-byte big-endian length, a UTF-8 JSON header, then
+Protocol (version 2) in frames: a 4-byte big-endian length, a UTF-8 JSON header, then
 ``header["bytes"]`` payload bytes (arrays as .npy). The server speaks first (``hello``: machine,
 Python), then answers each request with one reply; ``{"error": "..."}`` reports a failure in one
 line and the server keeps serving. Requests:
 
-  probe {runtimes, workdir}               -> {packages: {name: {version, problem}}, free_mb}
+  probe {modules, workdir}                -> {packages: {name: {version, problem}}, free_mb}
   artifact {workdir} + manifest.json      -> {directory, missing: [files not yet on the device]}
   put {file} + content                    -> {}  written beside, sha256 checked, then renamed
-  load {threads}                          -> {runtime, version, threads, towers: {tower: execution}}
+  load {threads, loader, modules} + loader source
+                                          -> {runtime, peak_rss_kb, **the loader's info (version, threads,
+                                              executed_precision, ...)}
   run {tower} + .npy inputs               -> {batch_s: [...], peak_rss_kb} + .npy features
                                              (preceded by {"progress": i} after every batch)
 
@@ -38,20 +42,18 @@ import signal
 import struct
 import sys
 import time
-from collections import Counter
+import types
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
-PROTOCOL = 1
+PROTOCOL = 2
 MARKER = "lpmr-edge-serve"
 # python -c BOOTSTRAP MARKER N: read N bytes of source from stdin, run them as __main__.
 BOOTSTRAP = "import sys; exec(compile(sys.stdin.buffer.read(int(sys.argv[2])), sys.argv[1], 'exec'))"
 TOWERS = ("image", "text")
 INPUT_DTYPES = {"image": "float32", "text": "int64"}
-RUNTIME_MODULES = {"openvino": ("openvino",), "executorch": ("torch", "executorch.runtime")}
-OPENVINO_COMPUTE_LAYERS = ("FullyConnected", "MatMul", "Convolution")
 ELF_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 40: "armv7l", 62: "x86_64", 183: "aarch64",
                 243: "riscv64"}
 CHUNK = 1 << 20
@@ -141,10 +143,10 @@ def import_problem(module: str, error: BaseException) -> str:
     return f"cannot import {module} with {sys.executable}: {lines[-1]}"
 
 
-def package_report(runtimes: list[str]) -> dict[str, dict[str, str | None]]:
-    """Installed version and import problem (None if it imports) of numpy and each runtime's modules."""
+def package_report(modules: list[str]) -> dict[str, dict[str, str | None]]:
+    """Installed version and import problem (None if it imports) of numpy and ``modules``."""
     report = {}
-    for module in ("numpy", *(module for runtime in runtimes for module in RUNTIME_MODULES[runtime])):
+    for module in ("numpy", *modules):
         package = module.split(".")[0]
         try:
             found: str | None = metadata.version(package)
@@ -180,68 +182,14 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-# ----------------------------------------------------------------------------- runtimes
+# ----------------------------------------------------------------------------- loaders
 
-def openvino_layers(compiled: Any) -> dict[str, dict[str, int]]:
-    """Per compute layer type, how many layers ran with each ``activations/weights`` precision pair."""
-    counts: dict[str, Counter] = {}
-    for node in compiled.get_runtime_model().get_ordered_ops():
-        layer = node.get_rt_info()["layerType"].astype(str)
-        if layer in OPENVINO_COMPUTE_LAYERS:
-            counts.setdefault(layer, Counter())["/".join(port.get_element_type().get_type_name()
-                                                         for port in node.inputs()[:2])] += 1
-    return {layer: dict(counter) for layer, counter in counts.items()}
-
-
-def load_openvino(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[str, Infer], dict]:
-    """Compile both towers with the artifact's runtime properties, as the host's OpenVinoRuntime does."""
-    import numpy as np
-    import openvino
-
-    config = manifest["runtime_config"]
-    core = openvino.Core()
-    towers, execution = {}, {}
-    for tower in TOWERS:
-        try:
-            compiled = core.compile_model(core.read_model(directory / manifest["towers"][tower]["file"]),
-                                          config["device"], {**config["properties"], "INFERENCE_NUM_THREADS": threads})
-        except RuntimeError as error:
-            raise ServerError(f"OpenVINO {openvino.get_version()} cannot load the {tower} tower "
-                              f"({str(error).strip().splitlines()[0]})") from None
-        request, output = compiled.create_infer_request(), compiled.outputs[0]
-        towers[tower] = lambda batch, request=request, output=output: np.array(request.infer({0: batch})[output],
-                                                                                dtype=np.float32)
-        execution[tower] = {"inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-                            "layers": openvino_layers(compiled)}
-    return towers, {"version": openvino.get_version(), "threads": threads, "execution": execution}
-
-
-def load_executorch(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[str, Infer], dict]:
-    """Load both .pte towers into the ExecuTorch Python runtime with the artifact's backend."""
-    import torch
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    config = manifest["runtime_config"]
-    loader = Runtime.get()
-    if not loader.backend_registry.is_available(config["backend"]):
-        raise ServerError(f"the executorch build on the device has no {config['backend']}; install the "
-                          "executorch wheel from PyPI, which includes XNNPACK", setup=True)
-    if portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
-    towers = {}
-    for tower in TOWERS:
-        try:
-            method = loader.load_program(directory / manifest["towers"][tower]["file"]).load_method(config["method"])
-        except RuntimeError as error:
-            raise ServerError(f"executorch {metadata.version('executorch')} cannot load the {tower} tower "
-                              f"({error})") from None
-        towers[tower] = lambda batch, method=method: method.execute([torch.from_numpy(batch)])[0].numpy()
-    return towers, {"version": metadata.version("executorch"),
-                    "threads": portable_lib._threadpool_get_thread_count()}
-
-
-LOADERS = {"openvino": load_openvino, "executorch": load_executorch}
+def load_loader(name: str, source: bytes) -> types.ModuleType:
+    """A backend's loader module (lpmr_edge/runtimes/<name>/loader.py) from the source the host sent."""
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name} from the host>"
+    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - the host's own code
+    return module
 
 
 # ----------------------------------------------------------------------------- the server
@@ -308,7 +256,7 @@ class Server:
             self.send(reply, payload)
 
     def probe(self, header: dict[str, Any], _: bytes) -> tuple[dict, bytes]:
-        return {"packages": package_report(header["runtimes"]),
+        return {"packages": package_report(header["modules"]),
                 "free_mb": free_mb(Path(os.path.expanduser(header["workdir"])))}, b""
 
     def artifact(self, header: dict[str, Any], manifest_json: bytes) -> tuple[dict, bytes]:
@@ -372,24 +320,27 @@ class Server:
         while size:
             size -= len(self.read_exact(min(CHUNK, size)))
 
-    def load(self, header: dict[str, Any], _: bytes) -> tuple[dict, bytes]:
-        """Load the announced artifact's towers into its runtime."""
+    def load(self, header: dict[str, Any], loader_source: bytes) -> tuple[dict, bytes]:
+        """Load the announced artifact's towers with the loader module the host sent."""
         if self.directory is None:
             raise ServerError("no artifact was announced before load")
         missing = [name for name in self.manifest["files"] if not (self.directory / name).is_file()]
         if missing:
             raise ServerError(f"the artifact is incomplete on the device (missing {', '.join(missing)})")
-        runtime = self.manifest["runtime"]
-        if runtime not in LOADERS:
-            raise ServerError(f"this server runs {', '.join(LOADERS)} artifacts, not {runtime!r}")
-        for module in ("numpy", *RUNTIME_MODULES[runtime]):
+        for module in ("numpy", *header["modules"]):
             try:
                 __import__(module)
             except Exception as error:  # noqa: BLE001 - any import failure is the device's setup problem
                 raise ServerError(import_problem(module, error), setup=True) from None
         threads = header.get("threads") or self.manifest["runtime_config"]["threads"]
-        self.towers, info = LOADERS[runtime](self.directory, self.manifest, threads)
-        return {"runtime": runtime, **info, "peak_rss_kb": peak_rss_kb()}, b""
+        try:
+            self.towers, info = load_loader(header["loader"], loader_source).load(self.directory, self.manifest,
+                                                                                  threads)
+        except ImportError as error:
+            raise ServerError(str(error), setup=True) from None
+        except ValueError as error:
+            raise ServerError(str(error)) from None
+        return {"runtime": self.manifest["runtime"], **info, "peak_rss_kb": peak_rss_kb()}, b""
 
     def run(self, header: dict[str, Any], inputs_npy: bytes) -> tuple[dict, bytes]:
         """Features of one shard of inputs, run in the tower's static batches (the last zero-padded)."""

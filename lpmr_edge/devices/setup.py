@@ -16,12 +16,11 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from lpmr_edge.backends import BACKENDS, Runner
 from lpmr_edge.devices.base import Device
-from lpmr_edge.devices.serve import RUNTIME_MODULES
 from lpmr_edge.devices.session import DeviceSession
 from lpmr_edge.errors import UserError
 
-RUNTIME_PACKAGES = {"openvino": ("openvino",), "executorch": ("executorch", "torch", "torchao")}
 MIN_PYTHON = (3, 9)
 SYSTEM_PYTHON = "python3"
 VENV_TIMEOUT = 600.0
@@ -30,18 +29,27 @@ PIP_TIMEOUT = 3600.0
 Log = Callable[[str], None]
 
 
+def runners(runtimes: list[str]) -> dict[str, Runner]:
+    """The default device runner of each runtime (a UserError for an unknown one)."""
+    unknown = sorted(set(runtimes) - set(BACKENDS))
+    if unknown:
+        raise UserError(f"unknown runtime '{unknown[0]}'; use {' and/or '.join(BACKENDS)}")
+    return {runtime: BACKENDS[runtime].runner() for runtime in runtimes}
+
+
 def pinned_requirements(runtimes: list[str]) -> list[str]:
     """``package==version`` for numpy and each runtime's packages, at this host's versions (local labels
     such as ``+cpu`` dropped: the device takes PyPI's build for its platform)."""
-    packages = ["numpy", *(package for runtime in runtimes for package in RUNTIME_PACKAGES[runtime])]
+    packages = ["numpy", *(package for runner in runners(runtimes).values() for package in runner.packages)]
     return [f"{package}=={metadata.version(package).split('+')[0]}" for package in packages]
 
 
 def probe(device: Device, runtimes: list[str], python: str | None = None) -> dict[str, Any]:
     """What the device's Python finds: machine, Python, C library, packages and free space in the workdir."""
+    modules = [module for runner in runners(runtimes).values() for module in runner.modules]
     session = DeviceSession(device, python=python)
     try:
-        reply, _ = session.request({"op": "probe", "runtimes": runtimes, "workdir": device.workdir})
+        reply, _ = session.request({"op": "probe", "modules": modules, "workdir": device.workdir})
     finally:
         session.close()
     return {**session.hello, **reply}
@@ -75,15 +83,13 @@ def install_private_venv(device: Device, runtimes: list[str], log: Log) -> list[
 
 def setup_device(device: Device, runtimes: list[str], log: Log) -> dict[str, Any]:
     """Prepare the device (private venv: create and install) and report what its Python finds."""
-    unknown = sorted(set(runtimes) - set(RUNTIME_MODULES))
-    if unknown:
-        raise UserError(f"unknown runtime '{unknown[0]}'; use {' and/or '.join(RUNTIME_MODULES)}")
+    chosen = runners(runtimes)
     device.prepare()
     installed = install_private_venv(device, runtimes, log) if device.python == device.private_python else []
     facts = probe(device, runtimes)
     packages = facts["packages"]
-    ready = {runtime: all(packages[name.split(".")[0]]["problem"] is None for name in ("numpy", *modules))
-             for runtime, modules in RUNTIME_MODULES.items() if runtime in runtimes}
+    ready = {runtime: all(packages[name.split(".")[0]]["problem"] is None for name in ("numpy", *runner.modules))
+             for runtime, runner in chosen.items()}
     return {"device": device.describe(), "spec": device.spec or device.label, "python": device.python,
             "workdir": device.workdir, "machine": facts["machine"], "python_version": facts["python"],
             "libc": facts["libc"], "free_mb": facts["free_mb"], "packages": packages, "installed": installed,

@@ -8,8 +8,10 @@ only process: when the channel drops, the device server's supervisor ends it.
 from __future__ import annotations
 
 import shlex
+from urllib.parse import SplitResult
 
-from lpmr_edge.devices.base import Device
+from lpmr_edge.devices.base import Device, parse_options
+from lpmr_edge.errors import UserError
 
 SSH_FAILED = 255
 SSH_OPTIONS = ("-T", "-e", "none", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=10",
@@ -41,6 +43,17 @@ class SshDevice(Device):
     """A board or server reached as ``ssh [-p port] [-F config] [user@]host``."""
 
     kind = "ssh"
+    options = ("python", "workdir", "config")
+
+    @classmethod
+    def from_spec(cls, spec: str, parts: SplitResult) -> SshDevice:
+        try:
+            port = parts.port
+        except ValueError:
+            raise UserError(f"bad port in device '{spec}'; use ssh://user@host:22") from None
+        if not parts.hostname:
+            raise UserError(f"device '{spec}' names no host; use ssh://user@host[:port]")
+        return cls(parts.hostname, user=parts.username, port=port, **parse_options(spec, parts.query, cls.options))
 
     def __init__(self, host: str, user: str | None = None, port: int | None = None, python: str | None = None,
                  workdir: str | None = None, config: str | None = None) -> None:

@@ -8,7 +8,8 @@ Artifact layout::
                                   runtime_config, towers, warnings, request_sha256, files (sha256 each),
                                   tool_versions, machine, created
 
-Backend contract (``lpmr_edge/export/openvino.py``, ``lpmr_edge/export/executorch.py``)::
+Backend contract (``lpmr_edge/runtimes/<name>/export.py``, the ``exporter`` of the runtime's ``Backend`` record
+in ``lpmr_edge/backends.py``)::
 
     def export_towers(clip: ClipModel, request: ExportRequest, calibration: CalibrationInputs,
                       staging_dir: Path) -> dict
@@ -21,8 +22,7 @@ writes the tower files into ``staging_dir`` and returns the backend's manifest f
 dynamic); text tower input: int64 ``[text_batch, context_length]``; outputs: unnormalised features ``[B,D]``.
 The common code here adds model, target, calibration, file hashes and tool versions, and moves the staged
 directory into place atomically. Exports are resumable: an artifact whose manifest verifies and whose
-request hash matches is kept as is. Runtimes load artifacts through ``verify_artifact`` (hashes, format,
-runtime) and report ``foreign_machine_warnings``.
+request hash matches is kept as is. What a runtime checks before loading an artifact is lpmr_edge/artifact.py.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import contextlib
 import glob
 import importlib
 import os
-import platform
 import shutil
 import socket
 import tempfile
@@ -42,28 +41,25 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lpmr_edge.artifact import FORMAT, verify_artifact
+from lpmr_edge.backends import BACKENDS, source_file
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import (
     MANIFEST_NAME,
     sha256_file,
     sha256_json,
     tool_versions,
-    verify_manifest,
     write_manifest,
 )
 from lpmr_edge.quantize import QuantizationOptions, calibration_dataset, load_calibration_inputs
-from lpmr_edge.targets import RUNTIMES, Target
+from lpmr_edge.targets import Target
 
 if TYPE_CHECKING:
     from lpmr_edge.models import ClipModel
 
-FORMAT = "lpmr-edge-artifact/1"
-TOWERS = ("image", "text")
 DEFAULT_OUT_ROOT = Path("lpmr-results/artifacts")
 DEFAULT_OPTIONS = QuantizationOptions()
-FUSED_HEAD_RUNTIMES = ("openvino",)
-ARM_OPENVINO_INT8 = ("OpenVINO runs INT8 on ARM CPUs in simulation: no speed-up over FP32 (and INT8-activation "
-                     "parity is unverified under emulation); use ExecuTorch for INT8 on ARM")
+FUSED_HEAD_RUNTIMES = tuple(name for name, backend in BACKENDS.items() if backend.fused_head)
 Log = Callable[[str], None]
 
 
@@ -80,9 +76,9 @@ class ExportRequest:
     fuse_head: bool = False
 
     def __post_init__(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise UserError(f"unknown export runtime '{self.runtime}'; use one of {', '.join(RUNTIMES)}")
-        allowed = RUNTIMES[self.runtime].precisions
+        if self.runtime not in BACKENDS:
+            raise UserError(f"unknown export runtime '{self.runtime}'; use one of {', '.join(BACKENDS)}")
+        allowed = BACKENDS[self.runtime].precisions
         if self.precision not in allowed:
             raise UserError(f"{self.runtime} cannot export precision '{self.precision}'; use one of "
                             f"{', '.join(allowed)}")
@@ -115,10 +111,10 @@ def artifact_path(out_root: Path, request: ExportRequest) -> Path:
 
 
 def request_warnings(request: ExportRequest) -> list[str]:
-    """Warnings every artifact of this kind carries, whatever the backend."""
-    if request.runtime == "openvino" and request.target.arch == "aarch64" and request.precision.startswith("int"):
-        return [ARM_OPENVINO_INT8]
-    return []
+    """Warnings every artifact of this kind carries (its backend's warning for integer precisions on the
+    target's architecture)."""
+    warning = BACKENDS[request.runtime].arch_warnings.get(request.target.arch)
+    return [warning] if warning and request.precision.startswith("int") else []
 
 
 def _is_current(directory: Path, request: ExportRequest, request_sha256: str) -> bool:
@@ -185,7 +181,7 @@ def _export_here(request: ExportRequest, destination: Path, request_sha256: str,
 
     clip = clip or load_model(request.model)
     calibration = load_calibration_inputs(clip, request.options)
-    backend = importlib.import_module(f"lpmr_edge.export.{request.runtime}")
+    backend = importlib.import_module(BACKENDS[request.runtime].exporter)
     with staged_directory(destination) as staging:
         fields = backend.export_towers(clip, request, calibration, staging)
         warnings = [*request_warnings(request), *fields.pop("warnings", [])]
@@ -204,7 +200,7 @@ def request_fingerprint(request: ExportRequest, weights_sha256: str) -> str:
     return sha256_json({"request": request.describe(), "format": FORMAT, "weights_sha256": weights_sha256,
                         "calibration_sha256": calibration_dataset(request.options).sha256,
                         "tool_versions": tool_versions(),
-                        "backend_sha256": sha256_file(Path(__file__).with_name(f"{request.runtime}.py"))})
+                        "backend_sha256": sha256_file(source_file(BACKENDS[request.runtime].exporter))})
 
 
 def export_artifact(request: ExportRequest, out_root: Path = DEFAULT_OUT_ROOT, force: bool = False,
@@ -249,19 +245,19 @@ def plan_exports(model: str, target: Target, runtimes: Sequence[str] | None = No
     for runtime in runtimes:
         entry = target.runtime(runtime)
         chosen = entry.precisions if precisions is None else \
-            [p for p in precisions if p in RUNTIMES[runtime].precisions]
+            [p for p in precisions if p in BACKENDS[runtime].precisions]
         requests += [ExportRequest(model=model, target=target, runtime=runtime, precision=precision,
                                    options=options, dynamic_batch=dynamic_batch,
                                    fuse_head=fuse_head and runtime in FUSED_HEAD_RUNTIMES)
                      for precision in chosen]
-        if runtime == "openvino" and target.arch == "aarch64":
-            notes.append(f"target {target.name}: {ARM_OPENVINO_INT8}; OpenVINO exports "
-                         f"{', '.join(chosen) or 'nothing'} here")
+        warning = BACKENDS[runtime].arch_warnings.get(target.arch)
+        if warning:
+            notes.append(f"target {target.name}: {warning}; {runtime} exports {', '.join(chosen) or 'nothing'} here")
     unmatched = set(precisions or ()) - {request.precision for request in requests}
     if unmatched:
         raise UserError(f"precision(s) {', '.join(sorted(unmatched))} not supported by runtime(s) "
                         f"{', '.join(runtimes)}; supported: "
-                        + "; ".join(f"{r}: {', '.join(RUNTIMES[r].precisions)}" for r in runtimes))
+                        + "; ".join(f"{r}: {', '.join(BACKENDS[r].precisions)}" for r in runtimes))
     if fuse_head and not set(runtimes) & set(FUSED_HEAD_RUNTIMES):
         raise UserError(f"--fuse-head needs runtime {', '.join(FUSED_HEAD_RUNTIMES)}")
     return requests, notes
@@ -289,26 +285,6 @@ def export_target(model_spec: str, target: Target, runtimes: Sequence[str] | Non
         if advance:
             advance(1)
     return paths
-
-
-def verify_artifact(directory: Path, runtime: str) -> dict[str, Any]:
-    """An artifact's manifest after checking every file hash, the format and the runtime it was made for."""
-    manifest = verify_manifest(directory)
-    if manifest.get("format") != FORMAT or manifest.get("runtime") != runtime:
-        raise UserError(f"{directory} is not an artifact for runtime '{runtime}' in format {FORMAT} (format "
-                        f"{manifest.get('format')!r}, runtime {manifest.get('runtime')!r}); export one with "
-                        f"`lpmr-edge export --runtime {runtime}`")
-    return manifest
-
-
-def foreign_machine_warnings(manifest: dict[str, Any]) -> list[str]:
-    """A warning when an artifact runs on another CPU architecture than its target's."""
-    target, machine = manifest["target"], platform.machine()
-    if target["arch"] == machine:
-        return []
-    warning = (f"artifact for target '{target['name']}' ({target['arch']}) runs on {machine}: figures do not "
-               "describe the target")
-    return [warning]
 
 
 def with_image_batch(target: Target, batch: int) -> Target:

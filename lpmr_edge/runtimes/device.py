@@ -12,6 +12,7 @@ re-run after a failure resumes from the last completed shard and no returned res
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 from collections import Counter
 from dataclasses import dataclass
@@ -20,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from lpmr_edge.devices.base import Device, in_process, parse_device
+from lpmr_edge.artifact import TOWERS, foreign_machine_warnings, verify_artifact, verify_reference_outputs
+from lpmr_edge.backends import backend
+from lpmr_edge.devices.base import Device
 from lpmr_edge.devices.serve import decode_array, encode_array
 from lpmr_edge.devices.session import DEFAULT_TIMEOUT, DeviceSession
-from lpmr_edge.errors import UserError
-from lpmr_edge.export import FORMAT, TOWERS
-from lpmr_edge.manifest import atomic_write_bytes, sha256_json, verify_manifest
+from lpmr_edge.manifest import atomic_write_bytes, sha256_json
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.zeroshot import cache_root
 
@@ -71,18 +72,18 @@ class DeviceRuntime(Runtime):
     """An artifact's towers run by the device server; ``describe()`` says which device produced them."""
 
     def __init__(self, artifact_dir: Path, device: Device, threads: int | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, runner: str | None = None) -> None:
         self.artifact_dir = Path(artifact_dir)
-        self.manifest = verify_manifest(self.artifact_dir)
-        if self.manifest.get("format") != FORMAT:
-            raise UserError(f"{self.artifact_dir} is not an artifact of format {FORMAT}; export one with "
-                            "`lpmr-edge export`")
+        self.manifest = verify_artifact(self.artifact_dir)
         self.name = self.manifest["runtime"]
+        self.runner = backend(self.name).runner(runner)
+        self.loader = importlib.import_module(self.runner.loader)  # the module the device runs, for its reports
         self.device = device
         self.session = DeviceSession(device, timeout=timeout)
         try:
             self.pushed = self.session.push_artifact(self.artifact_dir, device.workdir)
-            self.loaded, _ = self.session.request({"op": "load", "threads": threads})
+            self.loaded, _ = self.session.request({"op": "load", "threads": threads, "loader": self.runner.loader,
+                                                   "modules": self.runner.modules}, self.runner.loader_source)
         except BaseException:
             self.session.close()
             raise
@@ -100,8 +101,6 @@ class DeviceRuntime(Runtime):
     def _verify_reference_outputs(self) -> dict[str, dict[str, float]] | None:
         """The device runs the artifact's reference inputs (ExecuTorch artifacts carry them) and must give the
         exporting host's outputs within the manifest's tolerance; None for artifacts without them."""
-        from lpmr_edge.parity import verify_reference_outputs
-
         if "verification" not in self.manifest:
             return None
         try:
@@ -121,16 +120,8 @@ class DeviceRuntime(Runtime):
 
     @property
     def executed_precision(self) -> str:
-        """What the device executed (OpenVINO: read back from its compiled models)."""
-        if self.name != "openvino":
-            return self.manifest["runtime_config"]["executed_precision"]
-        from lpmr_edge.runtimes.openvino import summarise_execution
-
-        per_tower = {tower: summarise_execution(facts["inference_precision"], facts["layers"])
-                     for tower, facts in self.loaded["execution"].items()}
-        if per_tower["image"] == per_tower["text"]:
-            return per_tower["image"]
-        return ", ".join(f"{tower}: {precision}" for tower, precision in per_tower.items())
+        """What the device executed, as its loader (the host's own loading code) read it back."""
+        return self.loaded["executed_precision"]
 
     @property
     def identity(self) -> str:
@@ -196,40 +187,17 @@ class DeviceRuntime(Runtime):
 
     def warnings(self) -> list[str]:
         """Where the device differs from the artifact's target, or executes another precision than asked."""
-        target, machine = self.manifest["target"], self.session.hello["machine"]
-        problems = []
-        if target["arch"] != machine:
-            problems.append(f"artifact for target '{target['name']}' ({target['arch']}) runs on the device ({machine}): "
-                            "the figures do not describe the target")
-        if self.name == "openvino":
-            requested = self.manifest["runtime_config"]["properties"]["INFERENCE_PRECISION_HINT"]
-            problems += [f"{tower} tower: INFERENCE_PRECISION_HINT {requested} was requested but "
-                         f"{facts['inference_precision']} executes on the device"
-                         for tower, facts in self.loaded["execution"].items()
-                         if facts["inference_precision"] != requested]
-        return problems
+        machine = self.session.hello["machine"]
+        return [*foreign_machine_warnings(self.manifest, machine, f"the device ({machine})"),
+                *self.loader.warnings(self.manifest, self.loaded, "the device")]
 
     def describe(self) -> dict[str, Any]:
-        extras = ({"execution": self.loaded["execution"]} if self.name == "openvino"
-                  else {"delegation": self.manifest.get("delegation")})
         return {"runtime": self.name, "version": self.loaded["version"], "precision": self.manifest["precision"],
                 "executed_precision": self.executed_precision, "threads": self.loaded["threads"],
-                "identity": self.identity, "model": self.model_info, "artifact": self.manifest, **extras,
-                "warnings": self.warnings(), "device": self.device_info, "timing": self.timing(),
-                "reference_outputs": self.verification}
+                "identity": self.identity, "model": self.model_info, "artifact": self.manifest,
+                **self.loader.description(self.manifest, self.loaded), "warnings": self.warnings(),
+                "device": self.device_info, "timing": self.timing(), "reference_outputs": self.verification}
 
     def close(self) -> None:
         """Stop the device server and the connection: nothing is left running on the device."""
         self.session.close()
-
-
-def open_device_runtime(artifact: Path | None, device_spec: str = "local", threads: int | None = None) -> Runtime:
-    """The runtime of an exported artifact on a device (``--device`` spec): in this process for ``local``,
-    else a ``DeviceRuntime`` whose ``describe()["device"]`` names the device."""
-    if artifact is None:
-        raise UserError("--device runs an exported artifact: pass --artifact DIR (make one with `lpmr-edge export`)")
-    if in_process(device_spec):
-        from lpmr_edge.runtimes import open_runtime
-
-        return open_runtime(artifact=artifact, threads=threads)
-    return DeviceRuntime(artifact, parse_device(device_spec), threads)

@@ -90,7 +90,9 @@ def _outcome(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def prepare_worker(_: None = None) -> dict[str, Any]:
     """Import what a job needs (the suite, open_clip, torch and the runtimes) before the first job arrives."""
     def work() -> dict[str, Any]:
-        from lpmr_edge.runtimes import executorch, openvino, torch_runtime
+        from lpmr_edge.runtimes import torch_runtime
+        from lpmr_edge.runtimes.executorch import runtime as executorch
+        from lpmr_edge.runtimes.openvino import runtime as openvino
         from lpmr_edge.suite import run as suite
 
         return {"modules": [module.__name__ for module in (suite, executorch, openvino, torch_runtime)]}
@@ -152,7 +154,7 @@ def close_kept_runtime() -> None:
 def _open_or_reuse(task: JobTask) -> tuple[Runtime, _RuntimeClock, bool]:
     """The job's runtime and its clock: the one this worker kept open if its key matches (reused: True),
     else a newly opened one."""
-    from lpmr_edge.runtimes import open_runtime
+    from lpmr_edge.runtimes.factory import open_runtime
 
     key = runtime_key(task)
     reused = key in _kept

@@ -46,12 +46,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lpmr_edge.backends import BACKENDS
 from lpmr_edge.bench import BenchSettings
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import sha256_json
 from lpmr_edge.quantize import QuantizationOptions
 from lpmr_edge.schema import parse_table, require
-from lpmr_edge.targets import RUNTIMES, Target
+from lpmr_edge.targets import Target
 
 if TYPE_CHECKING:
     from lpmr_edge.export import ExportRequest
@@ -208,7 +209,7 @@ def _precisions(source: str, written: SweepFile) -> dict[str, tuple[str, ...]]:
     else:
         table = {runtime: written.precisions for runtime in written.runtimes}
     for runtime, precisions in table.items():
-        supported = (REFERENCE_PRECISION,) if runtime == TORCH else RUNTIMES[runtime].precisions
+        supported = (REFERENCE_PRECISION,) if runtime == TORCH else BACKENDS[runtime].precisions
         unsupported = [p for p in precisions if p not in supported]
         if unsupported:
             raise _fail(source, f"runtime {runtime} has no precision {', '.join(unsupported)} (it has "
@@ -233,9 +234,9 @@ def parse_sweep(data: Mapping[str, Any], source: str) -> Sweep:
         bench = _bench(written.bench)
     except UserError as error:
         raise _fail(source, str(error), "fix it (see sweeps/demo.toml)") from None
-    unknown = [runtime for runtime in written.runtimes if runtime != TORCH and runtime not in RUNTIMES]
+    unknown = [runtime for runtime in written.runtimes if runtime != TORCH and runtime not in BACKENDS]
     if unknown:
-        raise _fail(source, f"unknown runtime '{unknown[0]}'", f"use {', '.join([*RUNTIMES, TORCH])}")
+        raise _fail(source, f"unknown runtime '{unknown[0]}'", f"use {', '.join([*BACKENDS, TORCH])}")
     targets = tuple(load_target(name) for name in written.targets)
     for target in targets:
         for runtime in written.runtimes:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lpmr_edge.artifact import TOWERS
 from lpmr_edge.errors import UserError
-from lpmr_edge.export import TOWERS, ExportRequest, staged_directory
+from lpmr_edge.export import ExportRequest, staged_directory
 from lpmr_edge.manifest import MANIFEST_NAME, sha256_json, tool_versions, verify_manifest, write_manifest
 from lpmr_edge.quantize import (
     CalibrationInputs,
@@ -226,7 +227,7 @@ def run_fp32(model: ov.Model, inputs: np.ndarray) -> np.ndarray:
 
 def calibrate(clip: ClipModel, options: QuantizationOptions) -> dict[str, Any]:
     """Quantize both towers with NNCF (cached for later exports) and compare INT8 with FP32 on the calibration set."""
-    from lpmr_edge.parity import feature_agreement
+    from lpmr_edge.artifact import feature_agreement
 
     calibration = load_calibration_inputs(clip, options)
     towers = {}

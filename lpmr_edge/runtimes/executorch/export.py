@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lpmr_edge.artifact import TOWERS, feature_agreement
 from lpmr_edge.errors import UserError
-from lpmr_edge.export import TOWERS, ExportRequest
+from lpmr_edge.export import ExportRequest
 from lpmr_edge.manifest import atomic_write_bytes, tool_versions
-from lpmr_edge.parity import feature_agreement
+from lpmr_edge.runtimes.executorch.loader import method_runner
 
 if TYPE_CHECKING:
     import torch
@@ -315,12 +316,8 @@ def lower_tower(module: torch.nn.Module, example: torch.Tensor, precision: str, 
 
 
 def run_program(program: bytes | Path, inputs: np.ndarray) -> np.ndarray:
-    """Run an ExecuTorch program's ``forward`` on one batch with the Python runtime."""
-    import torch
-    from executorch.runtime import Runtime
-
-    method = Runtime.get().load_program(program).load_method("forward")
-    return method.execute([torch.from_numpy(np.ascontiguousarray(inputs))])[0].numpy()
+    """Run an ExecuTorch program's ``forward`` on one batch with the Python runtime (the backend's loader)."""
+    return method_runner(program)(inputs)
 
 
 def reference_input(samples: np.ndarray, batch: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The ExecuTorch (XNNPACK) backend: ``loader`` (shipped to devices), ``runtime`` (host), ``export``."""

@@ -1,0 +1,72 @@
+"""Loads an ExecuTorch artifact (.pte towers, XNNPACK) into the ExecuTorch Python runtime: the one loading code
+of the host's ``ExecuTorchRuntime`` and of a device (lpmr_edge/devices/serve.py ships this file's source).
+
+Standard library, numpy and executorch (with torch importable: its pybindings link libtorch) only, never
+lpmr_edge; the loader contract is in lpmr_edge/runtimes/openvino/loader.py.
+
+Threads: XNNPACK runs on ExecuTorch's one process-wide threadpool (default: the number of performance cores).
+Its size can only be changed through the experimental ``_unsafe_reset_threadpool`` of the pybindings (there is
+no environment variable), so the last artifact loaded in a process sets it for all of them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+Infer = Callable[[Any], Any]
+
+
+def set_threads(threads: int) -> int:
+    """Resize ExecuTorch's process-wide threadpool (used by XNNPACK); returns the size now in effect."""
+    from executorch.extension.pybindings import portable_lib
+
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: use at least 1 thread")
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    return portable_lib._threadpool_get_thread_count()
+
+
+def method_runner(program: bytes | Path, method: str = "forward") -> Infer:
+    """``infer(batch)``: one batch through a program's ``method`` (a .pte path, or its bytes) in the Python
+    runtime; a RuntimeError if ExecuTorch cannot load it."""
+    import numpy as np
+    import torch
+    from executorch.runtime import Runtime
+
+    loaded = Runtime.get().load_program(program).load_method(method)
+    return lambda batch: loaded.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
+
+
+def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[str, Infer], dict[str, Any]]:
+    """Load both towers' ``method`` with the manifest's backend, ExecuTorch's threadpool at ``threads``."""
+    import executorch
+    from executorch.runtime import Runtime
+
+    config = manifest["runtime_config"]
+    if not Runtime.get().backend_registry.is_available(config["backend"]):
+        raise ImportError(f"the ExecuTorch build at {Path(executorch.__file__).parent} has no {config['backend']}; "
+                          "install the executorch wheel from PyPI, which includes XNNPACK")
+    threads = set_threads(threads)
+    towers = {}
+    for tower in manifest["towers"]:
+        path = Path(directory) / manifest["towers"][tower]["file"]
+        try:
+            towers[tower] = method_runner(path, config["method"])
+        except RuntimeError as error:
+            raise ValueError(f"ExecuTorch {metadata.version('executorch')} cannot load the {tower} tower {path} "
+                             f"({error}); re-export the artifact with this ExecuTorch version") from None
+    return towers, {"version": metadata.version("executorch"), "threads": threads,
+                    "executed_precision": config["executed_precision"]}
+
+
+def warnings(manifest: dict[str, Any], info: dict[str, Any], where: str) -> list[str]:
+    """ExecuTorch executes what the artifact was lowered to: nothing to report beyond the target's machine."""
+    return []
+
+
+def description(manifest: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """What a runtime's ``describe()`` adds for this backend: the delegation recorded at export."""
+    return {"delegation": manifest.get("delegation")}

@@ -1,0 +1,1 @@
+"""The OpenVINO backend: ``loader`` (shipped to devices), ``runtime`` (host), ``export``, ``options``."""
