@@ -1,6 +1,7 @@
 """The ``lpmr-edge`` command line: a thin layer over the Python API.
 
-Each area registers its commands from its own module; every command turns a UserError into a
+The app lives in ``cli/app.py``; each area registers its commands on it from its own module
+(``cli/commands.py`` imports them all); every command turns a UserError into a
 one-line message and exit status 2, never a traceback.
 """
 from __future__ import annotations
@@ -11,11 +12,11 @@ import sys
 import typer
 
 from lpmr_edge import quiet_libraries
+from lpmr_edge.cli import commands  # noqa: F401  (registers the commands)
+from lpmr_edge.cli.app import app
 from lpmr_edge.errors import UserError
 
-app = typer.Typer(name="lpmr-edge", help="Less precise, more reliable: measure what quantization does to CLIP "
-                  "reliability, on the device, through the runtime that ships.", no_args_is_help=True,
-                  rich_markup_mode="rich", pretty_exceptions_enable=False)
+__all__ = ["app", "main"]
 
 
 def _configure_process() -> None:
@@ -27,8 +28,6 @@ def _configure_process() -> None:
 def main() -> None:
     """Entry point of the console script and ``python -m lpmr_edge``."""
     _configure_process()
-    from lpmr_edge.cli import commands  # noqa: F401  (registers the commands)
-
     try:
         app()
     except UserError as error:

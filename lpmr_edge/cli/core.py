@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.ui import console, print_json, print_table, progress_bar
 from lpmr_edge.errors import UserError
 from lpmr_edge.training import TrainConfig

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption, with_option_group
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError

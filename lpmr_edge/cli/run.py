@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption
 from lpmr_edge.cli.report import fail_without_choice, print_choices, with_constraint_options
 from lpmr_edge.cli.ui import LiveProgress, console, print_json

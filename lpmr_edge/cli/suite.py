@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption, format_interval
 from lpmr_edge.cli.ui import console, print_json, print_table
 

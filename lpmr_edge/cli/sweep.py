@@ -9,7 +9,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption
 from lpmr_edge.cli.ui import console, print_json, print_table
 
