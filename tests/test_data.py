@@ -101,7 +101,7 @@ def test_dataset_names_are_checked_without_reading_images(tmp_path: Path):
     registry.check_dataset_name("fmnist-test")
     registry.check_dataset_name("calib:fmnist-train-300")
     registry.check_dataset_name(str(tmp_path))
-    for name, message in (("calib:nope", "no calibration set 'calib:nope'"),
+    for name, message in (("calib:nope", "no calibration set 'nope'"),
                           (f"folder:{tmp_path / 'absent'}", "dataset folder not found"),
                           ("waterbirds:", "dataset folder not found: \\(empty\\)"), ("", "unknown dataset")):
         with pytest.raises(UserError, match=message):

@@ -219,11 +219,16 @@ def calibration_set_names() -> list[str]:
         if CALIBRATION_DIR.is_dir() else []
 
 
-def load_calibration_set(name: str) -> ImageDataset:
-    """A shipped calibration set, its files verified against its manifest."""
+def _calibration_root(name: str) -> Path:
     root = CALIBRATION_DIR / name
     if not (root / "manifest.json").is_file():
         raise UserError(f"no calibration set '{name}' in {CALIBRATION_DIR}; available: {calibration_set_names()}")
+    return root
+
+
+def load_calibration_set(name: str) -> ImageDataset:
+    """A shipped calibration set, its files verified against its manifest."""
+    root = _calibration_root(name)
     manifest = read_json(root / "manifest.json", "calibration manifest")
     for relative, expected in manifest["files"].items():
         if not (root / relative).is_file() or sha256_file(root / relative) != expected:
@@ -248,9 +253,7 @@ def check_dataset_name(name: str) -> None:
     if name in _BUILTIN:
         return
     if name.startswith("calib:"):
-        if name.removeprefix("calib:") not in calibration_set_names():
-            raise UserError(f"no calibration set '{name}'; available: "
-                            f"{', '.join('calib:' + n for n in calibration_set_names()) or 'none'}")
+        _calibration_root(name.removeprefix("calib:"))
         return
     for prefix in ("waterbirds:", "folder:", ""):
         if name.startswith(prefix) and name.removeprefix(prefix) and Path(name.removeprefix(prefix)).is_dir():
