@@ -1,7 +1,7 @@
 """Option types shared by every command: each checks its value at the CLI boundary, before anything is
 loaded, and a bad value becomes a one-line ``error:`` naming the option, the problem and the fix.
 
-Use them as ``typer.Option(click_type=POSITIVE_INT)``; a value that is already typed (a default) passes
+Use them as ``typer.Option(parser=POSITIVE_INT)``; a value that is already typed (a default) passes
 through the same check.
 """
 from __future__ import annotations
@@ -11,25 +11,29 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import click
+from pydantic_core import PydanticCustomError
 
 from lpmr_edge.errors import UserError
+from lpmr_edge.pick import OBJECTIVES
+from lpmr_edge.quantize import PRESETS
+from lpmr_edge.targets import RUNTIMES
 
 SEED_LIMIT = 2**32  # numpy's seed range
 
 
-class Checked(click.ParamType):
-    """A click type whose value is ``parse(text)``; ``parse`` raises ValueError or UserError with the fix."""
+class Checked:
+    """A Typer ``parser``: ``parse(value)``, whose ValueError or UserError Typer reports (through pydantic, as
+    the message itself) as ``Invalid value for '--option': <message>``."""
 
     def __init__(self, name: str, parse: Callable[[Any], Any]) -> None:
-        self.name = name
+        self.__name__ = name  # shown as the option's type
         self.parse = parse
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def __call__(self, value: Any) -> Any:
         try:
             return self.parse(value)
         except (ValueError, UserError) as error:
-            self.fail(str(error), param, ctx)
+            raise PydanticCustomError("lpmr_edge_value", "{message}", {"message": str(error)}) from None
 
 
 def whole_number(minimum: int, example: int, below: int | None = None) -> Checked:
@@ -79,7 +83,7 @@ def one_of(names: Iterable[str], what: str) -> Checked:
 
 
 def _existing(kind: str) -> Callable[[Any], Path]:
-    is_kind = Path.is_dir if kind == "directory" else Path.is_file
+    is_kind = {"directory": Path.is_dir, "file": Path.is_file, "path": Path.exists}[kind]
 
     def parse(value: Any) -> Path:
         path = Path(value)
@@ -166,10 +170,14 @@ PERCENTAGE_POINTS = real_number(0, 100, 1)
 FRACTION = real_number(0, 1, 0.1, low_open=True, high_open=True)
 SHARE = real_number(0, 1, 1, low_open=True)
 SMOOTH_QUANT_ALPHA = real_number(0, 1, 0.95, also=(-1,))
-GROUP_SIZE = whole_number(1, 128)
-RUNTIME = one_of(("torch", "openvino", "executorch"), "runtime")
+GROUP_SIZE = Checked("integer", lambda value: -1 if str(value).strip() == "-1" else POSITIVE_INT.parse(value))
+PRESET = one_of(PRESETS, "preset")
+OBJECTIVE = one_of(OBJECTIVES, "objective")
+EXPORT_RUNTIME = one_of(RUNTIMES, "runtime")
+RUNTIME = one_of(("torch", *RUNTIMES), "runtime")
 EXISTING_DIR = Checked("directory", _existing("directory"))
 EXISTING_FILE = Checked("file", _existing("file"))
+EXISTING_PATH = Checked("path", _existing("path"))
 OUTPUT_DIR = Checked("directory", _output("directory"))
 OUTPUT_FILE = Checked("file", _output("file"))
 MODEL_SPEC = Checked("model", _model_spec)
