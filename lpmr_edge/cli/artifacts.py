@@ -20,11 +20,13 @@ from lpmr_edge.cli.params import (
     OUTPUT_FILE,
     POSITIVE_INT,
     POSITIVE_SECONDS,
+    PRECISION,
     PRESET,
     SEED,
     SHARE,
     SMOOTH_QUANT_ALPHA,
     TARGET,
+    TOWER,
 )
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
@@ -113,7 +115,8 @@ def export_command(
     model: ModelOption = None,
     runtime: Annotated[list[str] | None, typer.Option(parser=EXPORT_RUNTIME, help="Runtime(s) to export (default: all of the "
                                                          "target's)")] = None,
-    precision: Annotated[list[str] | None, typer.Option(help="Precision(s) (default: the target's list)")] = None,
+    precision: Annotated[list[str] | None, typer.Option(parser=PRECISION,
+                                                        help="Precision(s) (default: the target's list)")] = None,
     out: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Artifacts root (<out>/<target>/<runtime>-<precision>)")] =
         Path("lpmr-results/artifacts"),
     dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension instead of the target's static "
@@ -196,9 +199,10 @@ def bench_command(
                                                   "target's artifacts at each --batch, then time them")] = None,
     runtime: Annotated[list[str] | None, typer.Option(parser=EXPORT_RUNTIME,
                                                       help="With --model: runtime(s) to export")] = None,
-    precision: Annotated[list[str] | None, typer.Option(help="With --model: precision(s) to export")] = None,
+    precision: Annotated[list[str] | None, typer.Option(parser=PRECISION,
+                                                        help="With --model: precision(s) to export")] = None,
     torch_reference: Annotated[bool, typer.Option("--torch", help="Also time the torch FP32 eager reference")] = False,
-    tower: Annotated[list[str] | None, typer.Option(help="What to time (repeatable): image, text, or zero-shot "
+    tower: Annotated[list[str] | None, typer.Option(parser=TOWER, help="What to time (repeatable): image, text, or zero-shot "
                                                     "(image tower + scores against --classes cached class "
                                                     "embeddings); default image")] = None,
     classes: Annotated[int, typer.Option(parser=POSITIVE_INT, help="zero-shot: number of cached class embeddings")] = 1000,

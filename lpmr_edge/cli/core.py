@@ -20,6 +20,7 @@ from lpmr_edge.cli.params import (
     POSITIVE_INT,
     RUNTIME,
     SEED,
+    STANDIN,
     SUITE,
 )
 from lpmr_edge.cli.ui import console, print_json, print_table, progress_bar
@@ -160,7 +161,7 @@ def datasets_command(json_output: JsonOption = False) -> None:
 
 @app.command("train-standin")
 def train_standin_command(
-    model: Annotated[str, typer.Option(help="Bundled stand-in to train")] = "lpmr-tiny-fmnist",
+    model: Annotated[str, typer.Option(parser=STANDIN, help="Bundled stand-in to train")] = "lpmr-tiny-fmnist",
     epochs: Annotated[int | None, typer.Option(parser=POSITIVE_INT, help="Training epochs (default: the stand-in's, "
                                                f"{TrainConfig.epochs} for lpmr-tiny-fmnist)")] = None,
     threads: Annotated[int, typer.Option(parser=POSITIVE_INT, help="Torch threads (the result depends on it)")] = TrainConfig.threads,

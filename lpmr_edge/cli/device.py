@@ -7,10 +7,11 @@ import typer
 
 from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import DeviceOption, JsonOption
+from lpmr_edge.cli.params import DEVICE_RUNTIME
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 
-RuntimesOption = Annotated[list[str], typer.Option("--runtime", help="Runtime(s) to install and check: openvino, "
+RuntimesOption = Annotated[list[str], typer.Option("--runtime", parser=DEVICE_RUNTIME, help="Runtime(s) to install and check: openvino, "
                                                    "executorch")]
 device_app = typer.Typer(help="Devices that run artifacts: set them up and check them.", no_args_is_help=True)
 app.add_typer(device_app, name="device")

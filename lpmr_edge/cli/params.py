@@ -7,6 +7,7 @@ through the same check.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,11 @@ def real_number(low: float, high: float, example: float, low_open: bool = False,
     return Checked("number", parse)
 
 
-def one_of(names: Iterable[str], what: str) -> Checked:
-    """One of a fixed set of names."""
-    allowed = tuple(names)
-
+def one_of(names: Iterable[str] | Callable[[], Iterable[str]], what: str) -> Checked:
+    """One of a set of names (or of the names a callable returns when a value is checked: for registries
+    that live in modules too heavy to import before a command runs)."""
     def parse(value: Any) -> str:
+        allowed = tuple(names() if callable(names) else names)
         if value not in allowed:
             raise ValueError(f"unknown {what} '{value}'; use one of {', '.join(allowed)}")
         return value
@@ -131,6 +132,42 @@ def _logit_scale(value: Any) -> str | float:
     return scale
 
 
+def _ray_address(value: Any) -> str:
+    if value != "auto" and not re.fullmatch(r"(ray://)?[A-Za-z0-9._-]+:[0-9]{1,5}", str(value)):
+        raise ValueError(f"'{value}' is not a Ray address; give HOST:PORT, ray://HOST:PORT or auto")
+    return str(value)
+
+
+def _bench_towers() -> tuple[str, ...]:
+    from lpmr_edge.bench import BENCH_TOWERS
+
+    return BENCH_TOWERS
+
+
+def _device_runtimes() -> Iterable[str]:
+    from lpmr_edge.devices.setup import RUNTIME_MODULES
+
+    return RUNTIME_MODULES
+
+
+def _sweep_engines() -> tuple[str, ...]:
+    from lpmr_edge.sweep.engines import ENGINES
+
+    return ENGINES
+
+
+def _sweep_formats() -> tuple[str, ...]:
+    from lpmr_edge.sweep.results import FORMATS
+
+    return FORMATS
+
+
+def _standins() -> Iterable[str]:
+    from lpmr_edge.models.bundled import BUNDLED_MODELS
+
+    return BUNDLED_MODELS
+
+
 def _suite(value: Any) -> str:
     from lpmr_edge.suite import BUILTIN_SUITES
 
@@ -175,6 +212,13 @@ PRESET = one_of(PRESETS, "preset")
 OBJECTIVE = one_of(OBJECTIVES, "objective")
 EXPORT_RUNTIME = one_of(RUNTIMES, "runtime")
 RUNTIME = one_of(("torch", *RUNTIMES), "runtime")
+PRECISION = one_of(sorted({precision for spec in RUNTIMES.values() for precision in spec.precisions}), "precision")
+TOWER = one_of(_bench_towers, "tower")
+DEVICE_RUNTIME = one_of(_device_runtimes, "runtime")
+ENGINE = one_of(_sweep_engines, "engine")
+EXPORT_FORMAT = one_of(_sweep_formats, "format")
+STANDIN = one_of(_standins, "bundled stand-in")
+RAY_ADDRESS = Checked("address", _ray_address)
 EXISTING_DIR = Checked("directory", _existing("directory"))
 EXISTING_FILE = Checked("file", _existing("file"))
 EXISTING_PATH = Checked("path", _existing("path"))

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption
-from lpmr_edge.cli.params import EXISTING_FILE, OUTPUT_DIR, POSITIVE_INT
+from lpmr_edge.cli.params import ENGINE, EXISTING_FILE, EXPORT_FORMAT, OUTPUT_DIR, POSITIVE_INT, RAY_ADDRESS
 from lpmr_edge.cli.ui import console, print_json, print_table
 
 FAILED_JOBS_EXIT = 1
@@ -39,8 +39,8 @@ def run_command(
     sweep_file: Annotated[Path, typer.Argument(parser=EXISTING_FILE, help="Sweep file (see sweeps/demo.toml)")],
     resume: Annotated[bool, typer.Option(help="Continue the sweep in <out>/sweep.db (same grid)")] = False,
     retry_failed: Annotated[bool, typer.Option(help="With --resume: give failed jobs new attempts")] = False,
-    engine: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address HOST:PORT (default: start a "
+    engine: Annotated[str, typer.Option(parser=ENGINE, help="local (process pool) | ray")] = "local",
+    address: Annotated[str | None, typer.Option(parser=RAY_ADDRESS, help="Ray cluster address HOST:PORT (default: start a "
                                                    "private local Ray instance)")] = None,
     workers: Annotated[int | None, typer.Option(parser=POSITIVE_INT, help="Local engine: jobs at once (default: cores // "
                                                    "threads)")] = None,
@@ -99,7 +99,7 @@ def status_command(database: DatabaseArgument, json_output: JsonOption = False) 
 @sweep_app.command("export")
 def export_command(
     database: DatabaseArgument,
-    format: Annotated[str, typer.Option("--format", help="csv | parquet")] = "csv",
+    format: Annotated[str, typer.Option("--format", parser=EXPORT_FORMAT, help="csv | parquet")] = "csv",
     out: Annotated[Path | None, typer.Option(parser=OUTPUT_DIR, help="Directory for jobs.<ext> and metrics.<ext> (default: "
                                                   "beside the database, export/)")] = None,
 ) -> None:
