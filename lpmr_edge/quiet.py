@@ -1,11 +1,13 @@
 """A quiet terminal: what the libraries print goes to a log file, what lpmr-edge prints stays on screen.
 
-ExecuTorch's and OpenVINO's C++ code and every subprocess (export and bench workers) write to the
-process's file descriptors 1 and 2, so ``captured_output`` points those descriptors at a temporary
-file (``dup2``) and gives Python's ``sys.stdout``/``sys.stderr`` — which lpmr-edge's own output, rich
-displays and Typer's messages use — copies of the original descriptors. Dependencies' Python output is
-routed to the same file: warnings, log records (NNCF's logger, which writes to stdout on its own, too)
-and rich's global console (NNCF's progress bars). On exit the captured text is appended to the log file.
+ExecuTorch's and OpenVINO's C++ code, pybind11 modules that print through ``sys.stderr``, Python
+warnings, log records and every subprocess (export and bench workers) end up on the process's file
+descriptors 1 and 2, so ``captured_output`` points those descriptors at a temporary file (``dup2``) and
+hands lpmr-edge copies of the original descriptors (``Capture.stdout``/``Capture.stderr``) for its own
+output. ``sys.stdout`` is switched to the visible copy (``--json`` output and Typer's help write there),
+so dependencies that print to stdout from Python are routed explicitly: NNCF's logger (its own stdout
+handler) and rich's global console (NNCF's progress bars). On exit the captured text is appended to
+the log file.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import logging
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from typing import IO, Any, TextIO
 
 LOG_ENV = "LPMR_EDGE_LOG"
 DEFAULT_LOG = Path("lpmr-results") / "lpmr-edge.log"
-ROUTED_LOGGERS = ("nncf",)  # loggers with their own stream handlers (bypassing the root logger)
+ROUTED_LOGGERS = ("nncf",)  # loggers with their own stdout handlers
 
 
 def default_log_path() -> Path:
@@ -34,9 +35,12 @@ def default_log_path() -> Path:
 
 @dataclass
 class Capture:
-    """What a ``captured_output`` block kept: lines of library output and the log they were appended to."""
+    """A ``captured_output`` block: the visible streams for lpmr-edge's own output, and on exit the number
+    of library output lines appended to ``log_path``."""
 
     log_path: Path
+    stdout: TextIO
+    stderr: TextIO
     lines: int = 0
 
 
@@ -48,7 +52,7 @@ def _fd_of(stream: Any) -> int | None:
 
 
 def _reopen(fd: int, like: TextIO) -> TextIO:
-    """A text stream on a copy of ``fd``, encoded like ``like``."""
+    """A line-buffered text stream on a copy of ``fd``, encoded like ``like``."""
     return open(os.dup(fd), "w", buffering=1, encoding=getattr(like, "encoding", None) or "utf-8",
                 errors="backslashreplace", closefd=True)
 
@@ -61,69 +65,58 @@ class _LogRecordsTo(logging.Filter):
         self.handler = handler
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= self.handler.level:
-            self.handler.handle(record)
+        self.handler.handle(record)
         return False
 
 
 @contextlib.contextmanager
-def _python_output_to(stream: TextIO) -> Iterator[None]:
-    """Route warnings, log records and rich's global console to ``stream`` for the duration."""
+def _stdout_writers_to(stream: TextIO) -> Iterator[None]:
+    """Route the Python writers that would reach the visible stdout (NNCF's logger, rich's global console)
+    to ``stream`` for the duration."""
     import rich
 
     handler = logging.StreamHandler(stream)
-    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
     routed = _LogRecordsTo(handler)
     for name in ROUTED_LOGGERS:
         logging.getLogger(name).addFilter(routed)
     global_console = rich.get_console()
     console_file = global_console.file
     global_console.file = stream
-    show_warning = warnings.showwarning
-    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: stream.write(
-        warnings.formatwarning(message, category, filename, lineno, line))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            yield
+        yield
     finally:
-        warnings.showwarning = show_warning
         global_console.file = console_file
         for name in ROUTED_LOGGERS:
             logging.getLogger(name).removeFilter(routed)
-        root.removeHandler(handler)
 
 
 @contextlib.contextmanager
 def captured_output(log_path: Path, title: str) -> Iterator[Capture]:
-    """Library output (C/C++ and subprocesses at the descriptor level, dependencies' warnings, logs and rich
-    progress) goes to ``log_path`` (appended under a ``title`` header) instead of the terminal; lpmr-edge's
-    own output through ``sys.stdout``/``sys.stderr`` is unaffected."""
-    capture = Capture(log_path)
+    """Library output goes to ``log_path`` (appended under a ``title`` header) instead of the terminal;
+    write lpmr-edge's own output to ``Capture.stdout``/``Capture.stderr`` (``sys.stdout`` is the visible
+    stdout for the duration). Where ``sys.stdout``/``sys.stderr`` are not the process's descriptors (a test
+    runner's buffers) they are what ``Capture`` hands out."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     with tempfile.TemporaryFile(mode="w+b", buffering=0) as kept:
         saved = {fd: os.dup(fd) for fd in (1, 2)}
-        replaced: dict[str, TextIO] = {}
-        for name, fd in (("stdout", 1), ("stderr", 2)):
-            original = getattr(sys, name)
-            if _fd_of(original) == fd:  # a real descriptor (not a test runner's buffer): keep it visible
-                replaced[name] = original
-                setattr(sys, name, _reopen(saved[fd], original))
+        original_stdout = sys.stdout
+        visible_stdout = _reopen(saved[1], sys.stdout) if _fd_of(sys.stdout) == 1 else None
+        visible_stderr = _reopen(saved[2], sys.stderr) if _fd_of(sys.stderr) == 2 else None
+        capture = Capture(log_path, stdout=visible_stdout or sys.stdout, stderr=visible_stderr or sys.stderr)
+        sys.stdout = capture.stdout
         for fd in saved:
             os.dup2(kept.fileno(), fd)
-        log_stream = _reopen(kept.fileno(), sys.stderr)
+        log_stream = _reopen(kept.fileno(), capture.stderr)
         try:
-            with _python_output_to(log_stream):
+            with _stdout_writers_to(log_stream):
                 yield capture
         finally:
-            log_stream.close()
-            for name, original in replaced.items():
-                getattr(sys, name).close()
-                setattr(sys, name, original)
+            sys.stdout = original_stdout
+            for stream in (log_stream, visible_stdout, visible_stderr):
+                if stream is not None:
+                    stream.close()
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)

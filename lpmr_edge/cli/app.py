@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from lpmr_edge.cli.params import OUTPUT_FILE
+from lpmr_edge.cli.ui import console_writing_to
 from lpmr_edge.quiet import captured_output, default_log_path
 
 app = typer.Typer(name="lpmr-edge", help="Less precise, more reliable: measure what quantization does to CLIP "
@@ -30,4 +31,6 @@ def global_options(
 ) -> None:
     """Options of every command (give them before the command's name)."""
     if not verbose:
-        ctx.with_resource(captured_output(log_file or default_log_path(), f"lpmr-edge {ctx.invoked_subcommand}"))
+        capture = ctx.with_resource(captured_output(log_file or default_log_path(),
+                                                    f"lpmr-edge {ctx.invoked_subcommand}"))
+        ctx.with_resource(console_writing_to(capture.stderr))

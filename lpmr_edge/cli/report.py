@@ -11,7 +11,7 @@ import typer
 from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption, with_option_group
 from lpmr_edge.cli.params import EXISTING_PATH, LIMIT_MB, LIMIT_MS, OBJECTIVE, OUTPUT_DIR, PERCENTAGE_POINTS, RESAMPLES
-from lpmr_edge.cli.ui import console, print_json, print_table
+from lpmr_edge.cli.ui import console, print_error, print_json, print_table
 from lpmr_edge.pick import Constraints
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def fail_without_choice(choices: Sequence[Choice]) -> None:
     try:
         require_recommendations(choices)
     except NoFeasibleChoice as error:
-        typer.secho(f"error: {error}", err=True, fg="red")
+        print_error(str(error))
         raise typer.Exit(NO_CHOICE_EXIT) from None
 
 

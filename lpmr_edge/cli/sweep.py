@@ -12,7 +12,7 @@ from typer.core import TyperGroup
 from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption
 from lpmr_edge.cli.params import ENGINE, EXISTING_FILE, EXPORT_FORMAT, OUTPUT_DIR, POSITIVE_INT, RAY_ADDRESS
-from lpmr_edge.cli.ui import console, print_json, print_table
+from lpmr_edge.cli.ui import console, print_error, print_json, print_table
 
 FAILED_JOBS_EXIT = 1
 
@@ -67,8 +67,7 @@ def run_command(
         console.print(f"sweep {sweep.name}: {progress.done}/{progress.total} done, {progress.failed} failed "
                       f"-> {sweep.db_path}")
     if progress.failed:
-        typer.secho(f"error: {progress.failed} job(s) failed; see `lpmr-edge sweep status {sweep.db_path}`",
-                    err=True, fg="red")
+        print_error(f"{progress.failed} job(s) failed; see `lpmr-edge sweep status {sweep.db_path}`")
         raise typer.Exit(FAILED_JOBS_EXIT)
 
 
