@@ -28,7 +28,7 @@ from typing import Any
 
 from lpmr_edge.errors import UserError
 
-TARGETS_DIR = Path(os.environ.get("LPMR_EDGE_TARGETS_DIR", Path(__file__).resolve().parents[1] / "targets"))
+TARGETS_DIR = Path(os.environ.get("LPMR_EDGE_TARGETS_DIR", Path(__file__).resolve().parent / "_data" / "targets"))
 ARCHES = ("x86_64", "aarch64")
 OPENVINO_HINTS = ("f32", "bf16", "f16")
 

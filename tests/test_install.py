@@ -1,7 +1,37 @@
-"""The pinned install: CPU torch only, and open_clip importable beside PyPI's torchvision."""
-from importlib import metadata
+"""The pinned install: CPU torch only, open_clip importable beside PyPI's torchvision, the pinned set
+resolvable from PyPI for every supported Python, and the built wheel working outside the source tree.
 
+What the resolution test proves and what it does not: pip resolves the project's dependencies under
+``constraints.txt`` from PyPI (wheels only, sdists only for the pure-Python pins that publish no wheel) for
+CPython 3.11-3.13 on manylinux x86_64 and aarch64, with torch's *CPU* build standing in as a metadata-only
+wheel made from the installed CPU torch (PyPI's torch is a CUDA build whose NVIDIA dependencies are beside
+the point). Unproven here: that PyTorch's CPU index (``make TORCH_INDEX=...``, not reachable from these
+machines) serves torch 2.13.0+cpu for 3.12/3.13 and aarch64, and that the packages import and run on
+those Pythons (only 3.11 exists on these machines). Python 3.10 is not supported: numpy 2.4 (and scipy
+1.17, pandas 3) publish no cp310 wheels.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import venv
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHONS = ("3.11", "3.12", "3.13")
+MANYLINUX = (17, 24, 27, 28, 31, 34, 35)
+SDIST_ONLY_PINS = ("antlr4-python3-runtime",)  # pure Python, published as an sdist only
+PYPI = "https://pypi.org/simple"
 
 
 def test_torch_is_the_cpu_build_and_no_cuda_packages_are_installed():
@@ -21,4 +51,106 @@ def test_open_clip_imports_through_the_torchvision_shim():
     assert "ViT-B-32" in open_clip.list_models()
     from torchvision.transforms import Normalize  # the part open_clip needs
 
-    assert Normalize(mean=[0.5], std=[0.5]) is not None
+    assert Normalize(mean=[0.5], std=[0.5])(torch.ones(1, 2, 2)).eq(1).all()
+
+
+def _pins() -> dict[str, str]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins.items()}
+
+
+def test_requires_python_and_the_torch_pin_take_no_local_build():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == f">={PYTHONS[0]},<3.{int(PYTHONS[-1].split('.')[1]) + 1}"
+    assert _pins()["torch"] == "2.13.0"  # PyPI and PyTorch's CPU index both serve it; "+cpu" only the latter
+
+
+def _cpu_torch_stub(directory: Path) -> Path:
+    """A wheel holding only the installed CPU torch's metadata (its dependencies, without NVIDIA's)."""
+    dist = metadata.distribution("torch")
+    directory.mkdir()
+    info = f"torch-{dist.version}.dist-info"
+    with zipfile.ZipFile(directory / f"torch-{dist.version}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{info}/METADATA", dist.read_text("METADATA"))
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
+    return directory
+
+
+def _clean_pip_env() -> dict[str, str]:
+    """This process's environment without the machine's pip configuration (its wheel directory and caps)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_") or key == "PIP_CERT"}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+@pytest.mark.parametrize("python", PYTHONS)
+def test_pinned_set_resolves_from_pypi(python: str, arch: str, tmp_path: Path):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join([*project["dependencies"], *project["optional-dependencies"]["dev"]]))
+    platforms = [f"--platform=manylinux_2_{minor}_{arch}" for minor in MANYLINUX] + [f"--platform=manylinux2014_{arch}"]
+    report = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                          "--target", str(tmp_path / "never"), "--report", str(report), "--python-version", python,
+                          *platforms, "--only-binary=:all:", *(f"--no-binary={name}" for name in SDIST_ONLY_PINS),
+                          "--index-url", PYPI, "--find-links", str(_cpu_torch_stub(tmp_path / "stub")),
+                          "-c", str(ROOT / "constraints.txt"), "-r", str(requirements)],
+                         capture_output=True, text=True, env=_clean_pip_env(), check=False, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    resolved = {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    pins = _pins()
+    assert resolved["torch"] == "2.13.0+cpu" and resolved["executorch"] == pins["executorch"]
+    assert {name: version for name, version in resolved.items() if name != "torch"} == \
+        {name: pins[name] for name in resolved if name != "torch"}, "every resolved package is pinned, at its pin"
+
+
+def test_python_310_is_refused_by_the_pins():
+    run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--python-version", "3.10",
+                          "--platform=manylinux_2_28_x86_64", "--only-binary=:all:", "--index-url", PYPI,
+                          "-d", os.devnull, f"numpy=={_pins()['numpy']}"],
+                         capture_output=True, text=True, env=_clean_pip_env(), check=False, timeout=300)
+    assert run.returncode != 0 and "No matching distribution found for numpy" in run.stderr
+
+
+@pytest.mark.slow
+def test_wheel_installs_outside_the_source_tree_and_evaluates_the_bundled_model(tmp_path: Path):
+    """The wheel carries the weights, configs, targets and calibration set: a fresh venv that sees this
+    environment's installed dependencies (a .pth line naming its site-packages, after the venv's own; this
+    environment's editable lpmr-edge is not importable through it) but not the source tree runs eval."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr
+    wheel = next((tmp_path / "dist").glob("lpmr_edge-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(name.endswith("weights/lpmr-tiny-fmnist.safetensors") for name in names)
+    assert any("calibration_data/fmnist-train-300/manifest.json" in name for name in names)
+    assert any(name.endswith("targets/x86.toml") for name in names)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    own_site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   capture_output=True, text=True, check=True).stdout.strip())
+    (own_site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "LPMR_EDGE_CALIBRATION_DIR",
+                                                                          "LPMR_EDGE_TARGETS_DIR")}
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                                "--no-index", "--quiet", "--force-reinstall", str(wheel)],
+                               capture_output=True, text=True, cwd=outside, env=env, check=False)
+    assert installed.returncode == 0, installed.stderr
+    where = subprocess.run([str(python), "-c", "import lpmr_edge; print(lpmr_edge.__file__)"], capture_output=True,
+                           text=True, cwd=outside, env=env, check=True).stdout
+    assert where.startswith(str(env_dir)), where
+    evaluated = subprocess.run([str(env_dir / "bin" / "lpmr-edge"), "eval", "--model", "lpmr-tiny-fmnist",
+                                "--limit", "16", "--json", "--out", "r"], capture_output=True, text=True, cwd=outside,
+                               env=env, check=False)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["n"] == 16
+    targets = subprocess.run([str(env_dir / "bin" / "lpmr-edge"), "targets", "--json"], capture_output=True,
+                             text=True, cwd=outside, env=env, check=True)
+    assert {target["name"] for target in json.loads(targets.stdout)} >= {"x86", "arm"}

@@ -3,6 +3,7 @@ progress) is kept in the log; lpmr-edge's own lines stay visible; ``--verbose`` 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -51,8 +52,9 @@ def test_nothing_captured_writes_no_log(tmp_path: Path):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess, with lines wide enough that rich does not wrap them."""
     return subprocess.run([sys.executable, "-m", "lpmr_edge", *args], capture_output=True, text=True, cwd=cwd,
-                          check=False)
+                          env={**os.environ, "COLUMNS": "1000"}, check=False)
 
 
 OUR_LINES = re.compile(r"(executorch-fp32: (exported|up to date) -> .*|warning: .*)")
@@ -65,6 +67,7 @@ def test_export_and_eval_print_only_our_lines(tmp_path: Path):
     exported = _cli("export", "--target", str(target), "--model", "lpmr-tiny-fmnist", "--out", "art", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert all(OUR_LINES.fullmatch(line) for line in exported.stderr.splitlines()), exported.stderr
+    assert "warning: model 'lpmr-tiny-fmnist' is stand-in trained by lpmr-edge" in exported.stderr  # ours: kept
     evaluated = _cli("eval", "--artifact", "art/tiny/executorch-fp32", "--limit", "8", "--json", "--out", "r",
                      cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr

@@ -16,8 +16,8 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import read_json, sha256_file
 
 FMNIST_DIR = Path(os.environ.get("LPMR_EDGE_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-CALIBRATION_DIR = Path(os.environ.get("LPMR_EDGE_CALIBRATION_DIR",
-                                      Path(__file__).resolve().parents[2] / "calibration_data"))
+CALIBRATION_DIR = Path(os.environ.get("LPMR_EDGE_CALIBRATION_DIR",  # in the wheel; in a checkout a link to calibration_data/
+                                      Path(__file__).resolve().parents[1] / "_data" / "calibration_data"))
 FMNIST_CLASSES = ("t-shirt", "pair of trousers", "pullover sweater", "dress", "coat", "sandal", "shirt",
                   "sneaker", "bag", "ankle boot")
 FMNIST_TEMPLATES = (
