@@ -154,3 +154,15 @@ def test_wheel_installs_outside_the_source_tree_and_evaluates_the_bundled_model(
     targets = subprocess.run([str(env_dir / "bin" / "lpmr-edge"), "targets", "--json"], capture_output=True,
                              text=True, cwd=outside, env=env, check=True)
     assert {target["name"] for target in json.loads(targets.stdout)} >= {"x86", "arm"}
+
+
+@pytest.mark.parametrize("configured, uses_torch_index", [({}, True), ({"PIP_FIND_LINKS": "/opt/wheels"}, False),
+                                                          ({"PIP_INDEX_URL": "https://mirror.example/simple"}, False)])
+def test_make_takes_torch_from_its_index_only_when_pip_has_no_source_configured(configured: dict[str, str],
+                                                                                uses_torch_index: bool):
+    makefile = (ROOT / "Makefile").read_text()
+    check = re.search(r"^PIP_HAS_SOURCE := (.*)$", makefile, flags=re.MULTILINE).group(1)
+    command = check.replace("$(BIN)/pip", f"{sys.executable} -m pip").replace("$$", "$")
+    has_source = subprocess.run(["bash", "-c", command], env={**_clean_pip_env(), **configured}, check=False)
+    assert (has_source.returncode != 0) == uses_torch_index
+    assert "$(PIP_HAS_SOURCE) || $(BIN)/pip install -q -c constraints.txt torch --index-url $(TORCH_INDEX)" in makefile
