@@ -2,10 +2,10 @@
 resolvable from PyPI for every supported Python, and the built wheel working outside the source tree.
 
 What the resolution test proves and what it does not: pip resolves the project's dependencies under
-``constraints.txt`` from PyPI (wheels only, sdists only for the pure-Python pins that publish no wheel) for
+``constraints.txt`` from PyPI (wheels only) for
 CPython 3.11-3.13 on manylinux x86_64 and aarch64, with torch's *CPU* build standing in as a metadata-only
 wheel made from the installed CPU torch (PyPI's torch is a CUDA build whose NVIDIA dependencies are beside
-the point). Unproven here: that PyTorch's CPU index (``make TORCH_INDEX=...``, not reachable from these
+the point), and likewise the pure-Python pins that PyPI has as sdists only. Unproven here: that PyTorch's CPU index (``make TORCH_INDEX=...``, not reachable from these
 machines) serves torch 2.13.0+cpu for 3.12/3.13 and aarch64, and that the packages import and run on
 those Pythons (only 3.11 exists on these machines). Python 3.10 is not supported: numpy 2.4 (and scipy
 1.17, pandas 3) publish no cp310 wheels.
@@ -66,15 +66,17 @@ def test_requires_python_and_the_torch_pin_take_no_local_build():
     assert _pins()["torch"] == "2.13.0"  # PyPI and PyTorch's CPU index both serve it; "+cpu" only the latter
 
 
-def _cpu_torch_stub(directory: Path) -> Path:
-    """A wheel holding only the installed CPU torch's metadata (its dependencies, without NVIDIA's)."""
-    dist = metadata.distribution("torch")
+def _metadata_wheels(directory: Path, names: tuple[str, ...]) -> Path:
+    """Wheels holding only the installed distributions' metadata: the CPU torch (its dependencies, without
+    NVIDIA's) and the pure-Python pins PyPI has as sdists only (pip's --python-version takes wheels only)."""
     directory.mkdir()
-    info = f"torch-{dist.version}.dist-info"
-    with zipfile.ZipFile(directory / f"torch-{dist.version}-py3-none-any.whl", "w") as wheel:
-        wheel.writestr(f"{info}/METADATA", dist.read_text("METADATA"))
-        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        wheel.writestr(f"{info}/RECORD", "")
+    for name in names:
+        dist = metadata.distribution(name)
+        stem = f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}"
+        with zipfile.ZipFile(directory / f"{stem}-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"{stem}.dist-info/METADATA", dist.read_text("METADATA"))
+            wheel.writestr(f"{stem}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+            wheel.writestr(f"{stem}.dist-info/RECORD", "")
     return directory
 
 
@@ -95,8 +97,8 @@ def test_pinned_set_resolves_from_pypi(python: str, arch: str, tmp_path: Path):
     report = tmp_path / "report.json"
     run = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
                           "--target", str(tmp_path / "never"), "--report", str(report), "--python-version", python,
-                          *platforms, "--only-binary=:all:", *(f"--no-binary={name}" for name in SDIST_ONLY_PINS),
-                          "--index-url", PYPI, "--find-links", str(_cpu_torch_stub(tmp_path / "stub")),
+                          *platforms, "--only-binary=:all:", "--index-url", PYPI,
+                          "--find-links", str(_metadata_wheels(tmp_path / "stubs", ("torch", *SDIST_ONLY_PINS))),
                           "-c", str(ROOT / "constraints.txt"), "-r", str(requirements)],
                          capture_output=True, text=True, env=_clean_pip_env(), check=False, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
