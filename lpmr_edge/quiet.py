@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -129,7 +129,7 @@ def _append(log_path: Path, title: str, kept: IO[bytes]) -> int:
     if not text.strip():
         return 0
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"==> {stamp} {title}\n{text}{'' if text.endswith(chr(10)) else chr(10)}")
     return len(text.splitlines())

@@ -65,8 +65,8 @@ def test_every_command_module_registers_on_the_app_module():
 
 
 def test_entry_points_import_cleanly(tmp_path: Path):
-    for code in ("import lpmr_edge.cli.artifacts; from lpmr_edge.cli import app; assert 'export' in "
-                 "[c.name for c in app.registered_commands]",
+    for code in (("import lpmr_edge.cli.artifacts; from lpmr_edge.cli import app; assert 'export' in "
+                 "[c.name for c in app.registered_commands]"),
                  "from lpmr_edge.cli import main"):
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
         assert run.returncode == 0, run.stderr

@@ -2,13 +2,13 @@
 resolvable from PyPI for every supported Python, and the built wheel working outside the source tree.
 
 What the resolution test proves and what it does not: pip resolves the project's dependencies under
-``constraints.txt`` from PyPI (wheels only) for
-CPython 3.11-3.13 on manylinux x86_64 and aarch64, with torch's *CPU* build standing in as a metadata-only
-wheel made from the installed CPU torch (PyPI's torch is a CUDA build whose NVIDIA dependencies are beside
-the point), and likewise the pure-Python pins that PyPI has as sdists only. Unproven here: that PyTorch's CPU index (``make TORCH_INDEX=...``, not reachable from these
-machines) serves torch 2.13.0+cpu for 3.12/3.13 and aarch64, and that the packages import and run on
-those Pythons (only 3.11 exists on these machines). Python 3.10 is not supported: numpy 2.4 (and scipy
-1.17, pandas 3) publish no cp310 wheels.
+``constraints.txt`` from PyPI (wheels only) for CPython 3.11-3.13 on manylinux x86_64 and aarch64, with
+torch's *CPU* build standing in as a metadata-only wheel made from the installed CPU torch (PyPI's torch
+is a CUDA build whose NVIDIA dependencies are beside the point), and likewise the pure-Python pins that
+PyPI has as sdists only. Unproven here: that PyTorch's CPU index (``make TORCH_INDEX=...``, not reachable
+from these machines) serves torch 2.13.0+cpu for 3.12/3.13 and aarch64, and that the packages import and
+run on those Pythons (only 3.11 exists on these machines). Python 3.10 is not supported: numpy 2.4 (and
+scipy 1.17, pandas 3) publish no cp310 wheels.
 """
 from __future__ import annotations
 

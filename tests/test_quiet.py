@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import target_toml
-from lpmr_edge.quiet import captured_output
 
+from lpmr_edge.quiet import captured_output
 
 SCRIPT = """
 import logging, subprocess, sys, warnings

@@ -10,7 +10,15 @@ import typer
 
 from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption, with_option_group
-from lpmr_edge.cli.params import EXISTING_PATH, LIMIT_MB, LIMIT_MS, OBJECTIVE, OUTPUT_DIR, PERCENTAGE_POINTS, RESAMPLES
+from lpmr_edge.cli.params import (
+    EXISTING_PATH,
+    LIMIT_MB,
+    LIMIT_MS,
+    OBJECTIVE,
+    OUTPUT_DIR,
+    PERCENTAGE_POINTS,
+    RESAMPLES,
+)
 from lpmr_edge.cli.ui import console, print_error, print_json, print_table
 from lpmr_edge.pick import Constraints
 
