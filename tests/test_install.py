@@ -101,7 +101,7 @@ def test_pinned_set_resolves_from_pypi(python: str, arch: str, tmp_path: Path):
                           "--find-links", str(_metadata_wheels(tmp_path / "stubs", ("torch", *SDIST_ONLY_PINS))),
                           "-c", str(ROOT / "constraints.txt"), "-r", str(requirements)],
                          capture_output=True, text=True, env=_clean_pip_env(), check=False, timeout=1200)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     resolved = {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"]
                 for item in json.loads(report.read_text())["install"]}
     pins = _pins()
