@@ -55,8 +55,8 @@ def test_open_clip_imports_through_the_torchvision_shim():
 
 
 def _pins() -> dict[str, str]:
-    lines = (ROOT / "constraints.txt").read_text().splitlines()
-    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    lines = [line.split("#")[0].strip() for line in (ROOT / "constraints.txt").read_text().splitlines()]
+    pins = dict(line.split("==") for line in lines if line)
     return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins.items()}
 
 
