@@ -61,7 +61,7 @@ def test_every_command_module_registers_on_the_app_module():
     graph = import_graph()
     commands = graph["lpmr_edge.cli.commands"]
     assert len(commands) >= 7 and all("lpmr_edge.cli.app" in graph[module] for module in commands)
-    assert graph["lpmr_edge.cli.app"] == set()
+    assert graph["lpmr_edge.cli.app"].isdisjoint(commands | {"lpmr_edge.cli", "lpmr_edge.cli.commands"})
 
 
 def test_entry_points_import_cleanly(tmp_path: Path):
