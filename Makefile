@@ -9,6 +9,10 @@ CHROMIUM := /usr/bin/chromium
 SSHD := /usr/sbin/sshd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# CPU torch comes from PyTorch's CPU wheel index (PyPI's torch is a CUDA build), unless pip already has an
+# index or a wheel directory configured (pip.conf, PIP_INDEX_URL, PIP_FIND_LINKS ...): that one wins.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+PIP_HAS_SOURCE := $(BIN)/pip config list | grep -qE '\.(index-url|extra-index-url|find-links)='
 
 .PHONY: setup system demo test bench bench-sweep lint standin clean arm-root browser sshd
 
@@ -16,6 +20,7 @@ setup: $(STAMP) system browser sshd
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PIP_HAS_SOURCE) || $(BIN)/pip install -q -c constraints.txt torch --index-url $(TORCH_INDEX)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	$(BIN)/python -c "import torch, sys; sys.exit('a CUDA build of torch was installed' if torch.version.cuda else 0)"
 	touch $(STAMP)

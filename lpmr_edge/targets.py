@@ -29,7 +29,7 @@ from typing import Any
 from lpmr_edge.backends import BACKENDS
 from lpmr_edge.errors import UserError
 
-TARGETS_DIR = Path(os.environ.get("LPMR_EDGE_TARGETS_DIR", Path(__file__).resolve().parents[1] / "targets"))
+TARGETS_DIR = Path(os.environ.get("LPMR_EDGE_TARGETS_DIR", Path(__file__).resolve().parent / "_data" / "targets"))
 ARCHES = ("x86_64", "aarch64")
 _TOP_LEVEL_TYPES: dict[str, type] = {"name": str, "description": str, "arch": str, "threads": int,
                                      "image_batch": int, "text_batch": int, "runtimes": dict}

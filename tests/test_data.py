@@ -72,8 +72,40 @@ def test_empty_folder(tmp_path: Path):
     with pytest.raises(UserError, match="no class sub-folders"):
         load_dataset(f"folder:{tmp_path / 'empty'}")
     (tmp_path / "empty" / "a").mkdir()
+    with pytest.raises(UserError, match=r"single class \(a\); zero-shot classification needs at least two"):
+        load_dataset(f"folder:{tmp_path / 'empty'}")
+    (tmp_path / "empty" / "b").mkdir()
     with pytest.raises(UserError, match="no readable images"):
         load_dataset(f"folder:{tmp_path / 'empty'}")
+
+
+def test_an_empty_class_folder_is_named(folder: Path):
+    (folder / "zebras").mkdir()
+    with pytest.raises(UserError, match="class folder\\(s\\) zebras in .* hold no readable images"):
+        load_dataset(str(folder))
+
+
+@pytest.mark.parametrize("names, clash", [("cat\nCat\n", "'Cat' is given to both cats and dogs"),
+                                          (None, "'big cat' is given to both big cat and big_cat")])
+def test_duplicate_class_names_are_refused(folder: Path, names: str | None, clash: str):
+    if names is None:  # sub-folder names become class names with '_' read as a space
+        (folder / "cats").rename(folder / "big cat")
+        (folder / "dogs").rename(folder / "big_cat")
+    else:
+        (folder / "classnames.txt").write_text(names)
+    with pytest.raises(UserError, match=clash):
+        load_dataset(str(folder))
+
+
+def test_dataset_names_are_checked_without_reading_images(tmp_path: Path):
+    registry.check_dataset_name("fmnist-test")
+    registry.check_dataset_name("calib:fmnist-train-300")
+    registry.check_dataset_name(str(tmp_path))
+    for name, message in (("calib:nope", "no calibration set 'nope'"),
+                          (f"folder:{tmp_path / 'absent'}", "dataset folder not found"),
+                          ("waterbirds:", "dataset folder not found: \\(empty\\)"), ("", "unknown dataset")):
+        with pytest.raises(UserError, match=message):
+            registry.check_dataset_name(name)
 
 
 def test_corrupt_and_tiny_images_fail_or_are_skipped_and_counted(folder: Path):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lpmr_edge.runtimes.torch_runtime import TorchRuntime
 from lpmr_edge.suite import EvalSettings, evaluate
@@ -49,6 +50,14 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path: Path):
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
     run = _cli("eval", "--runtime", "openvino", "--model", "lpmr-tiny-fmnist", cwd=tmp_path)
     assert run.returncode == 2 and "--artifact" in run.stderr
+
+
+@pytest.mark.slow
+def test_eval_random_architecture_with_a_hugging_face_tokenizer_runs_offline(tmp_path: Path):
+    run = _cli("eval", "--model", "random:ViT-B-16-SigLIP2", "--limit", "4", "--batch-size", "4", "--json",
+               "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["n"] == 4
 
 
 def test_text_embeddings_are_computed_once(tiny_random, isolated_cache: Path, monkeypatch):

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from lpmr_edge._compat import import_open_clip
 from lpmr_edge.errors import UserError
-from lpmr_edge.models import load_model, read_state_dict
+from lpmr_edge.models import SIMPLE_TOKENIZER_VOCAB, load_model, make_tokenizer, read_state_dict, split_spec
 from lpmr_edge.models.bundled import BUNDLED_MODELS
 
 
@@ -89,6 +90,31 @@ def test_checkpoint_for_another_architecture(tmp_path: Path):
 def test_bad_specs(spec: str, message: str):
     with pytest.raises(UserError, match=message):
         load_model(spec)
+
+
+@pytest.mark.parametrize("spec", ["", "random:", ":tag", "ViT-B-32:"])
+def test_incomplete_specs_fail_on_syntax_alone(spec: str):
+    with pytest.raises(UserError, match="incomplete"):
+        split_spec(spec)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("ViT-B-16-SigLIP2:/some/weights.safetensors", "ViT-B-16-SigLIP2's tokenizer needs the Hugging Face"),
+    ("nllb-clip-base:/some/weights.safetensors", "nllb-clip-base's text tower needs the Hugging Face"),
+    ("random:nllb-clip-base", "nllb-clip-base's text tower needs the Hugging Face"),
+])
+def test_architectures_needing_transformers_name_the_extra(spec: str, message: str):
+    with pytest.raises(UserError, match=message) as error:
+        load_model(spec)
+    assert "pip install 'lpmr-edge[hf]'" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_random_weights_use_a_tokenizer_that_needs_no_download():
+    open_clip = import_open_clip()
+    tokenizer = make_tokenizer(open_clip, "ViT-B-16-SigLIP2", "random")
+    tokens = tokenizer(["a photo of a cat", "a dog"])
+    assert tokens.shape == (2, 64) and int(tokens.max()) < SIMPLE_TOKENIZER_VOCAB  # SigLIP2: 64 tokens, 256k vocab
+    assert make_tokenizer(open_clip, "RN50", "pretrained")(["x"]).shape == (1, 77)
 
 
 def test_pretrained_tag_without_cache_or_network_is_a_clear_error():

@@ -10,28 +10,48 @@ import typer
 from rich.markup import escape
 
 from lpmr_edge.backends import runtime_help
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import ArtifactOption, DeviceOption, JsonOption, ModelOption, with_option_group
+from lpmr_edge.cli.params import (
+    DATASET,
+    EXISTING_DIR,
+    EXPORT_RUNTIME,
+    GROUP_SIZE,
+    OUTPUT_DIR,
+    OUTPUT_FILE,
+    POSITIVE_INT,
+    POSITIVE_SECONDS,
+    PRECISION,
+    PRESET,
+    SEED,
+    SHARE,
+    SMOOTH_QUANT_ALPHA,
+    TARGET,
+    TOWER,
+)
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 from lpmr_edge.quantize import QuantizationOptions
 
 DEFAULTS = QuantizationOptions()
-TargetOption = Annotated[str, typer.Option("--target", "-t", help="Target name (targets/NAME.toml) or path to a "
+TargetOption = Annotated[str, typer.Option("--target", "-t", parser=TARGET, help="Target name (targets/NAME.toml) or path to a "
                                            ".toml file")]
-ThreadsOption = Annotated[int | None, typer.Option(help="Runtime threads (default: the artifact's target)")]
+ThreadsOption = Annotated[int | None, typer.Option(parser=POSITIVE_INT, help="Runtime threads (default: the artifact's target)")]
 _CALIBRATION_PARAMETERS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(DEFAULTS, name),
-                      annotation=Annotated[kind, typer.Option(*flags, help=text)])
-    for name, kind, flags, text in (
-        ("calibration", str, (), "Calibration set: calib:NAME (calibration_data/), folder:PATH or a folder"),
-        ("subset_size", int, (), "Calibration images to use (seeded subset)"),
-        ("preset", str, (), "NNCF preset: mixed (asymmetric activations) or performance (symmetric)"),
-        ("transformer", bool, ("--transformer/--no-transformer",),
+                      annotation=Annotated[kind, typer.Option(*flags, help=text, **checked)])
+    for name, kind, flags, checked, text in (
+        ("calibration", str, (), {"parser": DATASET},
+         "Calibration set: calib:NAME (calibration_data/), folder:PATH or a folder"),
+        ("subset_size", int, (), {"parser": POSITIVE_INT}, "Calibration images to use (seeded subset)"),
+        ("preset", str, (), {"parser": PRESET},
+         "NNCF preset: mixed (asymmetric activations) or performance (symmetric)"),
+        ("transformer", bool, ("--transformer/--no-transformer",), {},
          "NNCF model_type=TRANSFORMER (enables SmoothQuant)"),
-        ("smooth_quant_alpha", float, (), "SmoothQuant alpha for MatMuls (-1 disables)"),
-        ("fast_bias_correction", bool, ("--fast-bias-correction/--full-bias-correction",), "Bias correction method"),
-        ("seed", int, (), "Seed of the calibration subset"),
+        ("smooth_quant_alpha", float, (), {"parser": SMOOTH_QUANT_ALPHA}, "SmoothQuant alpha for MatMuls (-1 disables)"),
+        ("fast_bias_correction", bool, ("--fast-bias-correction/--full-bias-correction",), {},
+         "Bias correction method"),
+        ("seed", int, (), {"parser": SEED}, "Seed of the calibration subset"),
     )
 ]
 
@@ -94,19 +114,21 @@ def calibrate_command(model: ModelOption = None, json_output: JsonOption = False
 def export_command(
     target: TargetOption,
     model: ModelOption = None,
-    runtime: Annotated[list[str] | None, typer.Option(help="Runtime(s) to export (default: all of the "
+    runtime: Annotated[list[str] | None, typer.Option(parser=EXPORT_RUNTIME, help="Runtime(s) to export (default: all of the "
                                                          "target's)")] = None,
-    precision: Annotated[list[str] | None, typer.Option(help="Precision(s) (default: the target's list; "
-                                                           f"{runtime_help()})")] = None,
-    out: Annotated[Path, typer.Option(help="Artifacts root (<out>/<target>/<runtime>-<precision>)")] =
+    precision: Annotated[list[str] | None, typer.Option(parser=PRECISION,
+                                                        help="Precision(s) (default: the target's list; "
+                                                        f"{runtime_help()})")] = None,
+    out: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Artifacts root (<out>/<target>/<runtime>-<precision>)")] =
         Path("lpmr-results/artifacts"),
     dynamic_batch: Annotated[bool, typer.Option(help="Dynamic batch dimension instead of the target's static "
                                                 "batch")] = False,
     fuse_head: Annotated[bool, typer.Option(help="OpenVINO: add the zero-shot head (calibration set classes) so "
                                             "the image graph also outputs logits")] = False,
-    group_size: Annotated[int, typer.Option(help="INT4 weight-only: weights per quantization group")] =
+    group_size: Annotated[int, typer.Option(parser=GROUP_SIZE, help="INT4 weight-only: weights per quantization "
+                                            "group (-1: per channel)")] =
         DEFAULTS.group_size,
-    ratio: Annotated[float, typer.Option(help="INT4 weight-only: share of layers in INT4 (rest INT8)")] =
+    ratio: Annotated[float, typer.Option(parser=SHARE, help="INT4 weight-only: share of layers in INT4 (rest INT8)")] =
         DEFAULTS.ratio,
     force: Annotated[bool, typer.Option(help="Re-export even when an up-to-date artifact exists")] = False,
     json_output: JsonOption = False,
@@ -139,8 +161,8 @@ def export_command(
 @app.command("check")
 def check_command(
     artifact: ArtifactOption = None,
-    n: Annotated[int, typer.Option("--n", help="Images to compare")] = 256,
-    dataset: Annotated[str, typer.Option(help="Labelled dataset name or folder")] = "fmnist-test",
+    n: Annotated[int, typer.Option("--n", parser=POSITIVE_INT, help="Images to compare")] = 256,
+    dataset: Annotated[str, typer.Option(parser=DATASET, help="Labelled dataset name or folder")] = "fmnist-test",
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -171,25 +193,28 @@ def check_command(
 @app.command("bench")
 @with_calibration_options
 def bench_command(
-    artifact: Annotated[list[Path] | None, typer.Option("--artifact", "-a", help="Artifact directory to time "
+    artifact: Annotated[list[Path] | None, typer.Option("--artifact", "-a", parser=EXISTING_DIR,
+                                                        help="Artifact directory to time "
                                                            "(repeatable; any runtime)")] = None,
     model: ModelOption = None,
-    target: Annotated[str | None, typer.Option("--target", "-t", help="With --model: export (or reuse) the "
+    target: Annotated[str | None, typer.Option("--target", "-t", parser=TARGET, help="With --model: export (or reuse) the "
                                                   "target's artifacts at each --batch, then time them")] = None,
-    runtime: Annotated[list[str] | None, typer.Option(help="With --model: runtime(s) to export")] = None,
-    precision: Annotated[list[str] | None, typer.Option(help="With --model: precision(s) to export")] = None,
+    runtime: Annotated[list[str] | None, typer.Option(parser=EXPORT_RUNTIME,
+                                                      help="With --model: runtime(s) to export")] = None,
+    precision: Annotated[list[str] | None, typer.Option(parser=PRECISION,
+                                                        help="With --model: precision(s) to export")] = None,
     torch_reference: Annotated[bool, typer.Option("--torch", help="Also time the torch FP32 eager reference")] = False,
-    tower: Annotated[list[str] | None, typer.Option(help="What to time (repeatable): image, text, or zero-shot "
+    tower: Annotated[list[str] | None, typer.Option(parser=TOWER, help="What to time (repeatable): image, text, or zero-shot "
                                                     "(image tower + scores against --classes cached class "
                                                     "embeddings); default image")] = None,
-    classes: Annotated[int, typer.Option(help="zero-shot: number of cached class embeddings")] = 1000,
-    batch: Annotated[list[int] | None, typer.Option(help="Batch size(s); static artifacts run at their own")]
+    classes: Annotated[int, typer.Option(parser=POSITIVE_INT, help="zero-shot: number of cached class embeddings")] = 1000,
+    batch: Annotated[list[int] | None, typer.Option(parser=POSITIVE_INT, help="Batch size(s); static artifacts run at their own")]
         = None,
     threads: ThreadsOption = None,
-    repeats: Annotated[int, typer.Option(help="Timed calls per runtime and batch (at most)")] = 50,
-    max_seconds: Annotated[float, typer.Option(help="Time budget per runtime and batch")] = 20.0,
-    out: Annotated[Path, typer.Option(help="Artifacts root for --model exports")] = Path("lpmr-results/artifacts"),
-    json_out: Annotated[Path | None, typer.Option(help="Also write the JSON report to this file")] = None,
+    repeats: Annotated[int, typer.Option(parser=POSITIVE_INT, help="Timed calls per runtime and batch (at most)")] = 50,
+    max_seconds: Annotated[float, typer.Option(parser=POSITIVE_SECONDS, help="Time budget per runtime and batch")] = 20.0,
+    out: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Artifacts root for --model exports")] = Path("lpmr-results/artifacts"),
+    json_out: Annotated[Path | None, typer.Option(parser=OUTPUT_FILE, help="Also write the JSON report to this file")] = None,
     json_output: JsonOption = False,
     device: DeviceOption = "local",
     *,

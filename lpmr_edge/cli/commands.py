@@ -3,6 +3,7 @@ from lpmr_edge.cli import (
     artifacts,  # noqa: F401
     core,  # noqa: F401
     device,  # noqa: F401
+    doctor,  # noqa: F401
     report,  # noqa: F401
     run,  # noqa: F401
     suite,  # noqa: F401

@@ -10,16 +10,29 @@ from typing import Annotated, Any
 import typer
 
 from lpmr_edge.backends import RUNTIME_NAMES
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
+from lpmr_edge.cli.params import (
+    DATASET,
+    DEVICE,
+    EXISTING_DIR,
+    LOGIT_SCALE,
+    MODEL_SPEC,
+    OUTPUT_DIR,
+    POSITIVE_INT,
+    RUNTIME,
+    SEED,
+    STANDIN,
+    SUITE,
+)
 from lpmr_edge.cli.ui import console, print_json, print_table, progress_bar
-from lpmr_edge.errors import UserError
 from lpmr_edge.training import TrainConfig
 
-ModelOption = Annotated[str | None, typer.Option("--model", "-m", help="Model spec: lpmr-tiny-fmnist, "
+ModelOption = Annotated[str | None, typer.Option("--model", "-m", parser=MODEL_SPEC, help="Model spec: lpmr-tiny-fmnist, "
                                                     "random:ARCH, ARCH:TAG or ARCH:/path/to/weights")]
-ArtifactOption = Annotated[Path | None, typer.Option("--artifact", "-a", help="Exported artifact directory")]
+ArtifactOption = Annotated[Path | None, typer.Option("--artifact", "-a", parser=EXISTING_DIR,
+                                                     help="Exported artifact directory")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout")]
-DeviceOption = Annotated[str, typer.Option("--device", "-d", help="Where the artifact runs: local (in process), "
+DeviceOption = Annotated[str, typer.Option("--device", "-d", parser=DEVICE, help="Where the artifact runs: local (in process), "
                                            "local?python=PATH, ssh://user@host:port?python=PATH&workdir=DIR&"
                                            "config=SSH_CONFIG (user, port, options optional) or emu-arm64 "
                                            "(emulated: correctness, no latencies)")]
@@ -55,21 +68,21 @@ def default_results_dir(runtime: str, precision: str, model: str, device: str | 
 @app.command("eval")
 def eval_command(
     model: ModelOption = None,
-    runtime: Annotated[str | None, typer.Option(help=f"{' | '.join(RUNTIME_NAMES)} "
+    runtime: Annotated[str | None, typer.Option(parser=RUNTIME, help=f"{' | '.join(RUNTIME_NAMES)} "
                                                    "(default: torch, or the artifact's runtime)")] = None,
     artifact: ArtifactOption = None,
-    suite: Annotated[str, typer.Option(help="basic (ID accuracy + calibration) | quick | full | "
+    suite: Annotated[str, typer.Option(parser=SUITE, help="basic (ID accuracy + calibration) | quick | full | "
                                        "path/to/suite.toml")] = "basic",
-    dataset: Annotated[str | None, typer.Option(help="ID dataset name or folder (default: the suite's, "
+    dataset: Annotated[str | None, typer.Option(parser=DATASET, help="ID dataset name or folder (default: the suite's, "
                                                    "fmnist-test)")] = None,
-    limit: Annotated[int | None, typer.Option(help="At most N images per evaluation set (the first N)")] = None,
-    logit_scale: Annotated[str | None, typer.Option(help="Logits = scale x cosine: 'model' (the model's own) "
+    limit: Annotated[int | None, typer.Option(parser=POSITIVE_INT, help="At most N images per evaluation set (the first N)")] = None,
+    logit_scale: Annotated[str | None, typer.Option(parser=LOGIT_SCALE, help="Logits = scale x cosine: 'model' (the model's own) "
                                                        "or a number such as 100 (default: the suite's)")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of corruptions, subsets, splits and bootstrap")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per batch")] = 64,
-    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: all cores)")] = None,
+    seed: Annotated[int, typer.Option(parser=SEED, help="Seed of corruptions, subsets, splits and bootstrap")] = 0,
+    batch_size: Annotated[int, typer.Option(parser=POSITIVE_INT, help="Images per batch")] = 64,
+    threads: Annotated[int | None, typer.Option(parser=POSITIVE_INT, help="Runtime threads (default: all cores)")] = None,
     skip_bad_images: Annotated[bool, typer.Option(help="Skip unreadable images (counted) instead of failing")] = False,
-    out: Annotated[Path | None, typer.Option(help="Results directory")] = None,
+    out: Annotated[Path | None, typer.Option(parser=OUTPUT_DIR, help="Results directory")] = None,
     json_output: JsonOption = False,
     device: DeviceOption = "local",
 ) -> None:
@@ -85,7 +98,7 @@ def eval_command(
                                          description.get("device", {}).get("label"))
         settings = EvalSettings(dataset=dataset, limit=limit, batch_size=batch_size, seed=seed,
                                 skip_bad_images=skip_bad_images, suite=suite,
-                                logit_scale=parse_logit_scale(logit_scale))
+                                logit_scale=logit_scale)  # LOGIT_SCALE gave 'model' or a float
         result = evaluate(engine, out, settings, progress=progress_bar)
     finally:
         engine.close()  # stops a device's server: nothing is left running there
@@ -102,16 +115,6 @@ def eval_command(
                 f"{result['dataset']['name']} n={result['n']}", ["metric", "value", "95% CI"],
                 [[label, value, format_interval(ci)] for _, label, value, ci in headline_metrics(result["metrics"])])
     console.print(f"results: {out}")
-
-
-def parse_logit_scale(value: str | None) -> str | float | None:
-    """``--logit-scale``: None, "model" or a number."""
-    if value is None or value == "model":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise UserError(f"--logit-scale must be 'model' or a number such as 100, not '{value}'") from None
 
 
 def format_interval(ci: list | tuple | None) -> str:
@@ -156,10 +159,10 @@ def datasets_command(json_output: JsonOption = False) -> None:
 
 @app.command("train-standin")
 def train_standin_command(
-    model: Annotated[str, typer.Option(help="Bundled stand-in to train")] = "lpmr-tiny-fmnist",
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the stand-in's, "
+    model: Annotated[str, typer.Option(parser=STANDIN, help="Bundled stand-in to train")] = "lpmr-tiny-fmnist",
+    epochs: Annotated[int | None, typer.Option(parser=POSITIVE_INT, help="Training epochs (default: the stand-in's, "
                                                f"{TrainConfig.epochs} for lpmr-tiny-fmnist)")] = None,
-    threads: Annotated[int, typer.Option(help="Torch threads (the result depends on it)")] = TrainConfig.threads,
+    threads: Annotated[int, typer.Option(parser=POSITIVE_INT, help="Torch threads (the result depends on it)")] = TrainConfig.threads,
     json_output: JsonOption = False,
 ) -> None:
     """Train a bundled stand-in CLIP on Fashion-MNIST train and write weights + model card."""

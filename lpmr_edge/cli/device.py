@@ -6,12 +6,13 @@ from typing import Annotated
 import typer
 
 from lpmr_edge.backends import BACKENDS
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import DeviceOption, JsonOption
+from lpmr_edge.cli.params import EXPORT_RUNTIME
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 
-RuntimesOption = Annotated[list[str], typer.Option("--runtime", help="Runtime(s) to install and check: "
+RuntimesOption = Annotated[list[str], typer.Option("--runtime", parser=EXPORT_RUNTIME, help="Runtime(s) to install and check: "
                                                    f"{', '.join(BACKENDS)}")]
 device_app = typer.Typer(help="Devices that run artifacts: set them up and check them.", no_args_is_help=True)
 app.add_typer(device_app, name="device")

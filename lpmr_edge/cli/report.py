@@ -8,10 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption, with_option_group
-from lpmr_edge.cli.ui import console, print_json, print_table
-from lpmr_edge.errors import UserError
+from lpmr_edge.cli.params import (
+    EXISTING_PATH,
+    LIMIT_MB,
+    LIMIT_MS,
+    OBJECTIVE,
+    OUTPUT_DIR,
+    PERCENTAGE_POINTS,
+    RESAMPLES,
+)
+from lpmr_edge.cli.ui import console, print_error, print_json, print_table
 from lpmr_edge.pick import Constraints
 
 if TYPE_CHECKING:
@@ -19,21 +27,21 @@ if TYPE_CHECKING:
 
 NO_CHOICE_EXIT = 3
 
-ResultsArgument = Annotated[list[Path], typer.Argument(help="Result directories (metrics.json + manifest.json), "
+ResultsArgument = Annotated[list[Path], typer.Argument(parser=EXISTING_PATH, help="Result directories (metrics.json + manifest.json), "
                                                        "folders holding them, and `lpmr-edge bench --json-out` "
                                                        "files (bench*.json below the folders are found too)")]
 
 
 _CONSTRAINT_PARAMETERS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                      annotation=Annotated[kind, typer.Option(help=text)])
-    for name, kind, default, text in (
-        ("objective", str, "ece", ("What to optimise: ece | nll | fpr95 (lower is better), auroc | accuracy | "
+                      annotation=Annotated[kind, typer.Option(parser=parser, help=text)])
+    for name, kind, default, parser, text in (
+        ("objective", str, "ece", OBJECTIVE, ("What to optimise: ece | nll | fpr95 (lower is better), auroc | accuracy | "
                                    "worst-group (higher is better)")),
-        ("max_latency_ms", float | None, None, ("Largest median latency in ms (measured timings only; emulated "
+        ("max_latency_ms", float | None, None, LIMIT_MS, ("Largest median latency in ms (measured timings only; emulated "
                                                 "ones never qualify)")),
-        ("max_size_mb", float | None, None, "Largest image-tower size in MB (2^20 bytes, as `lpmr-edge bench` reports)"),
-        ("max_accuracy_drop", float | None, None, "Largest top-1 drop vs the FP32 reference, in percentage points"),
+        ("max_size_mb", float | None, None, LIMIT_MB, "Largest image-tower size in MB (2^20 bytes, as `lpmr-edge bench` reports)"),
+        ("max_accuracy_drop", float | None, None, PERCENTAGE_POINTS, "Largest top-1 drop vs the FP32 reference, in percentage points"),
     )
 ]
 with_constraint_options = with_option_group(_CONSTRAINT_PARAMETERS, "constraints", Constraints)
@@ -47,7 +55,7 @@ def fail_without_choice(choices: Sequence[Choice]) -> None:
     try:
         require_recommendations(choices)
     except NoFeasibleChoice as error:
-        typer.secho(f"error: {error}", err=True, fg="red")
+        print_error(str(error))
         raise typer.Exit(NO_CHOICE_EXIT) from None
 
 
@@ -97,9 +105,9 @@ def pick_command(
 @with_constraint_options
 def report_command(
     results: ResultsArgument,
-    out: Annotated[Path, typer.Option(help="Report directory (an earlier report there is replaced)")] = Path(
+    out: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Report directory (an earlier report there is replaced)")] = Path(
         "lpmr-results/report"),
-    resamples: Annotated[int | None, typer.Option(help="Paired-bootstrap resamples per comparison (default: "
+    resamples: Annotated[int | None, typer.Option(parser=RESAMPLES, help="Paired-bootstrap resamples per comparison (default: "
                                                   "each result's suite setting, usually 1000)")] = None,
     json_output: JsonOption = False,
     *,
@@ -109,8 +117,6 @@ def report_command(
     Every quantized result is compared with its FP32 reference by a paired bootstrap on the stored outputs."""
     from lpmr_edge.report import HTML_FILE, PairedComparator, write_report
 
-    if resamples is not None and resamples < 10:
-        raise UserError(f"--resamples {resamples} is too few for a 95% interval; use at least 10 (e.g. 200)")
     report = write_report(results, out, constraints, PairedComparator(resamples))
     summary = {"report": str(out / HTML_FILE), "recommendations": report["recommendations"],
                "claims": {claim["claim"]: claim["verdict"] for claim in report["claims"]}}

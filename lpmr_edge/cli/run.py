@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from lpmr_edge.cli import app
-from lpmr_edge.cli.core import JsonOption
+from lpmr_edge.cli.app import app
+from lpmr_edge.cli.core import DeviceOption, JsonOption
+from lpmr_edge.cli.params import MODEL_SPEC, OUTPUT_DIR, SUITE, TARGET
 from lpmr_edge.cli.report import fail_without_choice, print_choices, with_constraint_options
 from lpmr_edge.cli.ui import LiveProgress, console, print_json
 from lpmr_edge.pick import Constraints
@@ -16,11 +17,11 @@ from lpmr_edge.pick import Constraints
 @app.command("run")
 @with_constraint_options
 def run_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model spec")] = "lpmr-tiny-fmnist",
-    target: Annotated[list[str] | None, typer.Option("--target", "-t", help="Target name or .toml (repeatable; default x86)")] = None,
-    suite: Annotated[str, typer.Option(help="quick | full | basic | path to a suite .toml")] = "quick",
-    device: Annotated[str, typer.Option(help="local | ssh://user@host[:port] | emu-arm64")] = "local",
-    out: Annotated[Path, typer.Option(help="Run directory (re-running resumes it)")] = Path("lpmr-results/run"),
+    model: Annotated[str, typer.Option("--model", "-m", parser=MODEL_SPEC, help="Model spec")] = "lpmr-tiny-fmnist",
+    target: Annotated[list[str] | None, typer.Option("--target", "-t", parser=TARGET, help="Target name or .toml (repeatable; default x86)")] = None,
+    suite: Annotated[str, typer.Option(parser=SUITE, help="quick | full | basic | path to a suite .toml")] = "quick",
+    device: DeviceOption = "local",
+    out: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Run directory (re-running resumes it)")] = Path("lpmr-results/run"),
     json_output: JsonOption = False,
     *,
     constraints: Constraints,

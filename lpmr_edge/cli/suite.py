@@ -6,14 +6,15 @@ from typing import Annotated
 
 import typer
 
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption, format_interval
+from lpmr_edge.cli.params import EXISTING_DIR, FRACTION, OUTPUT_FILE, RESAMPLES, SEED
 from lpmr_edge.cli.ui import console, print_json, print_table
 
-ResultsArgument = Annotated[Path, typer.Argument(help="Results directory of `lpmr-edge eval` (e.g. the INT8 one)")]
-ReferenceOption = Annotated[Path, typer.Option("--reference", "-r", help="Results directory of the FP32 reference, "
+ResultsArgument = Annotated[Path, typer.Argument(parser=EXISTING_DIR, help="Results directory of `lpmr-edge eval` (e.g. the INT8 one)")]
+ReferenceOption = Annotated[Path, typer.Option("--reference", "-r", parser=EXISTING_DIR, help="Results directory of the FP32 reference, "
                                                                         "same suite and samples")]
-HeadFractionOption = Annotated[float, typer.Option(help="Share of the top ranks counted as the spectral head")]
+HeadFractionOption = Annotated[float, typer.Option(parser=FRACTION, help="Share of the top ranks counted as the spectral head")]
 
 
 def _describe(identity: dict) -> str:
@@ -24,8 +25,8 @@ def _describe(identity: dict) -> str:
 def compare_command(
     results: ResultsArgument,
     reference: ReferenceOption,
-    resamples: Annotated[int | None, typer.Option(help="Bootstrap resamples (default: the suite's)")] = None,
-    seed: Annotated[int | None, typer.Option(help="Bootstrap seed (default: the result's)")] = None,
+    resamples: Annotated[int | None, typer.Option(parser=RESAMPLES, help="Bootstrap resamples (default: the suite's)")] = None,
+    seed: Annotated[int | None, typer.Option(parser=SEED, help="Bootstrap seed (default: the result's)")] = None,
     head_fraction: HeadFractionOption = 0.1,
     json_output: JsonOption = False,
 ) -> None:
@@ -54,7 +55,7 @@ def spectrum_command(
     results: ResultsArgument,
     reference: ReferenceOption,
     head_fraction: HeadFractionOption = 0.1,
-    plot: Annotated[Path | None, typer.Option(help="PNG path (default: RESULTS/spectrum.png)")] = None,
+    plot: Annotated[Path | None, typer.Option(parser=OUTPUT_FILE, help="PNG path (default: RESULTS/spectrum.png)")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Where the quantization residual lives in the FP32 feature spectrum; writes spectrum.json and a PNG."""

@@ -9,9 +9,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from lpmr_edge.cli import app
+from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption
-from lpmr_edge.cli.ui import console, print_json, print_table
+from lpmr_edge.cli.params import ENGINE, EXISTING_FILE, EXPORT_FORMAT, OUTPUT_DIR, POSITIVE_INT, RAY_ADDRESS
+from lpmr_edge.cli.ui import console, print_error, print_json, print_table
 
 FAILED_JOBS_EXIT = 1
 
@@ -30,20 +31,20 @@ sweep_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True,
                              "on this machine or a Ray cluster, into one SQLite database. "
                              "`lpmr-edge sweep FILE.toml` is short for `lpmr-edge sweep run FILE.toml`.")
 app.add_typer(sweep_app, name="sweep")
-DatabaseArgument = Annotated[Path, typer.Argument(help="A sweep database (<out>/sweep.db)")]
+DatabaseArgument = Annotated[Path, typer.Argument(parser=EXISTING_FILE, help="A sweep database (<out>/sweep.db)")]
 
 
 @sweep_app.command("run")
 def run_command(
-    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (see sweeps/demo.toml)")],
+    sweep_file: Annotated[Path, typer.Argument(parser=EXISTING_FILE, help="Sweep file (see sweeps/demo.toml)")],
     resume: Annotated[bool, typer.Option(help="Continue the sweep in <out>/sweep.db (same grid)")] = False,
     retry_failed: Annotated[bool, typer.Option(help="With --resume: give failed jobs new attempts")] = False,
-    engine: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address HOST:PORT (default: start a "
+    engine: Annotated[str, typer.Option(parser=ENGINE, help="local (process pool) | ray")] = "local",
+    address: Annotated[str | None, typer.Option(parser=RAY_ADDRESS, help="Ray cluster address HOST:PORT (default: start a "
                                                    "private local Ray instance)")] = None,
-    workers: Annotated[int | None, typer.Option(help="Local engine: jobs at once (default: cores // "
+    workers: Annotated[int | None, typer.Option(parser=POSITIVE_INT, help="Local engine: jobs at once (default: cores // "
                                                    "threads)")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output directory (default: the sweep file's 'out')")] = None,
+    out: Annotated[Path | None, typer.Option(parser=OUTPUT_DIR, help="Output directory (default: the sweep file's 'out')")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Run (or --resume) a sweep. Exit status 1 when some jobs failed (see `lpmr-edge sweep status`)."""
@@ -54,8 +55,6 @@ def run_command(
 
     if retry_failed and not resume:
         raise UserError("--retry-failed continues an existing sweep; add --resume")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers {workers} must be at least 1")
     sweep = load_sweep(sweep_file, out)
     with live_display(sweep.name, console) as on_progress:
         progress = run_sweep(sweep, engine=engine, address=address, resume=resume, retry_failed=retry_failed,
@@ -68,8 +67,7 @@ def run_command(
         console.print(f"sweep {sweep.name}: {progress.done}/{progress.total} done, {progress.failed} failed "
                       f"-> {sweep.db_path}")
     if progress.failed:
-        typer.secho(f"error: {progress.failed} job(s) failed; see `lpmr-edge sweep status {sweep.db_path}`",
-                    err=True, fg="red")
+        print_error(f"{progress.failed} job(s) failed; see `lpmr-edge sweep status {sweep.db_path}`")
         raise typer.Exit(FAILED_JOBS_EXIT)
 
 
@@ -100,8 +98,8 @@ def status_command(database: DatabaseArgument, json_output: JsonOption = False) 
 @sweep_app.command("export")
 def export_command(
     database: DatabaseArgument,
-    format: Annotated[str, typer.Option("--format", help="csv | parquet")] = "csv",
-    out: Annotated[Path | None, typer.Option(help="Directory for jobs.<ext> and metrics.<ext> (default: "
+    format: Annotated[str, typer.Option("--format", parser=EXPORT_FORMAT, help="csv | parquet")] = "csv",
+    out: Annotated[Path | None, typer.Option(parser=OUTPUT_DIR, help="Directory for jobs.<ext> and metrics.<ext> (default: "
                                                   "beside the database, export/)")] = None,
 ) -> None:
     """Write the jobs table and the metrics (one row per job and metric, with the job's grid cell) for analysis."""

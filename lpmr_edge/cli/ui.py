@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, Self
+from typing import Any, Self, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,6 +19,22 @@ from rich.progress import (
 from rich.table import Table
 
 console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def console_writing_to(stream: TextIO) -> Iterator[None]:
+    """lpmr-edge's console (tables, progress, warnings, its own error lines) writes to ``stream`` for the
+    duration (the visible terminal while library output is captured)."""
+    console.file = stream
+    try:
+        yield
+    finally:
+        console.file = None  # back to whatever sys.stderr is
+
+
+def print_error(message: str) -> None:
+    """An ``error:`` line on the console."""
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _progress_display() -> Progress:
@@ -64,7 +80,7 @@ class LiveProgress:
 
 def print_json(value: Any) -> None:
     """Machine-readable output on stdout (nothing else goes to stdout with --json)."""
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+    print(json.dumps(value, indent=2, sort_keys=True, default=str), flush=True)
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

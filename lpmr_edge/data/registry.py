@@ -16,8 +16,8 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import read_json, sha256_file
 
 FMNIST_DIR = Path(os.environ.get("LPMR_EDGE_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-CALIBRATION_DIR = Path(os.environ.get("LPMR_EDGE_CALIBRATION_DIR",
-                                      Path(__file__).resolve().parents[2] / "calibration_data"))
+CALIBRATION_DIR = Path(os.environ.get("LPMR_EDGE_CALIBRATION_DIR",  # in the wheel; in a checkout a link to calibration_data/
+                                      Path(__file__).resolve().parents[1] / "_data" / "calibration_data"))
 FMNIST_CLASSES = ("t-shirt", "pair of trousers", "pullover sweater", "dress", "coat", "sandal", "shirt",
                   "sneaker", "bag", "ankle boot")
 FMNIST_TEMPLATES = (
@@ -128,6 +128,7 @@ def load_image_folder(root: Path, name: str | None = None, skip_bad_images: bool
             raise UserError(f"{root}/classnames.txt lists {len(listed)} names but there are {len(class_dirs)} "
                             "class sub-folders; give one name per sub-folder, in sorted sub-folder order")
         class_names = listed
+    _check_class_names(root, class_dirs, class_names)
     templates = DEFAULT_TEMPLATES
     if (root / "templates.txt").is_file():
         templates = _read_lines(root / "templates.txt")
@@ -146,9 +147,27 @@ def load_image_folder(root: Path, name: str | None = None, skip_bad_images: bool
                 raise UserError(f"image {path} is {problem}; fix or remove it, or pass --skip-bad-images")
     if not paths:
         raise UserError(f"{root} contains no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    empty = [class_dir.name for label, class_dir in enumerate(class_dirs) if label not in set(labels)]
+    if empty:
+        raise UserError(f"class folder(s) {', '.join(empty)} in {root} hold no readable images; add images "
+                        "to them or remove them")
     return ImageDataset(name=name or root.name, images=FileImages(tuple(paths)), labels=np.asarray(labels),
                         class_names=class_names, templates=templates, source=str(root), licence=licence,
                         skipped=tuple(skipped))
+
+
+def _check_class_names(root: Path, class_dirs: list[Path], class_names: tuple[str, ...]) -> None:
+    """Zero-shot needs at least two classes, each with its own name."""
+    if len(class_dirs) < 2:
+        raise UserError(f"{root} has a single class ({class_dirs[0].name}); zero-shot classification needs at "
+                        "least two class sub-folders")
+    seen: dict[str, str] = {}  # name as compared (case and spacing ignored) -> its sub-folder
+    for class_dir, class_name in zip(class_dirs, class_names):
+        key = " ".join(class_name.split()).casefold()
+        if key in seen:
+            raise UserError(f"{root}: class name '{class_name}' is given to both {seen[key]} and {class_dir.name}; give every class its own name "
+                            "(in classnames.txt or by renaming a sub-folder)")
+        seen[key] = class_dir.name
 
 
 def _csv_int(row: dict[str, str], column: str, where: str) -> int:
@@ -200,11 +219,16 @@ def calibration_set_names() -> list[str]:
         if CALIBRATION_DIR.is_dir() else []
 
 
-def load_calibration_set(name: str) -> ImageDataset:
-    """A shipped calibration set, its files verified against its manifest."""
+def _calibration_root(name: str) -> Path:
     root = CALIBRATION_DIR / name
     if not (root / "manifest.json").is_file():
         raise UserError(f"no calibration set '{name}' in {CALIBRATION_DIR}; available: {calibration_set_names()}")
+    return root
+
+
+def load_calibration_set(name: str) -> ImageDataset:
+    """A shipped calibration set, its files verified against its manifest."""
+    root = _calibration_root(name)
     manifest = read_json(root / "manifest.json", "calibration manifest")
     for relative, expected in manifest["files"].items():
         if not (root / relative).is_file() or sha256_file(root / relative) != expected:
@@ -224,15 +248,28 @@ _BUILTIN = {
 DATASET_NAMES = tuple(_BUILTIN) + ("calib:NAME", "waterbirds:PATH", "folder:PATH")
 
 
+def check_dataset_name(name: str) -> None:
+    """A UserError unless ``name`` names a dataset that exists (checked without reading its images)."""
+    if name in _BUILTIN:
+        return
+    if name.startswith("calib:"):
+        _calibration_root(name.removeprefix("calib:"))
+        return
+    for prefix in ("waterbirds:", "folder:", ""):
+        if name.startswith(prefix) and name.removeprefix(prefix) and Path(name.removeprefix(prefix)).is_dir():
+            return
+    if name.startswith(("waterbirds:", "folder:")):
+        raise UserError(f"dataset folder not found: {name.split(':', 1)[1] or '(empty)'}; give an existing folder")
+    raise UserError(f"unknown dataset '{name}'; use one of {', '.join(DATASET_NAMES)} or an existing folder")
+
+
 def load_dataset(name: str, skip_bad_images: bool = False) -> ImageDataset:
     """Resolve a dataset name (see the package docstring) to a dataset."""
+    check_dataset_name(name)
     if name in _BUILTIN:
         return _BUILTIN[name]()
     if name.startswith("calib:"):
         return load_calibration_set(name.removeprefix("calib:"))
     if name.startswith("waterbirds:"):
         return load_waterbirds(Path(name.removeprefix("waterbirds:")))
-    path = Path(name.removeprefix("folder:"))
-    if name.startswith("folder:") or path.is_dir():
-        return load_image_folder(path, skip_bad_images=skip_bad_images)
-    raise UserError(f"unknown dataset '{name}'; use one of {', '.join(DATASET_NAMES)}")
+    return load_image_folder(Path(name.removeprefix("folder:")), skip_bad_images=skip_bad_images)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import pickle
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.models.bundled import BUNDLED_MODELS, CONFIG_DIR
 
 RANDOM_SEED = 0
+HF_EXTRA = "pip install 'lpmr-edge[hf]'"
+SIMPLE_TOKENIZER_VOCAB = 49408  # token ids open_clip's SimpleTokenizer emits (its BPE vocabulary ships in the wheel)
 KIND_LABELS = {
     "bundled": "stand-in trained by lpmr-edge, not a pretrained CLIP",
     "random": "random weights, not a trained model",
@@ -103,8 +106,34 @@ def build_tokenizer(model_info: Mapping[str, Any]) -> Callable[[list[str]], np.n
     """The tokenizer of a model's architecture (no weights needed), returning int64 arrays."""
     open_clip = import_open_clip()
     _register_bundled_configs(open_clip)
-    tokenizer = open_clip.get_tokenizer(model_info["architecture"])
+    tokenizer = make_tokenizer(open_clip, model_info["architecture"], model_info.get("kind", "random"))
     return lambda texts: tokenizer(texts).numpy().astype(np.int64)
+
+
+def _text_config(open_clip: Any, architecture: str) -> dict[str, Any]:
+    return (open_clip.get_model_config(architecture) or {}).get("text_cfg", {})
+
+
+def _needs_transformers(what: str, architecture: str) -> UserError | None:
+    if importlib.util.find_spec("transformers") is not None:
+        return None
+    return UserError(f"{architecture}'s {what} needs the Hugging Face `transformers` package, which is not "
+                     f"installed; install it with {HF_EXTRA} (its files then come from the Hugging Face hub)")
+
+
+def make_tokenizer(open_clip: Any, architecture: str, kind: str) -> Callable[[list[str]], torch.Tensor]:
+    """The architecture's tokenizer. An architecture with a Hugging Face tokenizer needs `transformers` and
+    the hub, except with random weights (``kind == "random"``): there open_clip's SimpleTokenizer, which needs
+    no download, stands in at the architecture's context length when its ids fit the text vocabulary."""
+    text_config = _text_config(open_clip, architecture)
+    if "hf_tokenizer_name" not in text_config:
+        return open_clip.get_tokenizer(architecture)
+    if kind == "random" and text_config.get("vocab_size", 0) >= SIMPLE_TOKENIZER_VOCAB:
+        return open_clip.SimpleTokenizer(context_length=text_config.get("context_length", 77))
+    missing = _needs_transformers("tokenizer", architecture)
+    if missing is not None:
+        raise missing
+    return open_clip.get_tokenizer(architecture)
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
@@ -158,13 +187,13 @@ def _load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], s
                         "check the architecture name in the spec")
 
 
-def _split_spec(spec: str) -> tuple[str, str, str]:
-    """Return (kind, architecture, source) for a spec string."""
+def split_spec(spec: str) -> tuple[str, str, str]:
+    """Return (kind, architecture, source) for a spec string (syntax only: nothing is loaded)."""
     if spec in BUNDLED_MODELS:
         return "bundled", BUNDLED_MODELS[spec].architecture, spec
-    if spec.startswith("random:"):
+    if spec.startswith("random:") and spec.removeprefix("random:"):
         return "random", spec.removeprefix("random:"), ""
-    if ":" in spec:
+    if ":" in spec and all(spec.split(":", 1)):
         architecture, source = spec.split(":", 1)
         kind = "checkpoint" if ("/" in source or Path(source).suffix) else "pretrained"
         return kind, architecture, source
@@ -172,20 +201,29 @@ def _split_spec(spec: str) -> tuple[str, str, str]:
                     f"ARCH:/path/to/weights.safetensors, random:ARCH or one of {sorted(BUNDLED_MODELS)}")
 
 
-def _create(open_clip: Any, architecture: str, spec: str, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
+def _check_architecture(open_clip: Any, architecture: str, spec: str) -> None:
+    """A UserError, before anything is built, for an unknown architecture or one whose text tower needs
+    an optional package that is missing."""
     if architecture not in open_clip.list_models():
         raise UserError(f"unknown open_clip architecture '{architecture}' in '{spec}'; "
                         "run `lpmr-edge models` to list them")
+    if "hf_model_name" in _text_config(open_clip, architecture):
+        missing = _needs_transformers("text tower", architecture)
+        if missing is not None:
+            raise missing
+
+
+def _create(open_clip: Any, architecture: str, **kwargs: Any) -> tuple[torch.nn.Module, Any]:
     model, _, preprocess = open_clip.create_model_and_transforms(architecture, **kwargs)
     return model, preprocess
 
 
-def _create_pretrained(open_clip: Any, architecture: str, tag: str, spec: str) -> tuple[torch.nn.Module, Any]:
+def _create_pretrained(open_clip: Any, architecture: str, tag: str) -> tuple[torch.nn.Module, Any]:
     """Load pretrained weights from the local cache first, then (if that fails) from the hub."""
     for offline in (True, False):
         with _hub_offline(offline):
             try:
-                return _create(open_clip, architecture, spec, pretrained=tag)
+                return _create(open_clip, architecture, pretrained=tag)
             except UserError:
                 raise
             except Exception as error:  # noqa: BLE001 — open_clip/HF raise RuntimeError, OSError and HF errors offline
@@ -212,14 +250,16 @@ def load_model(spec: str) -> ClipModel:
     """Load a CLIP model from a spec (see module docstring) in eval mode, FP32, on CPU."""
     open_clip = import_open_clip()
     _register_bundled_configs(open_clip)
-    kind, architecture, source = _split_spec(spec)
+    kind, architecture, source = split_spec(spec)
+    _check_architecture(open_clip, architecture, spec)
+    tokenizer = make_tokenizer(open_clip, architecture, kind)
     if kind == "pretrained":
-        model, preprocess = _create_pretrained(open_clip, architecture, source, spec)
+        model, preprocess = _create_pretrained(open_clip, architecture, source)
     else:
         torch.manual_seed(RANDOM_SEED)
         options = {f"image_{key}": value for key, value in BUNDLED_MODELS[source].preprocess.items()} \
             if kind == "bundled" else {}
-        model, preprocess = _create(open_clip, architecture, spec, **options)
+        model, preprocess = _create(open_clip, architecture, **options)
         if kind == "bundled":
             weights = BUNDLED_MODELS[source].weights_path
             if not weights.is_file():
@@ -228,7 +268,6 @@ def load_model(spec: str) -> ClipModel:
         elif kind == "checkpoint":
             _load_weights(model, read_state_dict(Path(source)), source)
     model.eval()
-    tokenizer = open_clip.get_tokenizer(architecture)
     image_size = model.visual.image_size
     return ClipModel(
         spec=spec, kind=kind, architecture=architecture, model=model, tokenizer=tokenizer,
