@@ -88,7 +88,7 @@ def emulated_device(emulator: EmulatedArm64) -> Iterator[str]:
         shutil.rmtree(emulator.root / workdir.lstrip("/"), ignore_errors=True)
 
 
-def _export(runtime: str, target: str, out: Path) -> Path:
+def _export(runtime: str, target: str, out: Path, precision: str = "fp32") -> Path:
     from lpmr_edge._compat import import_open_clip
     from lpmr_edge.export import ExportRequest, export_artifact
     from lpmr_edge.models.bundled import CONFIG_DIR
@@ -101,7 +101,7 @@ def _export(runtime: str, target: str, out: Path) -> Path:
     (out / f"{ARCHITECTURE}.json").write_text(json.dumps(config))
     import_open_clip().add_model_config(out)
     request = ExportRequest(model=f"random:{ARCHITECTURE}", target=load_target(target), runtime=runtime,
-                            precision="fp32", options=QuantizationOptions(subset_size=16))
+                            precision=precision, options=QuantizationOptions(subset_size=16))
     return export_artifact(request, out, isolate=False)[0]
 
 

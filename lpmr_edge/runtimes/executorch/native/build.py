@@ -66,9 +66,9 @@ def executorch_version() -> str:
 def wheel_root(arch: str, version: str) -> Path:
     """The ``executorch`` package directory (with ``include/`` and ``lib/``) of the wheel for ``arch``."""
     if arch == platform.machine():
-        spec = importlib.util.find_spec("executorch")
-        assert spec is not None and spec.origin is not None
-        return Path(spec.origin).parent
+        spec = importlib.util.find_spec("executorch")  # a namespace package: no __init__.py
+        assert spec is not None and spec.submodule_search_locations
+        return Path(next(iter(spec.submodule_search_locations)))
     if arch not in WHEEL_PLATFORMS:
         raise UserError(f"no native runner for architecture {arch!r}; choose one of {', '.join(WHEEL_PLATFORMS)}")
     root = cache_root() / "native" / "wheels" / f"executorch-{version}-{arch}"
