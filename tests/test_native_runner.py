@@ -10,9 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.parity import feature_agreement, verify_reference_outputs
 from lpmr_edge.runtimes.executorch.native.build import RECORD, RUNNER, build_runner, toolchain
 from lpmr_edge.runtimes.executorch.native.bundle import check_bundle, explain_runner_exit
+from lpmr_edge.runtimes.executorch.native.client import LocalRunner
 
 HOST = platform.machine()
 BATCH = 3
@@ -31,61 +30,6 @@ ROWS = 7  # three static batches, the last one zero-padded
 VOCAB = 49408
 PRECISIONS = ("fp32", "int8")
 CROSS_SYSROOT = Path("/usr/aarch64-linux-gnu")  # glibc and libstdc++ for aarch64, from the cross toolchain
-
-
-class RunnerProcess:
-    """A runner started by ``command`` and the host's end of its framed request/reply conversation."""
-
-    def __init__(self, command: list[str]) -> None:
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
-        self.hello, _ = self.reply()
-
-    def _read_exact(self, size: int) -> bytes:
-        assert self.process.stdout is not None
-        data = self.process.stdout.read(size)
-        if len(data) != size:
-            raise EOFError("the runner closed its output")
-        return data
-
-    def reply(self) -> tuple[dict[str, Any], bytes]:
-        assert self.process.stdout is not None
-        while True:
-            header = serve.read_frame_header(self._read_exact, self.process.stdout.read)
-            if header is None:
-                raise EOFError("the runner ended")
-            payload = self._read_exact(header.pop("bytes"))
-            if "progress" not in header:
-                return header, payload
-
-    def request(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(serve.frame(header, len(payload)) + payload)
-        self.process.stdin.flush()
-        return self.reply()
-
-    def push(self, artifact: Path, workdir: Path) -> dict[str, Any]:
-        """Announce the artifact and send the files the runner lacks; the ``artifact`` reply."""
-        reply, _ = self.request({"op": "artifact", "workdir": str(workdir)}, (artifact / "manifest.json").read_bytes())
-        for name in reply["missing"]:
-            assert self.request({"op": "put", "file": name}, (artifact / name).read_bytes())[0] == {}
-        return reply
-
-    def features(self, tower: str, inputs: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-        reply, payload = self.request({"op": "run", "tower": tower}, serve.encode_array(inputs))
-        assert "error" not in reply, reply
-        return reply, serve.decode_array(payload)
-
-    def close(self) -> tuple[int, str]:
-        """End the runner (end of input); its status and stderr."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.close()
-        returncode = self.process.wait(30)
-        self.process.stdout.close()
-        self.stderr.seek(0)
-        text = self.stderr.read().decode(errors="replace")
-        self.stderr.close()
-        return returncode, text
 
 
 def python_features(pte: Path, inputs: np.ndarray, batch: int) -> np.ndarray:
@@ -131,7 +75,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_the_native_runner_gives_the_python_runtimes_outputs(precision: str, bundle: Path,
                                                              artifacts: dict[str, Path], tmp_path: Path) -> None:
     artifact = artifacts[precision]
-    runner = RunnerProcess([str(bundle / RUNNER)])
+    runner = LocalRunner([str(bundle / RUNNER)])
     assert runner.hello["protocol"] == serve.PROTOCOL and runner.hello["machine"] == HOST
     assert runner.hello["runner"] == "native" and runner.hello["python"] is None
     pushed = runner.push(artifact, tmp_path)
@@ -153,7 +97,7 @@ def test_the_native_runner_gives_the_python_runtimes_outputs(precision: str, bun
 def test_requests_it_cannot_serve_are_one_line_errors_and_it_carries_on(bundle: Path, artifacts: dict[str, Path],
                                                                          tmp_path: Path) -> None:
     artifact = artifacts["fp32"]
-    runner = RunnerProcess([str(bundle / RUNNER)])
+    runner = LocalRunner([str(bundle / RUNNER)])
     assert "load the artifact first" in runner.request({"op": "run", "tower": "image"}, b"x")[0]["error"]
     assert "no artifact was announced" in runner.request({"op": "load"})[0]["error"]
     runner.request({"op": "artifact", "workdir": str(tmp_path)}, (artifact / "manifest.json").read_bytes())
@@ -215,7 +159,7 @@ def _run_in_shell(runner: Path) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_a_killed_runner_is_named(bundle: Path) -> None:
-    runner = RunnerProcess([str(bundle / RUNNER)])
+    runner = LocalRunner([str(bundle / RUNNER)])
     runner.process.send_signal(signal.SIGKILL)
     with pytest.raises(EOFError):
         runner.request({"op": "probe", "workdir": "/tmp"})
@@ -250,7 +194,7 @@ def test_the_aarch64_runner_alone_gives_the_python_runtimes_outputs_under_qemu(
     artifact = artifacts[precision]
     device = Path(shutil.copytree(aarch64_bundle, tmp_path / "device"))  # only the bundle: no Python
     check_bundle(device, "aarch64")
-    runner = RunnerProcess([*_qemu(), str(device / RUNNER)])  # type: ignore[misc]
+    runner = LocalRunner([*_qemu(), str(device / RUNNER)])  # type: ignore[misc]
     assert runner.hello["machine"] == "aarch64"
     runner.push(artifact, tmp_path / "work")
     runner.request({"op": "load", "threads": 2})
