@@ -20,7 +20,7 @@ from device_fixtures import _export
 from lpmr_edge.devices import serve
 from lpmr_edge.errors import UserError
 from lpmr_edge.parity import feature_agreement, verify_reference_outputs
-from lpmr_edge.runtimes.executorch.native.build import RECORD, RUNNER, build_runner, toolchain
+from lpmr_edge.runtimes.executorch.native.build import RUNNER, build_runner, toolchain
 from lpmr_edge.runtimes.executorch.native.bundle import check_bundle, explain_runner_exit
 from lpmr_edge.runtimes.executorch.native.client import LocalRunner
 
@@ -125,6 +125,8 @@ def test_a_bundle_holds_only_what_the_runner_needs_and_is_cached(bundle: Path, m
                                               ("", "_backend_xnnpack", "_kernels_optimized", "_kernels_quantized",
                                                "_threadpool"))}
     assert not any("torch" in name or "python" in name for name in record["system_libraries"])
+    glibc = tuple(int(part) for part in record["requires"]["GLIBC"].split("."))
+    assert (2, 17) <= glibc <= tuple(int(part) for part in platform.libc_ver()[1].split("."))  # it runs here
     assert record["footprint_mb"] == pytest.approx(sum((bundle / name).stat().st_size for name in record["files"]) / 1e6)
     modified = (bundle / RUNNER).stat().st_mtime_ns
     monkeypatch.setenv("LPMR_EDGE_CACHE", str(bundle.parent.parent))  # the cache the session fixture built in
@@ -153,7 +155,7 @@ def test_a_missing_corrupted_or_foreign_bundle_is_named(bundle: Path, tmp_path: 
 def _run_in_shell(runner: Path) -> tuple[int, str]:
     """Start ``runner`` the way an SSH device does (through a shell), with no input; status and stderr."""
     done = subprocess.run(["sh", "-c", f"exec '{runner}'"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=60)
+                          check=False, timeout=60)
     return done.returncode, done.stderr
 
 
@@ -166,6 +168,12 @@ def test_a_killed_runner_is_named(bundle: Path) -> None:
     returncode, stderr = runner.close()
     assert explain_runner_exit(returncode, stderr) == "the native runner was killed by signal 9 (SIGKILL)"
     assert explain_runner_exit(128 + 15, "") == "the native runner was killed by signal 15 (SIGTERM)"  # via a shell
+
+
+def test_a_device_with_older_system_libraries_is_named() -> None:
+    stderr = "./runner: /lib/aarch64-linux-gnu/libc.so.6: version `GLIBC_2.34' not found (required by ./runner)\n"
+    explained = explain_runner_exit(1, stderr)
+    assert "older than the native runner needs (GLIBC_2.34, required by runner;" in explained
 
 
 def test_a_missing_compiler_names_the_debian_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ needs neither the emulated root nor QEMU, and the libraries are exactly the ones
   runner          the executable (RUNPATH $ORIGIN/lib)
   lib/*.so        only the wheel libraries the runner needs (its NEEDED entries, transitively)
   runner.json     {arch, executorch, compiler, key, files: {path: sha256}, needed: {file: [NEEDED]},
-                   system_libraries: [NEEDED the device must provide], footprint_mb}
+                   system_libraries: [NEEDED the device must provide],
+                   requires: {GLIBC, GLIBCXX, CXXABI: newest symbol version needed}, footprint_mb}
 
 The key hashes the sources, the compiler's version line, the flags, the executorch version and the
 architecture; a bundle is written to a temporary directory and renamed, so a cached one is always complete.
@@ -36,7 +37,7 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.zeroshot import cache_root
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("runner.cpp", "json.h", "sha256.h")
+SOURCES = ("runner.cpp", "json.h", "sha256.h", "build.py")  # what the key hashes
 RUNNER = "runner"
 RECORD = "runner.json"
 LINKED = ("executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized",
@@ -45,6 +46,7 @@ DEFINES = ("C10_USING_CUSTOM_GENERATED_MACROS", "ET_EVENT_TRACER_ENABLED", "ET_U
 FLAGS = ("-std=c++17", "-O2", "-Wall")
 WHEEL_PLATFORMS = {"x86_64": "manylinux_2_28_x86_64", "aarch64": "manylinux_2_28_aarch64"}
 _NEEDED = re.compile(r"\(NEEDED\)\s+Shared library: \[(.+)\]")
+_SYMBOL_VERSION = re.compile(r"\b(GLIBC|GLIBCXX|CXXABI)_([0-9.]+)")
 
 
 def toolchain(arch: str) -> tuple[str, str]:
@@ -78,7 +80,7 @@ def wheel_root(arch: str, version: str) -> Path:
         command = [sys.executable, "-m", "pip", "download", f"executorch=={version}", "--no-deps", "--quiet",
                    "--platform", WHEEL_PLATFORMS[arch], "--python-version", "3.11", "--only-binary=:all:",
                    "--dest", scratch]
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         wheels = list(Path(scratch).glob("executorch-*.whl"))
         if done.returncode or not wheels:
             last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
@@ -98,6 +100,17 @@ def needed(path: Path) -> list[str]:
     return _NEEDED.findall(dynamic.stdout)
 
 
+def symbol_versions(paths: list[Path]) -> dict[str, str]:
+    """The newest GLIBC, GLIBCXX and CXXABI symbol versions any of ``paths`` requires (the device's C and C++
+    libraries must provide them)."""
+    newest: dict[str, tuple[int, ...]] = {}
+    for path in paths:
+        versions = subprocess.run(["readelf", "-V", "--wide", str(path)], capture_output=True, text=True, check=True)
+        for library, version in _SYMBOL_VERSION.findall(versions.stdout):
+            newest[library] = max(newest.get(library, ()), tuple(int(part) for part in version.split(".")))
+    return {library: ".".join(map(str, version)) for library, version in sorted(newest.items())}
+
+
 def _make(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     return directory
@@ -114,7 +127,7 @@ def _compile(compiler: str, wheel: Path, version: str, output: Path) -> None:
                str(SOURCE_DIR / "runner.cpp"), "-o", str(output), f"-L{wheel / 'lib'}",
                f"-Wl,-rpath-link,{wheel / 'lib'}", "-Wl,-rpath,$ORIGIN/lib", "-Wl,--no-as-needed",
                *(f"-l{library}" for library in LINKED)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()[-1:]
         raise UserError(f"the native runner did not compile with {compiler}: {errors[0] if errors else '?'}")
@@ -140,7 +153,7 @@ def build_runner(arch: str) -> Path:
         raise UserError(f"cannot build the native runner for {arch}: {compiler} is not installed; install the "
                         f"Debian package {package} (apt-get install {package})")
     version = executorch_version()
-    compiler_line = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    compiler_line = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
     key = hashlib.sha256(json.dumps({"arch": arch, "executorch": version, "compiler": compiler_line,
                                      "flags": [*FLAGS, *DEFINES, *LINKED],
                                      "sources": {name: _sha256(SOURCE_DIR / name) for name in SOURCES}},
@@ -158,6 +171,7 @@ def build_runner(arch: str) -> Path:
         record = {"arch": arch, "executorch": version, "compiler": compiler_line, "key": key,
                   "files": {name: _sha256(path) for name, path in files.items()}, "needed": needs,
                   "system_libraries": sorted({name for names in needs.values() for name in names} - set(needs)),
+                  "requires": symbol_versions(list(files.values())),
                   "footprint_mb": sum(path.stat().st_size for path in files.values()) / 1e6}
         (staging / RECORD).write_text(json.dumps(record, indent=1))
         try:

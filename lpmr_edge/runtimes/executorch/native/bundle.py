@@ -19,6 +19,7 @@ from lpmr_edge.runtimes.executorch.native.build import RECORD, RUNNER
 
 SETUP = "copy the runner bundle again (`lpmr-edge device setup --runner native`)"
 _MISSING_LIBRARY = re.compile(r"error while loading shared libraries: ([^:]+):")
+_OLD_SYSTEM_LIBRARY = re.compile(r"version `([^']+)' not found \(required by ([^)]+)\)")
 NOT_EXECUTABLE = 126
 NOT_FOUND = 127
 KILLED = 128  # a shell reports a child killed by signal N as 128 + N
@@ -59,6 +60,11 @@ def explain_runner_exit(returncode: int, stderr: str) -> str:
     missing = _MISSING_LIBRARY.search(stderr)
     if missing:
         return f"the native runner cannot load {missing.group(1)} (missing from its lib/ directory); {SETUP}"
+    too_old = _OLD_SYSTEM_LIBRARY.search(stderr)
+    if too_old:
+        return (f"the device's C/C++ libraries are older than the native runner needs ({too_old.group(1)}, required "
+                f"by {Path(too_old.group(2)).name}; {RECORD} lists them under 'requires'): use a device image with "
+                "newer glibc/libstdc++, or build the runner against an older sysroot")
     killed = -returncode if returncode < 0 else returncode - KILLED if returncode > KILLED else 0
     if killed:
         names = [known.name for known in signal.Signals if known.value == killed]
