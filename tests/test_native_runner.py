@@ -108,6 +108,7 @@ def test_requests_it_cannot_serve_are_one_line_errors_and_it_carries_on(bundle: 
     assert "not a file of the announced artifact" in runner.request({"op": "put", "file": "x"}, b"abc")[0]["error"]
     assert "incomplete on the device (missing image.pte" in runner.request({"op": "load"})[0]["error"]
     runner.push(artifact, tmp_path)
+    assert runner.request({"op": "load", "threads": 1})[0]["threads"] == 1  # the thread pool, read back
     assert runner.request({"op": "load", "threads": None})[0]["threads"] == 2  # the manifest's threads
     wrong_shape = np.zeros((2, 3, 27, 28), dtype=np.float32)
     reply, _ = runner.request({"op": "run", "tower": "image"}, serve.encode_array(wrong_shape))
