@@ -37,7 +37,7 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.zeroshot import cache_root
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("runner.cpp", "json.h", "sha256.h", "build.py")  # what the key hashes
+SOURCES = ("runner.cpp", "json.h", "npy.h", "sha256.h", "build.py")  # what the key hashes
 RUNNER = "runner"
 RECORD = "runner.json"
 LINKED = ("executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized",
