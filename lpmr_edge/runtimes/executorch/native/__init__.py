@@ -1,0 +1,1 @@
+"""The native ExecuTorch runner: a C++ device server (runner.cpp) built per architecture by build.py."""
