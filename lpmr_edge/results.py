@@ -19,6 +19,7 @@ from typing import Any
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import MANIFEST_NAME, read_json
 from lpmr_edge.suite.families import METRICS, MetricSpec
+from lpmr_edge.suite.families.base import WORST
 from lpmr_edge.suite.outputs import METRICS_FILE
 
 BENCH_PATTERN = "bench*.json"  # bench JSON files found below the inputs
@@ -64,7 +65,8 @@ def mean_estimate(estimates: Sequence[Estimate]) -> Estimate:
 
 def read_estimate(spec: MetricSpec, metrics: Mapping[str, Any]) -> Estimate | None:
     """A metric's estimate from a ``metrics.json`` tree: the value at ``spec.at`` with its CI, or the mean over
-    the spec's instances (None when the result lacks it, or lacks it for any instance)."""
+    the spec's instances, or the worst instance's estimate for a ``combine = WORST`` spec (None when the
+    result lacks it, or lacks it for any instance)."""
     estimates = []
     for path in spec.expand(spec.at, metrics):
         node: Any = metrics
@@ -74,7 +76,11 @@ def read_estimate(spec: MetricSpec, metrics: Mapping[str, Any]) -> Estimate | No
     present = [estimate for estimate in estimates if estimate is not None]
     if not present or len(present) != len(estimates):
         return None
-    return present[0] if spec.instances is None else mean_estimate(present)
+    if spec.instances is None:
+        return present[0]
+    if spec.combine == WORST:
+        return min(present, key=lambda estimate: spec.goodness(estimate.value))
+    return mean_estimate(present)
 
 @dataclass(frozen=True)
 class Timing:

@@ -60,7 +60,9 @@ def test_statistical_ties_go_to_the_faster_variant_and_pareto_lists_alternatives
     (choice,) = pick(load_results([tmp_path]), Constraints(objective="ece"))
     assert choice.recommended.variant == "openvino int8"
     assert "whose 95% CI overlaps the best's (openvino fp32" in choice.reason
-    assert choice.reason.endswith("fastest of the 2 statistically tied (4.00 ms measured)")
+    assert "unpaired fallback, not a test; fastest of the 2 tied (4.00 ms measured)" in choice.reason
+    assert "judged by the overlap of the stored 95% CIs instead" in choice.reason
+    assert "the best (openvino fp32) cannot be paired: " in choice.reason and choice.decisions == {}
     assert [r.variant for r in choice.alternatives] == ["executorch int8", "openvino int8", "openvino fp32"]
 
 
@@ -103,7 +105,8 @@ def test_cli_pick_json_and_no_solution_exit(x86: Path, monkeypatch: pytest.Monke
     assert message.startswith("error: target x86") and "latency 3.00 ms > 1 ms" in message
     status, out, err = run_cli(monkeypatch, capsys, "pick", str(x86), "--objective", "speed")
     assert status == 2 and err.strip() == ("error: unknown objective 'speed'; use one of ece, nll, auroc, fpr95, "
-                                           "accuracy, worst-group")
+                                           "accuracy, worst-group (auroc:SET and auroc:worst for one OOD set "
+                                           "or the worst)")
 
 
 def test_bad_inputs_are_one_line_user_errors(tmp_path: Path):
