@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import run_cli, write_synthetic_result
+import numpy as np
+from factories import run_cli, write_outputs_result, write_synthetic_result
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.pick import Constraints, NoFeasibleChoice, pareto_front, pick, require_recommendations
@@ -123,3 +124,44 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path: Path):
         read_result(broken)
     with pytest.raises(UserError, match="--max-size-mb is -1"):
         Constraints(max_size_mb=-1)
+
+
+def test_paired_rule_decides_a_case_the_overlap_rule_gets_wrong(tmp_path: Path):
+    # 1000 images: fp32 right on 800. openvino int8 (fastest) loses 20 of them and gains none: -2 pp, its
+    # unpaired CI overlaps fp32's (the old rule tied them and took the fastest), but the paired difference
+    # is clearly negative. executorch int8 loses 2 and gains 1 (-0.1 pp): equivalent within 0.5 pp.
+    labels = np.arange(1000) % 10
+    wrong = np.zeros(1000, dtype=bool)
+    wrong[800:] = True
+    reference = np.where(wrong, (labels + 1) % 10, labels)
+    worse = reference.copy()
+    worse[:20] = (labels[:20] + 1) % 10
+    swapped = reference.copy()
+    swapped[:2], swapped[800] = (labels[:2] + 1) % 10, labels[800]
+    write_outputs_result(tmp_path, "x86", "openvino", "fp32", reference, labels, latency_ms=10)
+    write_outputs_result(tmp_path, "x86", "openvino", "int8", worse, labels, latency_ms=3)
+    write_outputs_result(tmp_path, "x86", "executorch", "int8", swapped, labels, latency_ms=6)
+    results = {r.variant: r for r in load_results([tmp_path])}
+    assert results["openvino int8"].metrics["top1"].overlaps(results["openvino fp32"].metrics["top1"])
+    (choice,) = pick(list(results.values()), Constraints(objective="accuracy"))
+    assert choice.recommended.variant == "executorch int8"
+    assert {v: d.decision for v, d in choice.decisions.items()} == {
+        "openvino fp32": "best", "openvino int8": "worse", "executorch int8": "equivalent within margin"}
+    worse_ci = choice.decisions["openvino int8"].ci
+    assert worse_ci[1] < 0 and worse_ci[0] <= -0.02 <= worse_ci[1]
+    assert "equivalent to openvino fp32 within ±0.005" in choice.reason and "TOST equivalence at 5%" in choice.reason
+    assert "margin ±0.5 pp" in choice.reason and "worse: openvino int8" in choice.reason
+    assert "fastest of the 2 tied (6.00 ms measured)" in choice.reason and choice.unpaired == {}
+    # A margin too narrow for 1000 images leaves executorch int8 undecided: fp32 stands, and the reason says so.
+    (strict,) = pick(list(results.values()), Constraints(objective="accuracy", margins={"top1": 0.0005}))
+    assert strict.recommended.variant == "openvino fp32"
+    assert "not separated from the best (executorch int8: undecided)" in strict.reason
+
+
+def test_margins_parse_from_the_command_line_form():
+    assert Constraints.from_options(margin=["top1=0.5pp", "ece=0.002"]).margins == {"top1": 0.005, "ece": 0.002}
+    assert Constraints().margin(Constraints(objective="auroc:worst").metric) == 0.005
+    for bad, message in (("top1=2", "write percentage points as 2pp"), ("speed=1", "unknown metric 'speed'"),
+                         ("ece", "is not METRIC=VALUE"), ("ece=0.1pp", "ECE is not a percentage")):
+        with pytest.raises(UserError, match=message):
+            Constraints.from_options(margin=[bad])
