@@ -149,8 +149,11 @@ class Constraints:
 def violations(result: Result, constraints: Constraints, results: Sequence[Result]) -> list[str]:
     """Why ``result`` cannot be recommended under ``constraints`` (empty when it can)."""
     problems = []
-    if constraints.metric.key not in result.metrics:
+    objective = result.metrics.get(constraints.metric.key)
+    if objective is None:
         problems.append(f"no {constraints.metric.label} measured (its suite lacks it)")
+    elif objective.status:
+        problems.append(f"{constraints.metric.label}: {objective.status}")
     if constraints.max_latency_ms is not None:
         if result.timing is None:
             problems.append("no latency measured (run `lpmr-edge bench`)")

@@ -18,7 +18,7 @@ import numpy as np
 
 from lpmr_edge.data import ImageDataset
 from lpmr_edge.errors import UserError
-from lpmr_edge.stats import Summary, Table, with_ci
+from lpmr_edge.stats import Summary, Table, bca_estimates
 from lpmr_edge.suite.outputs import EvalSet, SetOutputs
 
 PERCENT = "%"  # unit of a fraction shown in percent
@@ -109,8 +109,12 @@ class Probe:
                 for table in self.tables]
 
     def with_ci(self, n_resamples: int, seed: int) -> dict[str, Any]:
-        """Values with bootstrap CIs."""
-        return with_ci(self.summary, self.bootstrap_tables(), n_resamples, seed)
+        """Values with their BCa bootstrap intervals (``lpmr_edge.stats.bca_estimates``):
+        ``{name: value, "ci": {name: [low, high]}}``; the values are the summary's own. (``score_outputs``
+        records the interval method of every metric beside its ``ci``.)"""
+        estimates = bca_estimates(self.summary, self.bootstrap_tables(), n_resamples, seed)
+        return {**{name: estimate["value"] for name, estimate in estimates.items()},
+                "ci": {name: estimate["ci"] for name, estimate in estimates.items()}}
 
 
 def sorted_rows(table: Table, key: np.ndarray) -> dict[str, np.ndarray]:
