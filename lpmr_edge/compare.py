@@ -32,6 +32,7 @@ from lpmr_edge.suite.families.base import Compared, MetricSpec
 from lpmr_edge.suite.families.spectrum import DEFAULT_HEAD_FRACTION, spectrum_of_results
 from lpmr_edge.suite.run import load_suite_outputs, suite_probes
 
+
 def _delta(label: str, spec: MetricSpec, decision: PairedDecision) -> dict[str, Any]:
     delta, ci = decision.difference, list(decision.ci) if decision.ci else [None, None]
     significant = decision.decision in (BETTER, WORSE)

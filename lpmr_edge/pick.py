@@ -289,8 +289,8 @@ def _reason(spec: MetricSpec, chosen: Result, best: Result, tied: Sequence[Resul
     elif chosen.variant in decisions:
         parts = [f"{spec.label} {value}, {decisions[chosen.variant].reason}"]
     else:
-        parts = [f"{spec.label} {value}, whose 95% CI overlaps the best's ({best.variant}, "
-                 f"{format_estimate(spec, best.metrics[spec.key])}): unpaired fallback, not a test"]
+        parts = [(f"{spec.label} {value}, whose 95% CI overlaps the best's ({best.variant}, "
+                 f"{format_estimate(spec, best.metrics[spec.key])}): unpaired fallback, not a test")]
     if len(tied) > 1:
         parts.append(_tie_break(chosen, tied))
     parts.append(_paired_summary(spec, decisions, margin))

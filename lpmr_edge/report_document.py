@@ -97,8 +97,8 @@ def _recommendation_blocks(report: Mapping[str, Any]) -> list[Block]:
     objective = objective_metric(constraints["objective"])
     direction = "higher" if objective.higher_is_better else "lower"
     margin = constraints["margins"].get(objective.key.partition(":")[0], 0.0)
-    asked = [f"objective: {constraints['objective']} ({objective.label}, {direction} is better; candidates "
-             f"within ±{margin_text(objective, margin)} of the best on a paired equivalence test are tied)"]
+    asked = [(f"objective: {constraints['objective']} ({objective.label}, {direction} is better; candidates "
+             f"within ±{margin_text(objective, margin)} of the best on a paired equivalence test are tied)")]
     asked += [f"{label} ≤ {constraints[key]:g}{unit}" for key, label, unit in (
         ("max_latency_ms", "latency", " ms"), ("max_size_mb", "size", " MB"),
         ("max_accuracy_drop_pp", "top-1 drop", " pp")) if constraints[key] is not None]

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import numpy as np
+import pytest
 from factories import run_cli, write_outputs_result, write_synthetic_result
 
 from lpmr_edge.errors import UserError
