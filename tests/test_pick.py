@@ -165,3 +165,19 @@ def test_margins_parse_from_the_command_line_form():
                          ("ece", "is not METRIC=VALUE"), ("ece=0.1pp", "ECE is not a percentage")):
         with pytest.raises(UserError, match=message):
             Constraints.from_options(margin=[bad])
+
+
+def test_cli_pick_prints_the_test_and_margin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture):
+    labels = np.arange(500) % 10
+    reference = np.where(np.arange(500) < 400, labels, (labels + 1) % 10)
+    write_outputs_result(tmp_path, "x86", "openvino", "fp32", reference, labels, latency_ms=10)
+    write_outputs_result(tmp_path, "x86", "openvino", "int8", reference, labels, latency_ms=3)
+    status, out, err = run_cli(monkeypatch, capsys, "pick", str(tmp_path), "--objective", "accuracy",
+                               "--margin", "top1=1pp")
+    assert status == 0, err
+    printed = " ".join((out + err).split())
+    assert "why (x86): top-1 accuracy 80.0%" in printed and "equivalent to openvino fp32 within ±0.01" in printed
+    assert "TOST with margin ±1 pp" in printed and "fastest of the 2 tied (3.00 ms measured)" in printed
+    status, out, err = run_cli(monkeypatch, capsys, "pick", str(tmp_path), "--margin", "top1=2")
+    assert status == 2 and "write percentage points as 2pp" in err
