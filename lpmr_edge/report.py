@@ -200,6 +200,13 @@ def _spectrum(result: Result, reference: Result) -> dict[str, Any] | None:
         return None
 
 
+def usable(result: Result, spec: MetricSpec) -> bool:
+    """False when the result flags the metric as unusable (e.g. worst-group accuracy with too small groups):
+    no delta and no claim evidence then."""
+    estimate = result.metrics.get(spec.key)
+    return estimate is None or estimate.status is None
+
+
 def build_rows(results: Sequence[Result], comparator: Comparator) -> dict[tuple[str, str], list[Row]]:
     """Every result with its reference, deltas and spectral diagnostic, grouped by (model, target)."""
     rows: dict[tuple[str, str], list[Row]] = {}
@@ -210,7 +217,8 @@ def build_rows(results: Sequence[Result], comparator: Comparator) -> dict[tuple[
                 rows.setdefault(key, []).append(Row(result, None, {}, None))
                 continue
             deltas = {spec.key: delta for spec in METRICS
-                      if comparable(result, reference, spec) and (delta := comparator(result, reference, spec))}
+                      if comparable(result, reference, spec) and usable(result, spec) and usable(reference, spec)
+                      and (delta := comparator(result, reference, spec))}
             rows.setdefault(key, []).append(Row(result, reference, deltas, _spectrum(result, reference)))
     return rows
 
@@ -315,7 +323,11 @@ def build_report(results: Sequence[Result], constraints: Constraints,
 def _notes(results: Sequence[Result], comparator: Comparator) -> list[str]:
     notes = [("Latency: median of one image-tower call at the smallest benchmarked batch (`lpmr-edge bench`); "
               "size: the image tower's files. Emulated timings are shown but never used for the Pareto front "
-              "or latency constraints.")]
+              "or latency constraints."),
+             ("Intervals: 95% BCa bootstrap (per-group and worst-group accuracies: exact Clopper–Pearson); a "
+              "change against the FP32 reference is the paired BCa interval of the difference on the same "
+              "images. A worst-group accuracy whose smallest group is below the suite's min_group_size shows "
+              "\"not enough data\" and enters no comparison or claim.")]
     notes += [note for family in FAMILIES for note in family.report_notes([r.raw["metrics"] for r in results])]
     fallbacks = getattr(comparator, "fallbacks", {})
     unpaired = "; ".join(fallbacks) + f" (e.g. {next(iter(fallbacks.values()))})" if fallbacks else "all results"

@@ -12,6 +12,7 @@ from factories import write_outputs_result, write_synthetic_result
 from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import classification_outcomes, expected_calibration_error
 from lpmr_edge.pick import Constraints, pick
+from lpmr_edge.report import assess_claims, build_rows, unpaired_delta
 from lpmr_edge.results import load_results, sample_sizes
 from lpmr_edge.stats import NOT_ENOUGH_DATA, calibration_errors, worst_group_accuracy
 from lpmr_edge.suite.families.base import ScoreContext
@@ -108,3 +109,19 @@ def test_auroc_objectives_read_one_ood_set_or_the_worst(tmp_path: Path):
         pick(results, Constraints(objective="auroc:nosuch"))
     with pytest.raises(UserError, match="ECE has no instances"):
         Constraints(objective="ece:digits")
+
+
+def test_worst_group_with_too_small_groups_enters_no_comparison(tmp_path: Path):
+    write_synthetic_result(tmp_path, "x86", "openvino", "fp32", worst_group=0.5)
+    small = write_synthetic_result(tmp_path, "x86", "openvino", "int8", worst_group=0.2)
+    rows = build_rows(load_results([tmp_path]), unpaired_delta)
+    (int8,) = [row for row in rows[("lpmr-tiny-fmnist", "x86")] if row.reference]
+    assert "worst_group" in int8.deltas
+    raw = json.loads((small / "metrics.json").read_text())
+    raw["metrics"]["spurious"]["status"] = {"worst_group": NOT_ENOUGH_DATA}
+    (small / "metrics.json").write_text(json.dumps(raw))
+    rows = build_rows(load_results([tmp_path]), unpaired_delta)
+    (int8,) = [row for row in rows[("lpmr-tiny-fmnist", "x86")] if row.reference]
+    assert "worst_group" not in int8.deltas and "top1" in int8.deltas
+    spurious = next(claim for claim in assess_claims(rows) if claim["claim"] == "spurious")
+    assert spurious["verdict"] == "not measured" and spurious["evidence"] == []
