@@ -77,11 +77,11 @@ class Spurious(base.Family):
         exact = worst_group_accuracy({name: table["correct"] for name, table in zip(names, probe.tables)},
                                      config.min_group_size)
         values = probe.with_ci(resamples, seed)
+        methods = {}  # the exact worst-group interval where there is enough data (else the bootstrap's stays)
         if exact["ci"] is not None:
-            values["ci"]["worst_group"] = exact["ci"]
+            values["ci"]["worst_group"], methods["worst_group"] = exact["ci"], exact["method"]
         return {"spurious": {
-            "set": config.set, "n": len(grouped.labels), **values,
-            "ci_method": {"worst_group": exact["method"]},
+            "set": config.set, "n": len(grouped.labels), **values, "ci_method": methods,
             "status": {"worst_group": exact["status"]}, "status_reason": {"worst_group": exact["reason"]},
             "n_groups": exact["n_groups"], "min_group_size": config.min_group_size,
             "worst": exact["worst_group"], "smallest": exact["smallest_group"], "groups": exact["groups"]}}
@@ -94,7 +94,9 @@ class Spurious(base.Family):
     def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         if "spurious" not in metrics:
             return []
-        return [base.headline_row(("worst_group_accuracy",), "worst-group accuracy", metrics["spurious"], "worst_group"),
+        status = metrics["spurious"].get("status", {}).get("worst_group", "ok")
+        label = "worst-group accuracy" + ("" if status == "ok" else f" ({status})")
+        return [base.headline_row(("worst_group_accuracy",), label, metrics["spurious"], "worst_group"),
                 base.headline_row(("average_group_accuracy",), "average-group accuracy", metrics["spurious"],
                              "average_group")]
 
