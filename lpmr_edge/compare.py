@@ -1,9 +1,10 @@
 """Paired comparison of a result directory against its reference (e.g. INT8 against FP32) on the same samples.
 
-delta = result - reference. Each delta's 95% interval comes from a paired bootstrap: the rows
-(samples) of both results are resampled together, with the same stratification as in the suite.
-A change is significant when the interval excludes 0; "improved" respects each metric's direction
-(each family's ``MetricSpec``). Accuracy also gets an exact McNemar test.
+delta = result - reference. Each delta's 95% interval is the BCa interval of a paired bootstrap: the
+rows (samples) of both results are resampled together, with the same stratification as in the suite
+(``lpmr_edge.stats.paired_metric_decisions``); its ``p_value`` is the two-sided paired bootstrap test
+that inverts that interval. A change is significant when the interval excludes 0 (p < 5%); "improved"
+respects each metric's direction (each family's ``MetricSpec``). Accuracy also gets an exact McNemar test.
 """
 from __future__ import annotations
 
@@ -16,54 +17,43 @@ import numpy as np
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.results import read_result
-from lpmr_edge.stats import CONFIDENCE, Table, bootstrap_ci, mcnemar_exact
+from lpmr_edge.stats import (
+    BCA,
+    BETTER,
+    CONFIDENCE,
+    WORSE,
+    MetricRule,
+    PairedDecision,
+    mcnemar_exact,
+    paired_metric_decisions,
+)
 from lpmr_edge.suite.config import stored_suite
-from lpmr_edge.suite.families.base import Compared, MetricSpec, Probe
+from lpmr_edge.suite.families.base import Compared, MetricSpec
 from lpmr_edge.suite.families.spectrum import DEFAULT_HEAD_FRACTION, spectrum_of_results
 from lpmr_edge.suite.run import load_suite_outputs, suite_probes
 
-RESULT, REFERENCE = "result:", "reference:"
 
-
-def paired_probe(result: Probe, reference: Probe) -> Probe:
-    """A probe whose summary is result minus reference, resampling both results' rows together."""
-    tables = [{**{RESULT + name: column for name, column in mine.items()},
-               **{REFERENCE + name: column for name, column in theirs.items()}}
-              for mine, theirs in zip(result.tables, reference.tables)]
-
-    def side(joint: list[Table], prefix: str) -> list[Table]:
-        return [{name.removeprefix(prefix): column for name, column in table.items() if name.startswith(prefix)}
-                for table in joint]
-
-    def summary(joint: list[Table]) -> dict[str, float]:
-        mine, theirs = result.summary(side(joint, RESULT)), reference.summary(side(joint, REFERENCE))
-        return {name: mine[name] - theirs[name] for name in mine}
-
-    return Probe(summary, tables, RESULT + result.sort_key if result.sort_key else None)
-
-
-def _delta(label: str, spec: MetricSpec, result: float, reference: float, ci: list[float | None]) -> dict[str, Any]:
-    delta = result - reference
-    significant = ci[0] is not None and (ci[0] > 0 or ci[1] < 0)
+def _delta(label: str, spec: MetricSpec, decision: PairedDecision) -> dict[str, Any]:
+    delta, ci = decision.difference, list(decision.ci) if decision.ci else [None, None]
+    significant = decision.decision in (BETTER, WORSE)
     lower_is_better = not spec.higher_is_better
     verdict = ("no significant change" if not significant
-               else "improved" if (delta < 0) == lower_is_better else "worsened")
+               else "improved" if decision.decision == BETTER else "worsened")
     interval = "undefined" if ci[0] is None else f"{ci[0]:+.4f} to {ci[1]:+.4f}"
     amount = f" by {abs(delta):.4f}" if significant else ""
-    return {"label": label, "result": result, "reference": reference, "delta": delta, "ci": ci,
-            "significant": significant,
-            "lower_is_better": lower_is_better, "verdict": verdict,
-            "statement": f"{label}: {verdict}{amount} (delta {delta:+.4f}, {CONFIDENCE:.0%} CI {interval})"}
+    return {"label": label, "result": decision.value, "reference": decision.reference_value, "delta": delta,
+            "ci": ci, "ci_method": BCA, "p_value": decision.p_superiority, "n": decision.n,
+            "significant": significant, "lower_is_better": lower_is_better, "verdict": verdict,
+            "statement": f"{label}: {verdict}{amount} (delta {delta:+.4f}, {CONFIDENCE:.0%} CI {interval}, "
+                         f"p={decision.p_superiority:.3g})"}
 
 
 def _compare_probe(compared: Compared, n_resamples: int, seed: int) -> dict[str, dict[str, Any]]:
     """Deltas of the compared values of one probe, keyed ``<prefix>.<value name with dots>``."""
-    result, reference = compared.result, compared.reference
-    mine, theirs = result.summary(result.tables), reference.summary(reference.tables)
-    paired = paired_probe(result, reference)
-    intervals = bootstrap_ci(paired.summary, paired.bootstrap_tables(), n_resamples, seed)
-    return {f"{compared.prefix}.{name.replace('/', '.')}": _delta(label, spec, mine[name], theirs[name],
-                                                                  intervals[name])
+    rules = {name: MetricRule(spec.higher_is_better) for name, _, spec in compared.values}
+    decisions = paired_metric_decisions(compared.result.summary, compared.result.tables, compared.reference.tables,
+                                        rules, n_resamples=n_resamples, seed=seed)
+    return {f"{compared.prefix}.{name.replace('/', '.')}": _delta(label, spec, decisions[name])
             for name, label, spec in compared.values}
 
 
@@ -103,8 +93,9 @@ def compare(result_dir: Path, reference_dir: Path, n_resamples: int | None = Non
     return {
         "result": _identity(result_meta, result_dir), "reference": _identity(reference_meta, reference_dir),
         "suite": suite.name, "resamples": n_resamples, "seed": seed,
-        "convention": f"delta = result - reference; {CONFIDENCE:.0%} paired percentile bootstrap "
-                      f"({n_resamples} resamples, seed {seed}); significant when the interval excludes 0",
+        "convention": f"delta = result - reference; {CONFIDENCE:.0%} paired BCa bootstrap interval "
+                      f"({n_resamples} resamples, seed {seed}) and the two-sided paired bootstrap test inverting "
+                      "it (p_value); significant when the interval excludes 0",
         "deltas": comparison, "mcnemar": mcnemar,
         "spectrum": {name: value for name, value in spectrum.items() if name != "per_rank"},
     }

@@ -23,15 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scipy.special import ndtr, ndtri
+
 from lpmr_edge import plots
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_bytes, now_utc
 from lpmr_edge.pick import Constraints, pick
 from lpmr_edge.report_document import (
-    DOES_NOT_HOLD,
-    HOLDS,
     NOT_MEASURED,
-    NOT_SIGNIFICANT,
     PLOTS_DIR,
     document,
     render_html,
@@ -46,7 +45,9 @@ from lpmr_edge.results import (
     mean_estimate,
     reference_for,
 )
-from lpmr_edge.suite.families import CLAIMS, FAMILIES, METRIC_BY_KEY, METRICS, Claim, MetricSpec
+from lpmr_edge.samples import outputs_digest
+from lpmr_edge.stats import Evidence, claim_verdicts
+from lpmr_edge.suite.families import CLAIMS, FAMILIES, METRIC_BY_KEY, METRICS, MetricSpec
 from lpmr_edge.suite.families.classification import ID_SET
 from lpmr_edge.suite.families.spectrum import spectrum_of_results
 from lpmr_edge.suite.outputs import outputs_path
@@ -57,27 +58,40 @@ HTML_FILE, MARKDOWN_FILE, JSON_FILE = "report.html", "report.md", "report.json"
 
 @dataclass(frozen=True)
 class Delta:
-    """``result - reference`` for one metric, with its 95% CI and whether the change is significant."""
+    """``result - reference`` for one metric, with its 95% CI, whether the change is significant (the CI
+    excludes 0), the two-sided p-value of that test and, for an accuracy, the exact McNemar p."""
 
     value: float
     ci: tuple[float, float] | None
     significant: bool
     better: bool  # the change goes the metric's good way (meaningful when significant)
     method: str
+    p_value: float | None = None
+    mcnemar_p: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
         return {"value": self.value, "ci": list(self.ci) if self.ci else None, "significant": self.significant,
-                "better": self.better, "method": self.method}
+                "better": self.better, "method": self.method, "p_value": self.p_value, "mcnemar_p": self.mcnemar_p}
+
+    @property
+    def claim_p(self) -> float | None:
+        """The p-value a claim uses: the exact McNemar p where there is one, else the delta's test."""
+        return self.mcnemar_p if self.mcnemar_p is not None else self.p_value
 
 
 Comparator = Callable[[Result, Result, MetricSpec], "Delta | None"]
 
 
-def delta_from_interval(spec: MetricSpec, value: float, ci: tuple[float, float] | None, method: str) -> Delta:
-    """A Delta whose significance is "the CI excludes zero"."""
+def delta_from_interval(spec: MetricSpec, value: float, ci: tuple[float, float] | None, method: str,
+                        p_value: float | None = None, mcnemar_p: float | None = None) -> Delta:
+    """A Delta whose significance is "the CI excludes zero"; without a p-value, the normal approximation
+    of the CI's (two-sided) test."""
     significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
-    return Delta(value, ci, significant, spec.better(value, 0.0), method)
+    if p_value is None and ci is not None:
+        spread = (ci[1] - ci[0]) / (2 * float(ndtri(0.975)))
+        p_value = float(2 * ndtr(-abs(value) / spread)) if spread > 0 else (1.0 if value == 0 else 0.0)
+    return Delta(value, ci, significant, spec.better(value, 0.0), method, p_value, mcnemar_p)
 
 
 def unpaired_delta(result: Result, reference: Result, spec: MetricSpec) -> Delta | None:
@@ -135,7 +149,10 @@ class PairedComparator:
             return None
         mean = mean_estimate([Estimate(entry["delta"], tuple(entry["ci"]) if None not in entry["ci"] else None)
                               for entry in entries])
-        return delta_from_interval(spec, mean.value, mean.ci, self.method)
+        p_values = [entry["p_value"] for entry in entries]  # several instances: Bonferroni over them
+        mcnemar = comparison["mcnemar"].get(keys[0].split(".")[0]) if keys[0].endswith(".top1") else None
+        return delta_from_interval(spec, mean.value, mean.ci, self.method, min(1.0, len(p_values) * min(p_values)),
+                                   mcnemar["p_value"] if mcnemar else None)
 
 
 @dataclass(frozen=True)
@@ -183,6 +200,13 @@ def _spectrum(result: Result, reference: Result) -> dict[str, Any] | None:
         return None
 
 
+def usable(result: Result, spec: MetricSpec) -> bool:
+    """False when the result flags the metric as unusable (e.g. worst-group accuracy with too small groups):
+    no delta and no claim evidence then."""
+    estimate = result.metrics.get(spec.key)
+    return estimate is None or estimate.status is None
+
+
 def build_rows(results: Sequence[Result], comparator: Comparator) -> dict[tuple[str, str], list[Row]]:
     """Every result with its reference, deltas and spectral diagnostic, grouped by (model, target)."""
     rows: dict[tuple[str, str], list[Row]] = {}
@@ -193,44 +217,47 @@ def build_rows(results: Sequence[Result], comparator: Comparator) -> dict[tuple[
                 rows.setdefault(key, []).append(Row(result, None, {}, None))
                 continue
             deltas = {spec.key: delta for spec in METRICS
-                      if comparable(result, reference, spec) and (delta := comparator(result, reference, spec))}
+                      if comparable(result, reference, spec) and usable(result, spec) and usable(reference, spec)
+                      and (delta := comparator(result, reference, spec))}
             rows.setdefault(key, []).append(Row(result, reference, deltas, _spectrum(result, reference)))
     return rows
 
 
-def verdict(claim: Claim, delta: Delta) -> str:
-    """What one quantized result says about a claim."""
-    if not delta.significant:
-        return NOT_SIGNIFICANT
-    supports = {"improve": delta.better, "worsen": not delta.better, "not improve": not delta.better}
-    return HOLDS if supports[claim.expectation] else DOES_NOT_HOLD
+def assess_claims(rows: Mapping[tuple[str, str], Sequence[Row]],
+                  digest: Callable[[Result], str | None] = outputs_digest) -> list[dict[str, Any]]:
+    """One verdict per claim over all its comparisons (``lpmr_edge.stats.claim_verdicts``, Holm-corrected
+    within the claim). Comparisons whose result and reference both have identical stored outputs
+    (``digest``) to an earlier comparison's count once and are marked ``duplicate_of`` it."""
+    digests: dict[Path, str | None] = {}
 
+    def pair_hash(row: Row) -> str | None:
+        for result in (row.result, row.reference):
+            if result is not None and result.directory not in digests:
+                digests[result.directory] = digest(result)
+        mine, theirs = digests[row.result.directory], digests[row.reference.directory] if row.reference else None
+        return f"{mine}:{theirs}" if mine and theirs else None
 
-def overall_verdict(claim: Claim, verdicts: Sequence[str]) -> str:
-    """A "can" claim holds if some result shows it; a "does not" claim fails if some result contradicts it."""
-    if not verdicts:
-        return NOT_MEASURED
-    decisive = DOES_NOT_HOLD if claim.expectation == "not improve" else HOLDS
-    other = HOLDS if decisive == DOES_NOT_HOLD else DOES_NOT_HOLD
-    for candidate in (decisive, other):
-        if candidate in verdicts:
-            return candidate
-    return NOT_SIGNIFICANT
-
-
-def assess_claims(rows: Mapping[tuple[str, str], Sequence[Row]]) -> list[dict[str, Any]]:
-    """Each claim's overall verdict and the evidence of every quantized result."""
     assessed = []
     for claim in CLAIMS:
         spec = METRIC_BY_KEY[claim.metric]
-        evidence = [{"model": model, "target": target, "variant": row.result.variant,
-                     "reference": row.reference.variant if row.reference else None,
-                     "delta": row.deltas[claim.metric].to_json(), "verdict": verdict(claim, row.deltas[claim.metric])}
-                    for (model, target), group in rows.items() for row in group if claim.metric in row.deltas]
+        compared = [(model, target, row, row.deltas[claim.metric]) for (model, target), group in rows.items()
+                    for row in group if claim.metric in row.deltas and row.deltas[claim.metric].claim_p is not None]
+        keys = [f"{target} ({model}): {row.result.variant} vs {row.reference.variant if row.reference else '-'}"
+                for model, target, row, _ in compared]
+        evidence = [Evidence(key, delta.better, delta.claim_p, pair_hash(row))  # type: ignore[arg-type]
+                    for key, (_, _, row, delta) in zip(keys, compared)]
+        judged = claim_verdicts({claim.key: (claim.expectation, evidence)})[claim.key] if evidence else None
+        items = [{"model": model, "target": target, "variant": row.result.variant,
+                  "reference": row.reference.variant if row.reference else None, "delta": delta.to_json(),
+                  "test": "exact McNemar" if delta.mcnemar_p is not None else delta.method,
+                  **{name: judged_row[name] for name in ("p_value", "p_adjusted", "duplicate_of", "significant")}}
+                 for (model, target, row, delta), judged_row in zip(compared, judged["evidence"] if judged else [])]
         assessed.append({"claim": claim.key, "statement": claim.statement, "metric": claim.metric,
                          "metric_label": spec.label, "expectation": claim.expectation,
-                         "verdict": overall_verdict(claim, [item["verdict"] for item in evidence]),
-                         "evidence": evidence})
+                         "verdict": judged["verdict"] if judged else NOT_MEASURED,
+                         "summary": judged["summary"] if judged else "no quantized result measured this",
+                         "correction": judged["correction"] if judged else "",
+                         "counts": judged["counts"] if judged else {}, "evidence": items})
     return assessed
 
 
@@ -296,7 +323,11 @@ def build_report(results: Sequence[Result], constraints: Constraints,
 def _notes(results: Sequence[Result], comparator: Comparator) -> list[str]:
     notes = [("Latency: median of one image-tower call at the smallest benchmarked batch (`lpmr-edge bench`); "
               "size: the image tower's files. Emulated timings are shown but never used for the Pareto front "
-              "or latency constraints.")]
+              "or latency constraints."),
+             ("Intervals: 95% BCa bootstrap (per-group and worst-group accuracies: exact Clopper–Pearson); a "
+              "change against the FP32 reference is the paired BCa interval of the difference on the same "
+              "images. A worst-group accuracy whose smallest group is below the suite's min_group_size shows "
+              "\"not enough data\" and enters no comparison or claim.")]
     notes += [note for family in FAMILIES for note in family.report_notes([r.raw["metrics"] for r in results])]
     fallbacks = getattr(comparator, "fallbacks", {})
     unpaired = "; ".join(fallbacks) + f" (e.g. {next(iter(fallbacks.values()))})" if fallbacks else "all results"

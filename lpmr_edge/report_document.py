@@ -8,15 +8,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lpmr_edge.pick import OBJECTIVES
+from lpmr_edge.pick import margin_text, objective_metric
 from lpmr_edge.plots import CAPTIONS
 from lpmr_edge.results import HOST_TARGET, Estimate, format_estimate
+from lpmr_edge.stats import DOES_NOT_HOLD, HOLDS, MIXED
 from lpmr_edge.suite.families import METRIC_BY_KEY, METRICS, MetricSpec
 from lpmr_edge.suite.families.base import POINTS
 
 PLOTS_DIR = "plots"
 PRETRAINED_LABEL = "open_clip pretrained weights"
-HOLDS, DOES_NOT_HOLD, NOT_SIGNIFICANT, NOT_MEASURED = "holds", "does not hold", "not significant", "not measured"
+NOT_MEASURED = "not measured"
 
 
 def _signed(spec: MetricSpec, value: float) -> str:
@@ -57,13 +58,17 @@ class Block:
 def _metric_cell(spec: MetricSpec, metric: Mapping[str, Any] | None) -> Cell:
     if metric is None:
         return Cell(("—",), "muted")
+    size = (metric["sample_size"],) if metric.get("sample_size") else ()
+    if metric.get("status"):
+        return Cell((metric["status"], *size), "muted")
     estimate = format_estimate(spec, Estimate(metric["value"], tuple(metric["ci"]) if metric["ci"] else None))
     delta = metric.get("delta")
     if delta is None:
-        return Cell((estimate,))
+        return Cell((estimate, *size))
     marker = ("▲ better" if delta["better"] else "▼ worse") if delta["significant"] else "n.s."
     style = ("better" if delta["better"] else "worse") if delta["significant"] else "muted"
-    return Cell((estimate, f"{_delta_text(spec, delta)} {marker}"), style)
+    mcnemar = f", McNemar p={_p(delta['mcnemar_p'])}" if delta.get("mcnemar_p") is not None else ""
+    return Cell((estimate, f"{_delta_text(spec, delta)} {marker}{mcnemar}", *size), style)
 
 
 def _cost_cells(row: Mapping[str, Any]) -> tuple[Cell, Cell]:
@@ -89,9 +94,11 @@ def _target_table(table: Mapping[str, Any]) -> Block:
 
 def _recommendation_blocks(report: Mapping[str, Any]) -> list[Block]:
     constraints = report["constraints"]
-    objective = METRIC_BY_KEY[OBJECTIVES[constraints["objective"]]]
+    objective = objective_metric(constraints["objective"])
     direction = "higher" if objective.higher_is_better else "lower"
-    asked = [f"objective: {constraints['objective']} ({objective.label}, {direction} is better)"]
+    margin = constraints["margins"].get(objective.key.partition(":")[0], 0.0)
+    asked = [(f"objective: {constraints['objective']} ({objective.label}, {direction} is better; candidates "
+             f"within ±{margin_text(objective, margin)} of the best on a paired equivalence test are tied)")]
     asked += [f"{label} ≤ {constraints[key]:g}{unit}" for key, label, unit in (
         ("max_latency_ms", "latency", " ms"), ("max_size_mb", "size", " MB"),
         ("max_accuracy_drop_pp", "top-1 drop", " pp")) if constraints[key] is not None]
@@ -111,21 +118,38 @@ def _recommendation_blocks(report: Mapping[str, Any]) -> list[Block]:
                   rows=tuple(rows), style="recommendation")]
 
 
+def _p(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _evidence_line(spec: MetricSpec, item: Mapping[str, Any]) -> str:
+    """One comparison of a claim: the change, its test's p, the Holm-adjusted p, or its duplicate."""
+    mcnemar = item["delta"].get("mcnemar_p")
+    tests = (f"McNemar p={_p(mcnemar)}" if mcnemar is not None else f"p={_p(item['p_value'])}")
+    judged = (f"identical outputs to {item['duplicate_of']}: counted once" if item["duplicate_of"] else
+              f"Holm p={_p(item['p_adjusted'])}" + (" significant" if item["significant"] else ""))
+    return (f"{item['target']} {item['variant']} vs {item['reference']}: {_delta_text(spec, item['delta'])}, "
+            f"{tests}, {judged}")
+
+
 def _claim_blocks(report: Mapping[str, Any]) -> list[Block]:
-    styles = {HOLDS: "better", DOES_NOT_HOLD: "worse"}
-    rows = tuple((Cell((claim["statement"],)), Cell((claim["verdict"],), styles.get(claim["verdict"], "muted")),
-                  Cell(tuple(f"{e['target']} {e['variant']} vs {e['reference']}: "
-                             f"{_delta_text(METRIC_BY_KEY[claim['metric']], e['delta'])} → {e['verdict']}"
-                             for e in claim["evidence"]) or ("no quantized result measured this",),
-                       equal_lines=True))
+    styles = {HOLDS: "better", DOES_NOT_HOLD: "worse", MIXED: "worse"}
+    rows = tuple((Cell((claim["statement"],)),
+                  Cell((claim["verdict"], claim["summary"]), styles.get(claim["verdict"], "muted")),
+                  Cell(tuple(_evidence_line(METRIC_BY_KEY[claim["metric"]], item) for item in claim["evidence"])
+                       or ("no quantized result measured this",), equal_lines=True))
                  for claim in report["claims"])
     return [Block("heading", "Does quantization help here?"),
-            Block("paragraph", "Each finding of the study, checked on this model and data. A change is significant "
-                  "when the 95% CI of (quantized − FP32) excludes 0. \"Can improve / can worsen\": holds if some "
-                  "quantized result changes the metric that way significantly, does not hold if the significant "
-                  "changes all go the other way. \"Does not help\": does not hold if some quantized result "
-                  "improves it significantly, holds if some worsens it. Otherwise: not significant."),
-            Block("table", header=("claim", "verdict", "evidence (change vs FP32 reference, 95% CI)"), rows=rows)]
+            Block("paragraph", "Each finding of the study, checked on this model and data over all its comparisons "
+                  "(quantized − FP32 reference, on the same images). Each comparison's p-value is the exact "
+                  "McNemar test for accuracies and the two-sided paired BCa bootstrap test otherwise; the p-values "
+                  "of one claim are Holm-corrected together (family-wise 5% within the claim), and a comparison "
+                  "is significant when its corrected p < 0.05. Comparisons whose result and reference produced "
+                  "identical per-sample outputs to an earlier one count once. Verdict: holds (some significant "
+                  "change the claimed way, none the other), does not hold (only the other way), mixed (both), "
+                  "not significant (neither); the counts say how many."),
+            Block("table", header=("claim", "verdict (counts after correction)",
+                                   "evidence (change vs FP32 reference, 95% CI; p; Holm-corrected p)"), rows=rows)]
 
 
 def _summary_lines(provenance: Mapping[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import MANIFEST_NAME, read_json
 from lpmr_edge.suite.families import METRICS, MetricSpec
+from lpmr_edge.suite.families.base import WORST
 from lpmr_edge.suite.outputs import METRICS_FILE
 
 BENCH_PATTERN = "bench*.json"  # bench JSON files found below the inputs
@@ -32,6 +33,7 @@ class Estimate:
     value: float
     ci: tuple[float, float] | None = None
     n: int | None = None  # the samples it was computed on, when the result records them
+    status: str | None = None  # why the value must not be used (e.g. "not enough data"); None when usable
 
     def overlaps(self, other: Estimate) -> bool:
         """True if the two CIs overlap (without CIs: only equal values overlap)."""
@@ -42,7 +44,8 @@ class Estimate:
     def to_json(self) -> dict[str, Any]:
         """JSON form: ``{"value", "ci": [low, high] | null}`` and ``n`` when known."""
         return {"value": self.value, "ci": list(self.ci) if self.ci else None,
-                **({"n": self.n} if self.n is not None else {})}
+                **({"n": self.n} if self.n is not None else {}),
+                **({"status": self.status} if self.status is not None else {})}
 
 def _estimate(node: Any, name: str) -> Estimate | None:
     if not isinstance(node, Mapping) or not isinstance(node.get(name), (int, float)):
@@ -50,8 +53,10 @@ def _estimate(node: Any, name: str) -> Estimate | None:
     ci = node.get("ci", {}).get(name)
     finite = isinstance(ci, list) and len(ci) == 2 and all(isinstance(bound, (int, float)) for bound in ci)
     n = node.get("n")
+    status = node.get("status", {}).get(name)
     return Estimate(float(node[name]), (float(ci[0]), float(ci[1])) if finite else None,
-                    n if isinstance(n, int) and not isinstance(n, bool) else None)
+                    n if isinstance(n, int) and not isinstance(n, bool) else None,
+                    status if isinstance(status, str) and status != "ok" else None)
 
 def mean_estimate(estimates: Sequence[Estimate]) -> Estimate:
     """Mean of several estimates; its CI is the mean of their bounds (wider than the CI of the mean
@@ -64,7 +69,8 @@ def mean_estimate(estimates: Sequence[Estimate]) -> Estimate:
 
 def read_estimate(spec: MetricSpec, metrics: Mapping[str, Any]) -> Estimate | None:
     """A metric's estimate from a ``metrics.json`` tree: the value at ``spec.at`` with its CI, or the mean over
-    the spec's instances (None when the result lacks it, or lacks it for any instance)."""
+    the spec's instances, or the worst instance's estimate for a ``combine = WORST`` spec (None when the
+    result lacks it, or lacks it for any instance)."""
     estimates = []
     for path in spec.expand(spec.at, metrics):
         node: Any = metrics
@@ -74,7 +80,59 @@ def read_estimate(spec: MetricSpec, metrics: Mapping[str, Any]) -> Estimate | No
     present = [estimate for estimate in estimates if estimate is not None]
     if not present or len(present) != len(estimates):
         return None
-    return present[0] if spec.instances is None else mean_estimate(present)
+    if spec.instances is None:
+        return present[0]
+    if spec.combine == WORST:
+        return min(present, key=lambda estimate: spec.goodness(estimate.value))
+    return mean_estimate(present)
+
+def sample_sizes(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The sample sizes behind a result's metrics (a ``metrics.json`` tree): ``id`` (``n`` and ``of``, the
+    ID images the suite's cap chose them from, when recorded), ``ood`` (set -> n), ``corruptions`` (images,
+    kinds, severities, total), ``shift`` (n) and ``spurious`` (n, groups, smallest and worst group with
+    their sizes, min_group_size, status), each only when measured."""
+    sizes: dict[str, Any] = {}
+    accuracy = metrics.get("accuracy", {})
+    if "n" in accuracy:
+        sizes["id"] = {"n": accuracy["n"], "of": accuracy.get("available")}
+    if "ood" in metrics:
+        sizes["ood"] = {name: node.get("n") for name, node in metrics["ood"].get("sets", {}).items()}
+    corruptions = metrics.get("corruptions")
+    if corruptions and "images" in corruptions:
+        kinds, severities = len(corruptions.get("kinds", [])), len(corruptions.get("severities", []))
+        sizes["corruptions"] = {"images": corruptions["images"], "kinds": kinds, "severities": severities,
+                                "total": corruptions["images"] * kinds * severities}
+    if "n" in metrics.get("shift", {}):
+        sizes["shift"] = {"n": metrics["shift"]["n"]}
+    spurious = metrics.get("spurious", {})
+    if "n" in spurious:
+        sizes["spurious"] = {"n": spurious["n"], "groups": spurious.get("n_groups", len(spurious.get("groups", {}))),
+                             **{key: spurious[key] for key in ("smallest", "worst", "min_group_size") if key in spurious},
+                             "status": spurious.get("status", {}).get("worst_group", "ok")}
+    return sizes
+
+
+def size_text(spec: MetricSpec, sizes: Mapping[str, Any]) -> str | None:
+    """How many samples a metric was computed on, as people read it (None when unknown)."""
+    family = spec.at[0] if spec.at else ""
+    if family in ("accuracy", "calibration") and "id" in sizes:
+        of = sizes["id"]["of"]
+        return f"n={sizes['id']['n']}" + (f" of {of}" if of and of != sizes["id"]["n"] else "")
+    if family == "ood" and "ood" in sizes and "id" in sizes:
+        return f"ID {sizes['id']['n']} vs " + ", ".join(f"{name} {n}" for name, n in sizes["ood"].items())
+    if family == "corruptions" and "corruptions" in sizes:
+        cells = sizes["corruptions"]
+        return f"{cells['images']} images × {cells['kinds']} kinds × {cells['severities']} severities"
+    if family == "shift" and "shift" in sizes:
+        return f"n={sizes['shift']['n']}"
+    if family == "spurious" and "spurious" in sizes:
+        grouped = sizes["spurious"]
+        smallest = grouped.get("smallest")
+        return (f"n={grouped['n']} in {grouped['groups']} groups" +
+                (f", smallest {smallest['n']}" if smallest else "") +
+                (f", worst {grouped['worst']['name']} (n={grouped['worst']['n']})" if "worst" in grouped else ""))
+    return None
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -121,14 +179,20 @@ class Result:
         return self.timing.measured_ms if self.timing else None
 
     def describe(self) -> dict[str, Any]:
-        """JSON summary of the result's identity, cost and metrics."""
+        """JSON summary of the result's identity, cost, sample sizes (``sample_sizes``) and metrics, each
+        with its ``sample_size`` (``size_text``)."""
+        sizes = sample_sizes(self.raw["metrics"])
+        specs = {spec.key: spec for spec in METRICS}
         return {"model": self.model, "target": self.target, "runtime": self.runtime, "precision": self.precision,
                 "executed_precision": self.executed_precision, "variant": self.variant,
                 "results_dir": str(self.directory), "size_mb": self.size_mb,
                 "latency_ms": self.timing.latency_ms if self.timing else None,
                 "latency_batch": self.timing.batch if self.timing else None,
                 "latency_emulated": self.timing.emulated if self.timing else None,
-                "metrics": {key: estimate.to_json() for key, estimate in self.metrics.items()}}
+                "sizes": sizes,
+                "metrics": {key: {**estimate.to_json(),
+                                  "sample_size": size_text(specs[key], sizes) if key in specs else None}
+                            for key, estimate in self.metrics.items()}}
 
 def find_inputs(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     """Result directories and bench JSON files, given directly or found (recursively) below folders, or

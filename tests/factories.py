@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,11 @@ def metrics_json(model: str, runtime: str, precision: str, metrics: dict[str, fl
                      "spurious": {"sha256": "spurious-sha"},
                      **{f"corruption-gaussian_noise-{s}": {"sha256": f"c{s}"} for s in severities}},
         "metrics": {
-            "accuracy": _with_ci(top1=metrics["top1"]),
-            "calibration": {**_with_ci(ece=metrics["ece"], nll=metrics["nll"]), "reliability_diagram": diagram},
-            "ood": {"sets": {"digits": {"msp": _with_ci(auroc=metrics["auroc"], fpr_at_95_tpr=metrics["fpr95"])}}},
+            "accuracy": {**_with_ci(top1=metrics["top1"]), "n": 500},
+            "calibration": {**_with_ci(ece=metrics["ece"], nll=metrics["nll"]), "n": 500,
+                            "reliability_diagram": diagram},
+            "ood": {"sets": {"digits": {"n": 300, "msp": _with_ci(auroc=metrics["auroc"],
+                                                                  fpr_at_95_tpr=metrics["fpr95"])}}},
             "corruptions": {"clean_accuracy": metrics["top1"], "kinds": ["gaussian_noise"], "severities": severities,
                             "gaussian_noise": corruption, "mean": _with_ci(accuracy=metrics["corrupted"])},
             "shift": _with_ci(top1=metrics["shifted"]),
@@ -92,3 +94,37 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arg
         main()
     captured = capsys.readouterr()
     return exited.value.code or 0, captured.out, captured.err
+
+
+def write_outputs_result(root: Path, target: str, runtime: str, precision: str, predictions: Any, labels: Any, *,
+                         latency_ms: float = 10.0, resamples: int = 200) -> Path:
+    """A result directory scored by the suite itself from stored per-sample outputs (``outputs/id.npz``):
+    ``predictions`` are the classes the features point to (10 classes, seeded confidences shared by all
+    results with the same labels), so results on the same ``labels`` pair sample by sample."""
+    import numpy as np
+
+    from lpmr_edge.suite.run import score_outputs
+
+    directory = root / target / f"{runtime}-{precision}"
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    strength = np.random.default_rng(len(labels)).uniform(0.2, 1.0, len(labels))
+    features = np.full((len(labels), 10), 0.05, dtype=np.float32)
+    features[np.arange(len(labels)), predictions] += strength.astype(np.float32)
+    (directory / "outputs").mkdir(parents=True)
+    np.savez(directory / "outputs" / "id.npz", features=features, labels=labels, groups=np.zeros(0),
+             id_index=np.zeros(0, dtype=np.int64), class_embeddings=np.eye(10, dtype=np.float32),
+             model_logit_scale=np.float64(10.0), runtime_identity=np.str_(f"{runtime}-{precision}"),
+             dataset_sha256=np.str_("id-sha"), classifier_key=np.str_("classes"))
+    suite = replace(BUILTIN_SUITES["basic"], bootstrap_resamples=resamples)
+    raw = metrics_json("lpmr-tiny-fmnist", runtime, precision, DEFAULTS)
+    dataset = {"name": "fmnist-test", "sha256": "id-sha", "n": len(labels)}
+    raw.update(n=len(labels), dataset=dataset, datasets={"id": dataset}, suite=asdict(suite),
+               metrics=score_outputs(directory, suite, 0))
+    manifest = {"runtime": {"runtime": runtime, "version": "1.0", "precision": precision,
+                            "artifact": {"target": {"name": target}, "precision": precision, "request": {}}},
+                "machine": {"arch": "x86_64"}, "tool_versions": {}, "created": "2026-01-02T03:04:05+00:00"}
+    write_result(directory, raw, manifest)
+    source = f"/elsewhere/artifacts/{target}/{runtime}-{precision}"
+    (directory / "bench.json").write_text(json.dumps(bench_json(source, "lpmr-tiny-fmnist", runtime, precision,
+                                                                latency_ms, 50.0, False)))
+    return directory

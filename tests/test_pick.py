@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from factories import run_cli, write_synthetic_result
+from factories import run_cli, write_outputs_result, write_synthetic_result
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.pick import Constraints, NoFeasibleChoice, pareto_front, pick, require_recommendations
@@ -60,7 +61,9 @@ def test_statistical_ties_go_to_the_faster_variant_and_pareto_lists_alternatives
     (choice,) = pick(load_results([tmp_path]), Constraints(objective="ece"))
     assert choice.recommended.variant == "openvino int8"
     assert "whose 95% CI overlaps the best's (openvino fp32" in choice.reason
-    assert choice.reason.endswith("fastest of the 2 statistically tied (4.00 ms measured)")
+    assert "unpaired fallback, not a test; fastest of the 2 tied (4.00 ms measured)" in choice.reason
+    assert "judged by the overlap of the stored 95% CIs instead" in choice.reason
+    assert "the best (openvino fp32) cannot be paired: " in choice.reason and choice.decisions == {}
     assert [r.variant for r in choice.alternatives] == ["executorch int8", "openvino int8", "openvino fp32"]
 
 
@@ -103,7 +106,8 @@ def test_cli_pick_json_and_no_solution_exit(x86: Path, monkeypatch: pytest.Monke
     assert message.startswith("error: target x86") and "latency 3.00 ms > 1 ms" in message
     status, out, err = run_cli(monkeypatch, capsys, "pick", str(x86), "--objective", "speed")
     assert status == 2 and err.strip() == ("error: unknown objective 'speed'; use one of ece, nll, auroc, fpr95, "
-                                           "accuracy, worst-group")
+                                           "accuracy, worst-group (auroc:SET and auroc:worst for one OOD set "
+                                           "or the worst)")
 
 
 def test_bad_inputs_are_one_line_user_errors(tmp_path: Path):
@@ -120,3 +124,60 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path: Path):
         read_result(broken)
     with pytest.raises(UserError, match="--max-size-mb is -1"):
         Constraints(max_size_mb=-1)
+
+
+def test_paired_rule_decides_a_case_the_overlap_rule_gets_wrong(tmp_path: Path):
+    # 1000 images: fp32 right on 800. openvino int8 (fastest) loses 20 of them and gains none: -2 pp, its
+    # unpaired CI overlaps fp32's (the old rule tied them and took the fastest), but the paired difference
+    # is clearly negative. executorch int8 loses 2 and gains 1 (-0.1 pp): equivalent within 0.5 pp.
+    labels = np.arange(1000) % 10
+    wrong = np.zeros(1000, dtype=bool)
+    wrong[800:] = True
+    reference = np.where(wrong, (labels + 1) % 10, labels)
+    worse = reference.copy()
+    worse[:20] = (labels[:20] + 1) % 10
+    swapped = reference.copy()
+    swapped[:2], swapped[800] = (labels[:2] + 1) % 10, labels[800]
+    write_outputs_result(tmp_path, "x86", "openvino", "fp32", reference, labels, latency_ms=10)
+    write_outputs_result(tmp_path, "x86", "openvino", "int8", worse, labels, latency_ms=3)
+    write_outputs_result(tmp_path, "x86", "executorch", "int8", swapped, labels, latency_ms=6)
+    results = {r.variant: r for r in load_results([tmp_path])}
+    assert results["openvino int8"].metrics["top1"].overlaps(results["openvino fp32"].metrics["top1"])
+    (choice,) = pick(list(results.values()), Constraints(objective="accuracy"))
+    assert choice.recommended.variant == "executorch int8"
+    assert {v: d.decision for v, d in choice.decisions.items()} == {
+        "openvino fp32": "best", "openvino int8": "worse", "executorch int8": "equivalent within margin"}
+    worse_ci = choice.decisions["openvino int8"].ci
+    assert worse_ci[1] < 0 and worse_ci[0] <= -0.02 <= worse_ci[1]
+    assert "equivalent to openvino fp32 within ±0.005" in choice.reason and "TOST equivalence at 5%" in choice.reason
+    assert "margin ±0.5 pp" in choice.reason and "worse: openvino int8" in choice.reason
+    assert "fastest of the 2 tied (6.00 ms measured)" in choice.reason and choice.unpaired == {}
+    # A margin too narrow for 1000 images leaves executorch int8 undecided: fp32 stands, and the reason says so.
+    (strict,) = pick(list(results.values()), Constraints(objective="accuracy", margins={"top1": 0.0005}))
+    assert strict.recommended.variant == "openvino fp32"
+    assert "not separated from the best (executorch int8: undecided)" in strict.reason
+
+
+def test_margins_parse_from_the_command_line_form():
+    assert Constraints.from_options(margin=["top1=0.5pp", "ece=0.002"]).margins == {"top1": 0.005, "ece": 0.002}
+    assert Constraints().margin(Constraints(objective="auroc:worst").metric) == 0.005
+    for bad, message in (("top1=2", "write percentage points as 2pp"), ("speed=1", "unknown metric 'speed'"),
+                         ("ece", "is not METRIC=VALUE"), ("ece=0.1pp", "ECE is not a percentage")):
+        with pytest.raises(UserError, match=message):
+            Constraints.from_options(margin=[bad])
+
+
+def test_cli_pick_prints_the_test_and_margin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture):
+    labels = np.arange(500) % 10
+    reference = np.where(np.arange(500) < 400, labels, (labels + 1) % 10)
+    write_outputs_result(tmp_path, "x86", "openvino", "fp32", reference, labels, latency_ms=10)
+    write_outputs_result(tmp_path, "x86", "openvino", "int8", reference, labels, latency_ms=3)
+    status, out, err = run_cli(monkeypatch, capsys, "pick", str(tmp_path), "--objective", "accuracy",
+                               "--margin", "top1=1pp")
+    assert status == 0, err
+    printed = " ".join((out + err).split())
+    assert "why (x86): top-1 accuracy 80.0%" in printed and "equivalent to openvino fp32 within ±0.01" in printed
+    assert "TOST with margin ±1 pp" in printed and "fastest of the 2 tied (3.00 ms measured)" in printed
+    status, out, err = run_cli(monkeypatch, capsys, "pick", str(tmp_path), "--margin", "top1=2")
+    assert status == 2 and "write percentage points as 2pp" in err

@@ -4,9 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lpmr_edge.compare import paired_probe
-from lpmr_edge.stats import bootstrap_ci, mcnemar_exact, with_ci
-from lpmr_edge.suite import Probe
+from lpmr_edge.stats import MetricRule, bootstrap_ci, mcnemar_exact, paired_metric_decisions, with_ci
 
 
 def _mean(tables):
@@ -60,7 +58,7 @@ def test_mcnemar_exact_on_a_known_table():
     assert mcnemar_exact(np.r_[1, 0], np.r_[0, 1])["p_value"] == 1.0
 
 
-def test_paired_probe_resamples_rows_jointly():
+def test_paired_deltas_resample_rows_jointly():
     rng = np.random.default_rng(1)
     reference = (rng.random(2000) < 0.7).astype(float)
     better = reference.copy()
@@ -69,8 +67,9 @@ def test_paired_probe_resamples_rows_jointly():
     def accuracy(tables):
         return {"top1": float(np.mean(tables[0]["correct"]))}
 
-    paired = paired_probe(Probe(accuracy, [{"correct": better}]), Probe(accuracy, [{"correct": reference}]))
-    assert paired.summary(paired.tables) == {"top1": pytest.approx(0.05)}
-    low, high = bootstrap_ci(paired.summary, paired.tables, n_resamples=300)["top1"]
+    decided = paired_metric_decisions(accuracy, [{"correct": better}], [{"correct": reference}],
+                                      {"top1": MetricRule(True)}, n_resamples=300)["top1"]
+    assert decided.difference == pytest.approx(0.05) and decided.decision == "better"
+    low, high = decided.ci
     assert 0 < low < 0.05 < high
     assert high - low < 0.03  # pairing: far tighter than two independent 2000-sample accuracies (~0.057)

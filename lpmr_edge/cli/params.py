@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from lpmr_edge.backends import BACKENDS, RUNTIME_NAMES
 from lpmr_edge.errors import UserError
-from lpmr_edge.pick import OBJECTIVES
+from lpmr_edge.pick import objective_metric, parse_margin
 from lpmr_edge.quantize import PRESETS
 
 SEED_LIMIT = 2**32  # numpy's seed range
@@ -203,7 +203,8 @@ SHARE = real_number(0, 1, 1, low_open=True)
 SMOOTH_QUANT_ALPHA = real_number(0, 1, 0.95, also=(-1,))
 GROUP_SIZE = Checked("integer", lambda value: -1 if str(value).strip() == "-1" else POSITIVE_INT.parse(value))
 PRESET = one_of(PRESETS, "preset")
-OBJECTIVE = one_of(OBJECTIVES, "objective")
+OBJECTIVE = Checked("objective", lambda value: objective_metric(str(value)) and str(value))
+MARGIN = Checked("METRIC=VALUE", lambda value: parse_margin(str(value)) and str(value))
 EXPORT_RUNTIME = one_of(BACKENDS, "runtime")
 RUNTIME = one_of(RUNTIME_NAMES, "runtime")
 PRECISION = one_of(sorted({precision for spec in BACKENDS.values() for precision in spec.precisions}), "precision")

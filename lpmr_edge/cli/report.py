@@ -14,6 +14,7 @@ from lpmr_edge.cli.params import (
     EXISTING_PATH,
     LIMIT_MB,
     LIMIT_MS,
+    MARGIN,
     OBJECTIVE,
     OUTPUT_DIR,
     PERCENTAGE_POINTS,
@@ -37,14 +38,18 @@ _CONSTRAINT_PARAMETERS = [
                       annotation=Annotated[kind, typer.Option(parser=parser, help=text)])
     for name, kind, default, parser, text in (
         ("objective", str, "ece", OBJECTIVE, ("What to optimise: ece | nll | fpr95 (lower is better), auroc | accuracy | "
-                                   "worst-group (higher is better)")),
+                                   "worst-group (higher is better); auroc:SET or auroc:worst for one OOD set")),
         ("max_latency_ms", float | None, None, LIMIT_MS, ("Largest median latency in ms (measured timings only; emulated "
                                                 "ones never qualify)")),
         ("max_size_mb", float | None, None, LIMIT_MB, "Largest image-tower size in MB (2^20 bytes, as `lpmr-edge bench` reports)"),
         ("max_accuracy_drop", float | None, None, PERCENTAGE_POINTS, "Largest top-1 drop vs the FP32 reference, in percentage points"),
+        ("margin", list[str] | None, None, MARGIN, ("Equivalence margin METRIC=VALUE of the paired decision "
+                                                    "(repeatable): candidates within it of the best are tied. Defaults: "
+                                                    "top1=0.5pp, ece=0.005, nll=0.01, auroc=0.005, fpr95=1pp, "
+                                                    "worst_group=1pp")),
     )
 ]
-with_constraint_options = with_option_group(_CONSTRAINT_PARAMETERS, "constraints", Constraints)
+with_constraint_options = with_option_group(_CONSTRAINT_PARAMETERS, "constraints", Constraints.from_options)
 """Add the picker's objective and constraints to a command; it receives them as ``constraints: Constraints``."""
 
 

@@ -75,7 +75,7 @@ def _verdict(evidence: Sequence[Evidence], duplicates: Mapping[str, str], adjust
         raise ValueError(f"unknown claim expectation '{expectation}'; use one of {sorted(EXPECTATIONS)}")
     rows = [{"key": item.key, "better": item.better, "p_value": item.p_value,
              "p_adjusted": adjusted.get(item.key), "duplicate_of": duplicates.get(item.key),
-             "significant": item.key not in duplicates and adjusted[item.key] < alpha} for item in evidence]
+             "significant": bool(item.key not in duplicates and adjusted[item.key] < alpha)} for item in evidence]
     better = sum(row["significant"] and row["better"] for row in rows)
     worse = sum(row["significant"] and not row["better"] for row in rows)
     supported, contradicted = (better, worse) if EXPECTATIONS[expectation] else (worse, better)
@@ -108,7 +108,7 @@ def claim_verdicts(claims: Mapping[str, tuple[str, Sequence[Evidence]]], correct
     adjusted: dict[str, dict[str, float]] = {}
     if correction == HOLM:
         for claim, (unique, _) in deduplicated.items():
-            adjusted[claim] = dict(zip((item.key for item in unique), holm([item.p_value for item in unique])))
+            adjusted[claim] = {item.key: float(p) for item, p in zip(unique, holm([item.p_value for item in unique]))}
     else:
         pooled = [(claim, item) for claim, (unique, _) in deduplicated.items() for item in unique]
         for (claim, item), p in zip(pooled, benjamini_hochberg([item.p_value for _, item in pooled])):

@@ -20,7 +20,7 @@ from lpmr_edge.data import ImageDataset, PreprocessedSets, load_dataset, preproc
 from lpmr_edge.manifest import machine_info, now_utc, sha256_json, tool_versions
 from lpmr_edge.models import build_preprocess, build_tokenizer
 from lpmr_edge.runtimes.base import Runtime
-from lpmr_edge.stats import CONFIDENCE
+from lpmr_edge.stats import BCA, CONFIDENCE, JACKKNIFE_GROUPS
 from lpmr_edge.suite.config import load_suite, with_overrides
 from lpmr_edge.suite.families import FAMILIES
 from lpmr_edge.suite.families.base import HeadlineRow, PlanContext, labelled
@@ -49,10 +49,15 @@ def apply_overrides(suite: Any, settings: EvalSettings) -> Any:
     return with_overrides(suite, settings.dataset, settings.limit, settings.logit_scale)
 
 
-def plan_sets(suite: Any, seed: int, image_size: int | None = None, skip_bad_images: bool = False) -> list[EvalSet]:
-    """The evaluation sets of a suite, each capped at ``suite.limit`` images, family by family."""
+def plan_sets(suite: Any, seed: int, image_size: int | None = None, skip_bad_images: bool = False,
+              available: dict[str, int] | None = None) -> list[EvalSet]:
+    """The evaluation sets of a suite, each capped at ``suite.limit`` images, family by family;
+    ``available`` (if given) receives each loaded dataset's size before the cap, by the name it was loaded by."""
     def load(name: str) -> ImageDataset:
-        return load_dataset(name, skip_bad_images=skip_bad_images).head(suite.limit)
+        dataset = load_dataset(name, skip_bad_images=skip_bad_images)
+        if available is not None:
+            available[name] = len(dataset)
+        return dataset.head(suite.limit)
 
     context = PlanContext(labelled(load(suite.id), "ID"), seed, image_size, load)
     return [eval_set for family, config in suite.families() for eval_set in family.plan(config, context)]
@@ -81,7 +86,22 @@ def score_outputs(out_dir: Path, suite: Any, seed: int) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for family, config in suite.families():
         metrics.update(family.score(config, family.probe(config, context), context, suite.bootstrap_resamples, seed))
+    record_ci_methods(metrics)
     return metrics
+
+
+def record_ci_methods(node: Any, method: str = BCA) -> None:
+    """Give every values node with a ``ci`` table a ``ci_method`` table naming each interval's method
+    (``method`` unless the family recorded another, e.g. exact intervals)."""
+    if not isinstance(node, dict):
+        return
+    if isinstance(node.get("ci"), dict):
+        recorded = node.setdefault("ci_method", {})
+        for name in node["ci"]:
+            recorded.setdefault(name, method)
+    for key, child in node.items():
+        if key not in ("ci", "ci_method"):
+            record_ci_methods(child, method)
 
 
 def progress_task(progress: Progress | None, label: str, total: int) -> typing.ContextManager[Any]:
@@ -99,7 +119,8 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
     out_dir = Path(out_dir)
     suite = apply_overrides(suite or load_suite(settings.suite), settings)
     model_info = runtime.model_info
-    sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images)
+    available: dict[str, int] = {}
+    sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images, available)
     preprocess, tokenizer = build_preprocess(model_info), build_tokenizer(model_info)
     preprocess_key = sha256_json(model_info["preprocess"])
 
@@ -117,6 +138,7 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
                                    advance) and advance:
                 advance(len(eval_set.dataset))
     metrics = score_outputs(out_dir, suite, settings.seed)
+    metrics["accuracy"]["available"] = available.get(suite.id)  # the ID images the cap chose from
     description = runtime.describe()
     datasets = {eval_set.name: eval_set.dataset.describe() for eval_set in sets}
     created = now_utc()
@@ -136,8 +158,11 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
 def conventions(suite: Any, seed: int) -> dict[str, str]:
     """How to read the numbers in metrics.json: the bootstrap, then each family's conventions."""
     return {
-        "ci": f"{CONFIDENCE:.0%} percentile bootstrap, {suite.bootstrap_resamples} resamples, seed {seed}; "
-              "OOD resamples ID and OOD separately, spurious resamples within each group",
+        "ci": f"{CONFIDENCE:.0%} BCa bootstrap (bias-corrected and accelerated; acceleration from a grouped "
+              f"jackknife of {JACKKNIFE_GROUPS} groups), {suite.bootstrap_resamples} resamples, seed {seed}; "
+              "OOD resamples ID and OOD separately, spurious resamples within each group; per-group and "
+              "worst-group accuracies use exact (Clopper–Pearson) intervals; each value's method is in the "
+              "ci_method table beside its ci",
         **{name: text for family in FAMILIES for name, text in family.conventions(suite.settings(family)).items()},
     }
 
@@ -148,8 +173,11 @@ def headline_metrics(metrics: Mapping[str, Any]) -> list[HeadlineRow]:
 
 
 def key_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The headline values as a nested mapping (what `eval --json` adds to its summary)."""
-    summary: dict[str, Any] = {}
+    """The headline values as a nested mapping and the sample sizes behind them (``sizes``:
+    ``lpmr_edge.results.sample_sizes``), what `eval --json` adds to its summary."""
+    from lpmr_edge.results import sample_sizes
+
+    summary: dict[str, Any] = {"sizes": sample_sizes(metrics)}
     for (*path, name), _, value, _ in headline_metrics(metrics):
         node = summary
         for part in path:

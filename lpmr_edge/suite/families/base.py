@@ -18,11 +18,12 @@ import numpy as np
 
 from lpmr_edge.data import ImageDataset
 from lpmr_edge.errors import UserError
-from lpmr_edge.stats import Summary, Table, with_ci
+from lpmr_edge.stats import Summary, Table, bca_estimates
 from lpmr_edge.suite.outputs import EvalSet, SetOutputs
 
 PERCENT = "%"  # unit of a fraction shown in percent
 POINTS, DIFFERENCE = "percentage points", "difference"  # delta kinds: how a change (result - reference) reads
+MEAN, WORST = "mean", "worst"  # how a metric over several instances combines them
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class MetricSpec:
     """A metric as pick, report, plots and compare read it; its direction is defined here only.
 
     ``at`` is its path in ``metrics.json`` (value and sibling ``ci`` table); a ``"{set}"`` part stands
-    for each of ``instances(metrics)`` (e.g. the OOD sets) and the metric is their mean. ``paired`` is
+    for each of ``instances(metrics)`` (e.g. the OOD sets) and the metric ``combine``s them: their
+    mean, or the worst instance's value (``WORST``: lowest when higher is better). ``paired`` is
     its key in ``compare``'s deltas (``"{set}"`` likewise); ``datasets`` the prefix of the evaluation
     sets it reads besides ``id``.
     """
@@ -44,6 +46,7 @@ class MetricSpec:
     paired: str = ""
     datasets: str = "id"
     instances: Callable[[Mapping[str, Any]], list[str]] | None = None
+    combine: str = MEAN
 
     @property
     def percent(self) -> bool:
@@ -57,6 +60,12 @@ class MetricSpec:
     def goodness(self, value: float) -> float:
         """A number that is larger for better values."""
         return value if self.higher_is_better else -value
+
+    def combined(self, values: Sequence[float]) -> float:
+        """The metric from its instances' values (``combine``)."""
+        if self.combine == WORST:
+            return float(min(values, key=self.goodness))
+        return float(np.mean(values))
 
     def expand(self, pattern: str | tuple[str, ...], metrics: Mapping[str, Any]) -> list[Any]:
         """``pattern`` (``at`` or ``paired``) for each instance of a result's ``metrics``, or as is."""
@@ -100,8 +109,12 @@ class Probe:
                 for table in self.tables]
 
     def with_ci(self, n_resamples: int, seed: int) -> dict[str, Any]:
-        """Values with bootstrap CIs."""
-        return with_ci(self.summary, self.bootstrap_tables(), n_resamples, seed)
+        """Values with their BCa bootstrap intervals (``lpmr_edge.stats.bca_estimates``):
+        ``{name: value, "ci": {name: [low, high]}}``; the values are the summary's own. (``score_outputs``
+        records the interval method of every metric beside its ``ci``.)"""
+        estimates = bca_estimates(self.summary, self.bootstrap_tables(), n_resamples, seed)
+        return {**{name: estimate["value"] for name, estimate in estimates.items()},
+                "ci": {name: estimate["ci"] for name, estimate in estimates.items()}}
 
 
 def sorted_rows(table: Table, key: np.ndarray) -> dict[str, np.ndarray]:

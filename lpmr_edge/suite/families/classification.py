@@ -2,7 +2,7 @@
 Brier, AURC, selective accuracy, the reliability diagram and a held-out fitted temperature."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from lpmr_edge.metrics import (
     reliability_diagram,
 )
 from lpmr_edge.schema import require
-from lpmr_edge.stats import Summary, Table, seeded_rng
+from lpmr_edge.stats import Summary, Table, calibration_errors, seeded_rng
 from lpmr_edge.suite.families import base
 
 ID_SET = "id"
@@ -52,9 +52,15 @@ def resolve_logit_scale(setting: str | float, model_logit_scale: float) -> float
 
 
 def classification_summary(calibration: CalibrationConfig) -> Summary:
-    """Accuracy and calibration summary of one table of classification outcomes."""
-    return lambda tables: {**accuracy_summary(tables[0]),
-                           **calibration_summary(tables[0], calibration.bins, calibration.coverages)}
+    """Accuracy and calibration summary of one table of classification outcomes, with the debiased ECE
+    (``ece_debiased``, Kumar et al. 2019: ``lpmr_edge.stats.calibration_errors``) beside the plug-in one."""
+    def summary(tables: Sequence[Table]) -> dict[str, float]:
+        outcomes = tables[0]
+        debiased = calibration_errors(outcomes["confidence"], outcomes["correct"], calibration.bins)["ece_debiased"]
+        return {**accuracy_summary(outcomes),
+                **calibration_summary(outcomes, calibration.bins, calibration.coverages), "ece_debiased": debiased}
+
+    return summary
 
 
 def classification_probe(outcomes: Table, calibration: CalibrationConfig) -> base.Probe:
@@ -134,11 +140,15 @@ class Classification(base.Family):
         return [base.headline_row(("top1",), "top-1 accuracy", metrics["accuracy"], "top1"),
                 base.headline_row(("top5",), "top-5 accuracy", metrics["accuracy"], "top5"),
                 *(base.headline_row((name,), label, metrics["calibration"], name)
-                  for name, label in (("ece", "ECE"), ("nll", "NLL"), ("brier", "Brier")))]
+                  for name, label in (("ece", "ECE"), ("ece_debiased", "ECE (debiased)"), ("nll", "NLL"),
+                                      ("brier", "Brier")) if name in metrics["calibration"])]
 
     def conventions(self, config: CalibrationConfig) -> dict[str, str]:
         return {"calibration": f"top-1 confidence, {config.bins} equal-width bins (ece, mce) and equal-mass "
-                               "bins (ece_equal_mass); NLL in nats; Brier summed over classes",
+                               "bins (ece_equal_mass); ece_debiased: the plug-in ECE with the Kumar et al. (2019) "
+                               "bias correction (can be slightly negative; a small ECE's interval is descriptive, "
+                               "compare candidates with pick's paired decisions); NLL in nats; Brier summed "
+                               "over classes",
                 "logit_scale": "logits = logit_scale * cosine similarity (softmax temperature = 1 / logit_scale)"}
 
 
