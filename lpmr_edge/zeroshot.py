@@ -4,11 +4,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lpmr_edge.manifest import atomic_write_bytes, sha256_json
-from lpmr_edge.runtimes.base import Runtime
+
+if TYPE_CHECKING:  # the cache only needs a runtime's identity and text tower, not the runtimes package
+    from lpmr_edge.runtimes.base import Runtime
 
 
 def cache_root() -> Path:

@@ -105,9 +105,8 @@ def test_cli_pick_json_and_no_solution_exit(x86: Path, monkeypatch: pytest.Monke
     message = err.strip().splitlines()[-1]
     assert message.startswith("error: target x86") and "latency 3.00 ms > 1 ms" in message
     status, out, err = run_cli(monkeypatch, capsys, "pick", str(x86), "--objective", "speed")
-    assert status == 2 and err.strip() == ("error: unknown objective 'speed'; use one of ece, nll, auroc, fpr95, "
-                                           "accuracy, worst-group (auroc:SET and auroc:worst for one OOD set "
-                                           "or the worst)")
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "unknown objective 'speed'; use one of ece, nll, auroc" in err
 
 
 def test_bad_inputs_are_one_line_user_errors(tmp_path: Path):

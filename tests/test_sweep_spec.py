@@ -137,7 +137,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                            (["sweep", "run", str(good), "--resume", "--out", str(tmp_path / "o")], "nothing to resume"),
                            (["sweep", str(good), "--engine", "slurm", "--out", str(tmp_path / "o")],
                             "unknown engine 'slurm'"),
-                           (["sweep", "export", str(tmp_path / "missing.db")], "sweep database not found"),
+                           (["sweep", "export", str(tmp_path / "missing.db")], "does not exist; give an existing file"),
                            (["sweep", str(unknown_model), "--out", str(tmp_path / "new")], "NoSuchArch")):
         status, err = run_cli(monkeypatch, capsys, *args)
         assert status == 2 and err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1
