@@ -13,13 +13,14 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import classification_outcomes, expected_calibration_error
 from lpmr_edge.pick import Constraints, pick
 from lpmr_edge.report import assess_claims, build_rows, unpaired_delta
-from lpmr_edge.results import load_results, sample_sizes
+from lpmr_edge.results import load_results
 from lpmr_edge.stats import NOT_ENOUGH_DATA, calibration_errors, worst_group_accuracy
 from lpmr_edge.suite.families.base import ScoreContext
 from lpmr_edge.suite.families.spurious import FAMILY as SPURIOUS
 from lpmr_edge.suite.families.spurious import SPURIOUS_SET, SpuriousConfig
 from lpmr_edge.suite.outputs import SetOutputs
 from lpmr_edge.suite.run import key_metrics
+from lpmr_edge.suite.sizes import sample_sizes
 
 
 def test_suite_intervals_are_bca_with_their_method_and_the_debiased_ece_beside_the_plug_in(tmp_path: Path):

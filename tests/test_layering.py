@@ -52,13 +52,13 @@ def test_every_module_of_the_package_sits_in_a_layer() -> None:
     config = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]["contracts"]
     layers = next(contract for contract in config if contract["type"] == "layers")["layers"]
     placed = {name.strip() for layer in layers for name in layer.replace("|", ":").split(":")}
-    graph = grimp.build_graph("lpmr_edge")
+    graph = grimp.build_graph("lpmr_edge", cache_dir=None)
     top_level = {module for module in graph.find_children("lpmr_edge") if module != "lpmr_edge.__main__"}
     assert top_level - placed == set()
 
 
 def test_every_command_module_registers_on_the_app_module() -> None:
-    graph = grimp.build_graph("lpmr_edge")
+    graph = grimp.build_graph("lpmr_edge", cache_dir=None)
     commands = graph.find_modules_directly_imported_by("lpmr_edge.cli.commands")
     assert len(commands) >= 7
     assert all(graph.direct_import_exists(importer=module, imported="lpmr_edge.cli.app") for module in commands)
@@ -79,7 +79,7 @@ def test_importing_a_runtime_loads_no_export_quantize_data_parity_or_suite(modul
 @pytest.mark.parametrize("runner", [runner for backend in BACKENDS.values() for runner in backend.runners.values()],
                          ids=lambda runner: runner.loader)
 def test_a_device_loader_imports_only_the_standard_library_numpy_and_its_runtime(runner) -> None:
-    graph = grimp.build_graph("lpmr_edge", include_external_packages=True)
+    graph = grimp.build_graph("lpmr_edge", include_external_packages=True, cache_dir=None)
     imported = graph.find_modules_directly_imported_by(runner.loader)
     allowed = {*sys.stdlib_module_names, "numpy", *(module.split(".")[0] for module in runner.modules)}
     assert not {name for name in imported if name.startswith("lpmr_edge")}, imported

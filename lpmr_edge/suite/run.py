@@ -26,6 +26,7 @@ from lpmr_edge.suite.families import FAMILIES
 from lpmr_edge.suite.families.base import HeadlineRow, PlanContext, labelled
 from lpmr_edge.suite.families.classification import ID_SET, score_context
 from lpmr_edge.suite.outputs import EvalSet, SetOutputs, collect_outputs, load_outputs, write_result
+from lpmr_edge.suite.sizes import sample_sizes
 from lpmr_edge.zeroshot import class_embeddings
 
 Progress = Callable[[str, int], typing.ContextManager[Callable[[int], None]]]
@@ -174,9 +175,7 @@ def headline_metrics(metrics: Mapping[str, Any]) -> list[HeadlineRow]:
 
 def key_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The headline values as a nested mapping and the sample sizes behind them (``sizes``:
-    ``lpmr_edge.results.sample_sizes``), what `eval --json` adds to its summary."""
-    from lpmr_edge.results import sample_sizes
-
+    ``lpmr_edge.suite.sizes.sample_sizes``), what `eval --json` adds to its summary."""
     summary: dict[str, Any] = {"sizes": sample_sizes(metrics)}
     for (*path, name), _, value, _ in headline_metrics(metrics):
         node = summary
