@@ -28,21 +28,41 @@ from typing import Any
 
 from lpmr_edge.backends import BACKENDS
 from lpmr_edge.errors import UserError
+from lpmr_edge.schema import parse_table, parse_value, require
 
 TARGETS_DIR = Path(os.environ.get("LPMR_EDGE_TARGETS_DIR", Path(__file__).resolve().parent / "_data" / "targets"))
 ARCHES = ("x86_64", "aarch64")
-_TOP_LEVEL_TYPES: dict[str, type] = {"name": str, "description": str, "arch": str, "threads": int,
-                                     "image_batch": int, "text_batch": int, "runtimes": dict}
-_REQUIRED = ("arch", "threads", "image_batch", "text_batch", "runtimes")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
 class RuntimeTarget:
-    """One runtime's entry in a target: precisions to export and runtime options."""
+    """One runtime's entry in a target (``[runtimes.<name>]``): precisions to export and runtime options."""
 
     precisions: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetFile:
+    """A target file's content as written (read by ``lpmr_edge.schema``: types, unknown and missing keys)."""
+
+    arch: str
+    threads: int
+    image_batch: int
+    text_batch: int
+    runtimes: dict[str, RuntimeTarget]
+    name: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        require(self.name is None or bool(_NAME_PATTERN.fullmatch(self.name)),
+                f"name {self.name!r} is not usable as a directory name (use letters, digits, . _ -)")
+        require(self.arch in ARCHES, f"arch is {self.arch!r} (use one of {', '.join(ARCHES)})")
+        for key in ("threads", "image_batch", "text_batch"):
+            require(getattr(self, key) >= 1, f"{key} is {getattr(self, key)} (use a positive integer)")
+        require(bool(self.runtimes), f"runtimes is empty (add a table such as [runtimes.{next(iter(BACKENDS))}]; "
+                                     f"runtimes: {', '.join(BACKENDS)})")
 
 
 @dataclass(frozen=True)
@@ -73,65 +93,40 @@ class Target:
                              for name, entry in self.runtimes.items()}}
 
 
-def _fail(source: Path, problem: str, fix: str) -> UserError:
-    return UserError(f"target file {source}: {problem}; {fix}")
-
-
-def _check_types(source: Path, table: Mapping[str, Any], types: Mapping[str, type], where: str) -> None:
-    for key, value in table.items():
-        if key not in types:
-            raise _fail(source, f"unknown key '{where}{key}'", f"use one of {', '.join(types)}")
-        expected = types[key]
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise _fail(source, f"'{where}{key}' must be {expected.__name__} (got {value!r})", "fix the value")
-
-
-def _parse_runtime(source: Path, runtime: str, table: Any) -> RuntimeTarget:
-    where = f"runtimes.{runtime}."
+def _check_runtime(runtime: str, entry: RuntimeTarget) -> None:
+    """What only the runtime's backend record can judge: its precisions and its options."""
+    where = f"[runtimes.{runtime}]"
     if runtime not in BACKENDS:
-        raise _fail(source, f"unknown runtime '{runtime}'", f"use one of {', '.join(BACKENDS)}")
-    if not isinstance(table, dict):
-        raise _fail(source, f"'runtimes.{runtime}' must be a table", f"write [runtimes.{runtime}]")
-    _check_types(source, table, {"precisions": list, "options": dict}, where)
+        raise UserError(f"unknown runtime '{runtime}' (use one of {', '.join(BACKENDS)})")
     spec = BACKENDS[runtime]
-    precisions = table.get("precisions")
-    if not precisions:
-        raise _fail(source, f"'{where}precisions' is missing or empty",
-                    f"list some of {', '.join(spec.precisions)}")
-    unknown = [p for p in precisions if p not in spec.precisions]
-    if unknown or len(set(precisions)) != len(precisions):
-        raise _fail(source, f"'{where}precisions' has unknown or repeated entries {unknown or precisions}",
-                    f"use each of {', '.join(spec.precisions)} at most once")
-    options = table.get("options", {})
+    if not entry.precisions:
+        raise UserError(f"{where} precisions is empty (list some of {', '.join(spec.precisions)})")
+    unknown = [p for p in entry.precisions if p not in spec.precisions]
+    if unknown or len(set(entry.precisions)) != len(entry.precisions):
+        raise UserError(f"{where} precisions has unknown or repeated entries {unknown or list(entry.precisions)} "
+                        f"(use each of {', '.join(spec.precisions)} at most once)")
     if spec.option_types is not None:
-        _check_types(source, options, spec.option_types, f"{where}options.")
-    problem = spec.option_problem(options, f"{where}options.")
+        for key, value in entry.options.items():
+            if key not in spec.option_types:
+                raise UserError(f"unknown key '{key}' in [runtimes.{runtime}.options]; valid keys: "
+                                f"{', '.join(spec.option_types)}")
+            parse_value(value, spec.option_types[key], f"[runtimes.{runtime}.options] {key}")
+    problem = spec.option_problem(entry.options, f"runtimes.{runtime}.options.")
     if problem:
-        raise _fail(source, *problem)
-    return RuntimeTarget(precisions=tuple(precisions), options=options)
+        raise UserError(f"{problem[0]} ({problem[1]})")
 
 
 def parse_target(source: Path, data: Mapping[str, Any]) -> Target:
-    """Validate a target's TOML content; every problem names the key and the fix."""
-    _check_types(source, data, _TOP_LEVEL_TYPES, "")
-    missing = [key for key in _REQUIRED if key not in data]
-    if missing:
-        raise _fail(source, f"missing key(s) {', '.join(missing)}", "add them (see targets/x86.toml)")
-    name = data.get("name", source.stem)
-    if not _NAME_PATTERN.fullmatch(name):
-        raise _fail(source, f"'name' {name!r} is not usable as a directory name", "use letters, digits, . _ -")
-    if data["arch"] not in ARCHES:
-        raise _fail(source, f"'arch' is {data['arch']!r}", f"use one of {', '.join(ARCHES)}")
-    for key in ("threads", "image_batch", "text_batch"):
-        if data[key] < 1:
-            raise _fail(source, f"'{key}' is {data[key]}", "use a positive integer")
-    if not data["runtimes"]:
-        raise _fail(source, "'runtimes' is empty", f"add a table such as [runtimes.{next(iter(BACKENDS))}] (runtimes: {', '.join(BACKENDS)})")
-    runtimes = {runtime: _parse_runtime(source, runtime, table)
-                for runtime, table in data["runtimes"].items()}
-    return Target(name=name, description=data.get("description", ""), arch=data["arch"], threads=data["threads"],
-                  image_batch=data["image_batch"], text_batch=data["text_batch"], runtimes=runtimes,
-                  source=str(source))
+    """Validate a target's TOML content; every problem is one line naming the file, the key and the fix."""
+    try:
+        written = parse_table(TargetFile, data)
+        for runtime, entry in written.runtimes.items():
+            _check_runtime(runtime, entry)
+    except UserError as error:
+        raise UserError(f"target file {source}: {error}; see targets/x86.toml for a complete file") from None
+    return Target(name=written.name or source.stem, description=written.description, arch=written.arch,
+                  threads=written.threads, image_batch=written.image_batch, text_batch=written.text_batch,
+                  runtimes=written.runtimes, source=str(source))
 
 
 def read_target_file(path: Path) -> Target:
@@ -141,7 +136,7 @@ def read_target_file(path: Path) -> Target:
     except OSError as error:
         raise UserError(f"cannot read target file {path} ({error.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise _fail(Path(path), f"not valid TOML ({error})", "fix the syntax") from None
+        raise UserError(f"target file {path}: not valid TOML ({error}); fix the syntax") from None
     return parse_target(Path(path), data)
 
 
