@@ -22,7 +22,8 @@ BAD_VALUES = {  # parser -> values it must refuse ({dir}, {file}: an existing di
     p.MODEL_SPEC: ["", "random:", "nonsense", ":tag"], p.SUITE: ["nope", "{dir}/absent.toml"],
     p.TARGET: ["nope", "{dir}/absent.toml"], p.DEVICE: ["foo://x", "ssh://", "ssh://h:99999"],
     p.DATASET: ["nope", "folder:{dir}/absent", "calib:nope", "waterbirds:"], p.RAY_ADDRESS: ["foo", "h:port"],
-    **{choice: ["nope", ""] for choice in (p.RUNTIME, p.EXPORT_RUNTIME, p.PRESET, p.OBJECTIVE, p.PRECISION, p.TOWER,
+    p.OBJECTIVE: ["nope", "", "ece:textiles"], p.MARGIN: ["ece", "ece=x", "speed=1", "top1=-1pp"],
+    **{choice: ["nope", ""] for choice in (p.RUNTIME, p.EXPORT_RUNTIME, p.PRESET, p.PRECISION, p.TOWER,
                                           p.ENGINE, p.EXPORT_FORMAT, p.STANDIN)},
 }
 VALID = {p.EXISTING_DIR: "{dir}", p.EXISTING_PATH: "{dir}", p.EXISTING_FILE: "{file}", p.TARGET: "x86",
