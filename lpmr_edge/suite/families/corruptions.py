@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lpmr_edge.data.shifts import CORRUPTIONS, SEVERITIES, corrupt
+from lpmr_edge.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import expected_calibration_error
 from lpmr_edge.schema import require
@@ -110,7 +110,7 @@ class Corruptions(base.Family):
     def plan(self, config: CorruptionConfig, context: base.PlanContext) -> list[base.EvalSet]:
         positions = corruption_positions(len(context.id_set), config.images, context.seed)
         return [base.EvalSet(corruption_set_name(kind, severity),
-                        corrupt(context.id_set, kind, severity, context.seed, context.image_size).subset(positions),
+                        corrupt(context.id_set, kind, severity, context.seed).subset(positions),
                         context.id_set, positions)
                 for kind, severity in config.cells()]
 
