@@ -102,7 +102,8 @@ def _inside(value: float, ci: list[float]) -> bool:
 
 def test_builtin_suites():
     quick, full = load_suite("quick"), load_suite("full")
-    assert quick.corruptions.images < full.corruptions.images and quick.limit and full.limit is None
+    assert quick.corruptions.images == full.corruptions.images == 200 and quick.limit and full.limit is None
+    assert all(CORRUPTIONS[kind].group == "noise" for kind in quick.corruptions.kinds) and quick.ood.class_split
     assert set(full.corruptions.kinds) == set(CORRUPTIONS) and full.corruptions.severities == (1, 2, 3, 4, 5)
     assert load_suite("basic").ood is None and load_suite("basic").calibration.bins == 15
     example = load_suite(str(Path(__file__).parents[1] / "suites" / "example.toml"))
@@ -166,14 +167,24 @@ def test_results_layout_and_metrics_schema(runs: dict[str, Path], suite_file: Pa
         1 / fitted["logit_scale"])
     ood = metrics["ood"]
     assert ood["positive_class"].startswith("in-distribution is the positive class")
-    assert set(ood["sets"]["digits"]) == {"n", "msp", "mcm", "max_logit", "energy"}
+    assert set(ood["sets"]["digits"]) == {"tag", "n", "id_n", "below_chance", "msp", "mcm", "max_logit", "energy"}
     assert _inside(ood["sets"]["digits"]["mcm"]["auroc"], ood["sets"]["digits"]["mcm"]["ci"]["auroc"])
+    split, near = ood["class_split"], ood["sets"]["class-split"]
+    assert ood["sets"]["digits"]["tag"] == "far" and near["tag"] == "near" and near["n"] + near["id_n"] == 60
+    assert sorted(split["id_classes"] + split["ood_classes"]) == list(range(10)) and len(split["id_classes"]) == 5
+    worst = ood["summary"]["all"]["msp"]
+    assert worst["worst_set"] == min(ood["sets"], key=lambda name: ood["sets"][name]["msp"]["auroc"])
+    assert worst["auroc"] == ood["sets"][worst["worst_set"]]["msp"]["auroc"] and worst["mean_auroc"] == pytest.approx(
+        np.mean([ood["sets"][name]["msp"]["auroc"] for name in ("digits", "class-split")]))
+    assert ood["summary"]["near"]["msp"]["sets"] == ["class-split"] and ood["summary"]["far"]["msp"]["sets"] == ["digits"]
     corruptions = metrics["corruptions"]
     assert corruptions["images"] == 24 and set(corruptions["impulse_noise"]) == {"1", "5", "mean"}
     cell = corruptions["gaussian_noise"]["5"]
     assert cell["relative_accuracy"] == pytest.approx(cell["accuracy"] / corruptions["clean_accuracy"])
     assert corruptions["mean"]["accuracy"] == pytest.approx(np.mean(
         [corruptions[k][s]["accuracy"] for k in ("gaussian_noise", "impulse_noise") for s in ("1", "5")]))
+    assert corruptions["groups"]["noise"]["accuracy"] == corruptions["imagenet_c"]["accuracy"] == pytest.approx(
+        corruptions["mean"]["accuracy"]) and list(corruptions["groups"]) == ["noise"]
     assert metrics["shift"]["set"] == "rotate-scale" and "accuracy_drop" in metrics["shift"]["ci"]
     spurious = metrics["spurious"]
     assert spurious["worst_group"] == min(group["accuracy"] for group in spurious["groups"].values())
@@ -222,8 +233,23 @@ def test_compare_against_the_reference(runs: dict[str, Path]):
     assert comparison["spectrum"]["relative_residual_norm"] > 0
     metrics = _metrics(runs["int8"])["metrics"]
     assert all(set(spec.expand(spec.paired, metrics)) <= set(deltas) for spec in METRICS)  # report reads these
+    assert {"ood.class-split.msp.auroc", "corruptions.groups.noise.accuracy", "corruptions.ce.gaussian_noise",
+            "corruptions.relative_ce.impulse_noise", "corruptions.groups.noise.mce", "corruptions.mce",
+            "corruptions.relative_mce"} <= set(deltas)
+    reference = _metrics(runs["fp32"])["metrics"]["corruptions"]
+
+    def error_sum(corruptions: dict[str, Any], kind: str) -> float:
+        return sum(1 - corruptions[kind][severity]["accuracy"] for severity in ("1", "5"))
+
+    ce = {kind: error_sum(metrics["corruptions"], kind) / error_sum(reference, kind)
+          for kind in ("gaussian_noise", "impulse_noise")}
+    assert deltas["corruptions.ce.gaussian_noise"]["result"] == pytest.approx(ce["gaussian_noise"])
+    mce = deltas["corruptions.mce"]
+    assert mce["result"] == pytest.approx(np.mean(list(ce.values()))) and mce["reference"] == 1.0
+    assert mce["delta"] == pytest.approx(mce["result"] - 1) and mce["lower_is_better"]
     identical = compare(runs["fp32"], runs["fp32"])
-    assert all(d["delta"] == 0 and d["verdict"] == "no significant change" for d in identical["deltas"].values())
+    assert all((d["delta"] == 0 or ("relative_" in key and np.isnan(d["delta"])))  # undefined: reference not degraded
+               and d["verdict"] == "no significant change" for key, d in identical["deltas"].items())
     assert identical["mcnemar"]["id"] == {"only_result_correct": 0, "only_reference_correct": 0, "p_value": 1.0}
 
 
@@ -235,7 +261,8 @@ def test_report_compares_stored_outputs_pairwise(runs: dict[str, Path], tmp_path
     paired = compare(runs["int8"], runs["fp32"])["deltas"]
     assert row["metrics"]["top1"]["delta"]["method"] == "paired bootstrap on the same samples"
     assert row["metrics"]["top1"]["delta"]["value"] == pytest.approx(paired["id.top1"]["delta"])
-    assert row["metrics"]["auroc"]["delta"]["value"] == pytest.approx(paired["ood.digits.msp.auroc"]["delta"])
+    assert row["metrics"]["auroc"]["delta"]["value"] == pytest.approx(np.mean(  # the mean over the OOD sets
+        [paired[f"ood.{name}.msp.auroc"]["delta"] for name in ("digits", "class-split")]))
 
 
 def test_compare_refuses_different_samples(runs: dict[str, Path], tmp_path: Path):
@@ -260,6 +287,8 @@ def test_cli_eval_compare_and_spectrum(runs: dict[str, Path], suite_file: Path, 
         "msp", "mcm", "max_logit", "energy"}
     assert {"top1", "top5", "ece", "nll", "corrupted_accuracy", "shifted_accuracy",
             "worst_group_accuracy"} <= set(summary)
+    assert set(summary["ood_auroc_worst"]) == {"all", "near", "far"} and set(summary["ood_auroc_worst"]["far"]) == {
+        "digits"} and summary["corrupted_group_accuracy"]["noise"] == summary["corrupted_accuracy"]
     run = runner.invoke(app, ["compare", str(runs["int8"]), "--reference", str(runs["fp32"]), "--json"])
     assert run.exit_code == 0, run.output
     assert json.loads(run.stdout)["deltas"]["id.top1"]["ci"][0] is not None
@@ -340,3 +369,20 @@ def test_spurious_family_needs_a_group_labelled_set(tiny_random, tmp_path: Path)
     (tmp_path / "suite.toml").write_text("limit = 8\n[spurious]\nset = 'fmnist-test'\n")
     with pytest.raises(UserError, match="has no group labels; use fmnist-colour or waterbirds:PATH"):
         evaluate(TorchRuntime(tiny_random, threads=1), tmp_path / "r", EvalSettings(suite=str(tmp_path / "suite.toml")))
+
+
+def test_a_user_folder_is_a_tagged_ood_set(tiny_random, tmp_path: Path):
+    for index in range(6):
+        (tmp_path / "photos" / "any").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), (40 * index, 90, 200)).save(tmp_path / "photos" / "any" / f"{index}.png")
+    folder = f"folder:{tmp_path / 'photos'}"
+    (tmp_path / "suite.toml").write_text(f"limit = 12\nbootstrap_resamples = 20\n[ood]\nsets = ['near:{folder}', "
+                                         "'digits']\nclass_split = false\n")
+    result = evaluate(TorchRuntime(tiny_random, threads=1), tmp_path / "r", EvalSettings(suite=str(tmp_path / "suite.toml")))
+    ood = result["metrics"]["ood"]
+    assert ood["sets"][folder]["tag"] == "near" and ood["sets"][folder]["n"] == 6 and "class_split" not in ood
+    assert ood["summary"]["near"]["msp"]["sets"] == [folder] and ood["summary"]["far"]["msp"]["sets"] == ["digits"]
+    assert ood["summary"]["all"]["msp"]["below_chance"] == [name for name in (folder, "digits")
+                                                            if ood["sets"][name]["msp"]["auroc"] <= 0.5]
+    with pytest.raises(UserError, match="sets must be distinct"):
+        load_suite(str(tmp_path / "suite.toml")).ood.__class__(sets=("digits", "far:digits"))
