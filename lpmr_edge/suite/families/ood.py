@@ -205,17 +205,17 @@ class Ood(base.Family):
                      base.headline_row(("ood_auroc_mean", scope), f"OOD AUROC, mean of {count} {where} (beside the "
                                                                   f"worst, {OOD_SCORE})", summary, "mean_auroc")]
         return rows + [
-            base.headline_row(("ood_auroc", name, score), f"OOD AUROC {name} [{values['tag']}] ({score})"
-                              + (" - at or below chance" if score in values["below_chance"] else ""),
+            base.headline_row(("ood_auroc", name, score), f"OOD AUROC {name} [{values.get('tag', FAR)}] ({score})"
+                              + (" - at or below chance" if values[score]["auroc"] <= CHANCE else ""),
                               values[score], "auroc")
             for name, values in ood.get("sets", {}).items() for score in OOD_SCORES]
 
     def report_notes(self, metrics: Sequence[Mapping[str, Any]]) -> list[str]:
-        sets = {name: values["tag"] for tree in metrics for name, values in tree.get("ood", {}).get("sets", {}).items()}
-        if not sets:
+        measured = [(name, values) for tree in metrics for name, values in tree.get("ood", {}).get("sets", {}).items()]
+        if not measured:
             return []
-        below = sorted({name for tree in metrics for name, values in tree.get("ood", {}).get("sets", {}).items()
-                        if OOD_SCORE in values["below_chance"]})
+        sets = {name: values.get("tag", FAR) for name, values in measured}  # results before tags had far sets only
+        below = sorted({name for name, values in measured if values[OOD_SCORE]["auroc"] <= CHANCE})
         listed = ", ".join(f"{name} ({tag})" for name, tag in sorted(sets.items()))
         return [f"OOD metrics use the {OOD_SCORE} score, per set ({listed}); a summary over sets is the worst set "
                 "(named), the mean beside it only (its CI, and that of its delta, is the mean of the per-set CIs, "
