@@ -17,8 +17,8 @@ Keys. ``metrics.json``: ``ood.sets.<set>.{tag,n,id_n,below_chance,<score>.{auroc
 aupr_out}}``, ``ood.summary.<scope>.<score>.{worst_set,auroc,fpr_at_95_tpr,mean_auroc,sets,below_chance}``,
 ``ood.class_split`` (seed and class indices into ``datasets.id.classes``). ``compare`` deltas:
 ``ood.<set>.<score>.{auroc,fpr_at_95_tpr}``. Metric keys (pick/report): ``auroc`` and ``fpr95``, one instance
-per set (``ood_sets``); ``eval --json``: ``ood_auroc_worst.<scope>.<set>``, ``ood_auroc_mean.<scope>``,
-``ood_auroc.<set>.<score>``.
+per set (``ood_sets``); ``eval --json``: ``ood_auroc_worst.<scope>.<set>``, ``ood_auroc_mean.<scope>``
+(scopes of 2 or more sets), ``ood_auroc.<set>.<score>``.
 """
 from __future__ import annotations
 
@@ -199,11 +199,13 @@ class Ood(base.Family):
             summary = by_score[OOD_SCORE]
             worst, count = summary["worst_set"], len(summary["sets"])
             flag = " - at or below chance" if summary["auroc"] <= CHANCE else ""
-            where = "all sets" if scope == ALL_SETS else f"{scope}-OOD sets"
-            rows += [base.headline_row(("ood_auroc_worst", scope, worst),
-                                       f"OOD AUROC, worst of {where}: {worst} ({OOD_SCORE}){flag}", summary, "auroc"),
-                     base.headline_row(("ood_auroc_mean", scope), f"OOD AUROC, mean of {count} {where} (beside the "
-                                                                  f"worst, {OOD_SCORE})", summary, "mean_auroc")]
+            sets = "sets" if scope == ALL_SETS else f"{scope}-OOD sets"
+            rows.append(base.headline_row(("ood_auroc_worst", scope, worst),
+                                          f"OOD AUROC, worst of {count} {sets}: {worst} ({OOD_SCORE}){flag}", summary,
+                                          "auroc"))
+            if count > 1:
+                rows.append(base.headline_row(("ood_auroc_mean", scope), f"OOD AUROC, mean of {count} {sets} "
+                                              f"(beside the worst, {OOD_SCORE})", summary, "mean_auroc"))
         return rows + [
             base.headline_row(("ood_auroc", name, score), f"OOD AUROC {name} [{values.get('tag', FAR)}] ({score})"
                               + (" - at or below chance" if values[score]["auroc"] <= CHANCE else ""),
