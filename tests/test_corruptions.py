@@ -117,3 +117,22 @@ def test_corrupted_sets_are_named_described_and_hashed_by_kind_severity_seed(fmn
               corrupt(fmnist, "fog", 2, 0, size=64), fmnist]
     assert len({first.sha256, *(other.sha256 for other in others)}) == len(others) + 1
     assert corrupt(fmnist, "fog", 2, 0).sha256 == first.sha256
+
+
+def test_corrupted_images_are_cached_on_disk_and_shared(fmnist, isolated_cache, monkeypatch):
+    noisy = corrupt(fmnist, "gaussian_noise", 4, seed=0)
+    first = np.asarray(noisy.images.load(1))
+    stored = sorted((isolated_cache / "corruptions").rglob("*.png"))
+    assert len(stored) == 1
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a cached corruption was computed again")
+
+    monkeypatch.setattr("lpmr_edge.data.corruptions.corrupt_pixels", not_again)
+    assert np.array_equal(first, np.asarray(corrupt(fmnist, "gaussian_noise", 4, seed=0).images.load(1)))
+    assert np.array_equal(first, np.asarray(noisy.subset([1]).images.load(0)))  # same sample, same file
+    with pytest.raises(AssertionError, match="computed again"):  # another seed is another key
+        corrupt(fmnist, "gaussian_noise", 4, seed=1).images.load(1)
+    stored[0].write_bytes(b"truncated")
+    monkeypatch.undo()
+    assert np.array_equal(first, np.asarray(noisy.images.load(1)))  # an unreadable file is recomputed

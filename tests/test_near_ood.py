@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lpmr_edge.data import load_dataset
-from lpmr_edge.data.near_ood import split_classes
+from lpmr_edge.data.near_ood import split_class_indices, split_classes
 from lpmr_edge.errors import UserError
 
 
@@ -37,3 +37,15 @@ def test_split_sizes_and_refusals():
         split_classes(dataset, seed=0, id_class_count=10)
     with pytest.raises(UserError, match="needs a labelled set"):
         split_classes(load_dataset("digits"), seed=0)
+
+
+def test_split_indices_depend_on_seed_and_class_count_only():
+    dataset = load_dataset("fmnist-test").head(200)
+    id_classes, ood_classes = split_class_indices(10, seed=4)
+    split = split_classes(dataset, seed=4).split
+    assert split.id_classes == tuple(dataset.class_names[i] for i in id_classes)
+    assert split.ood_classes == tuple(dataset.class_names[i] for i in ood_classes)
+    renamed = split_classes(dataset.subset(range(100), name="other"), seed=4).split  # recomputable from outputs
+    assert (renamed.id_classes, renamed.ood_classes) == (split.id_classes, split.ood_classes)
+    with pytest.raises(UserError, match="needs at least 2 classes"):
+        split_class_indices(1, seed=0)

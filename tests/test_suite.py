@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 from lpmr_edge.cli import app, main
 from lpmr_edge.compare import compare
 from lpmr_edge.data import load_dataset
-from lpmr_edge.data.shifts import CORRUPTIONS, CUE_COLOURS, corrupt, shift
+from lpmr_edge.data.corruptions import CORRUPTIONS, corrupt
+from lpmr_edge.data.shifts import CUE_COLOURS, shift
+from lpmr_edge.data.transformed import fit_square
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import sha256_json
 from lpmr_edge.report import write_report
@@ -100,7 +102,8 @@ def _inside(value: float, ci: list[float]) -> bool:
 
 def test_builtin_suites():
     quick, full = load_suite("quick"), load_suite("full")
-    assert quick.corruptions.images < full.corruptions.images and quick.limit and full.limit is None
+    assert quick.corruptions.images == full.corruptions.images == 200 and quick.limit and full.limit is None
+    assert all(CORRUPTIONS[kind].group == "noise" for kind in quick.corruptions.kinds) and quick.ood.class_split
     assert set(full.corruptions.kinds) == set(CORRUPTIONS) and full.corruptions.severities == (1, 2, 3, 4, 5)
     assert load_suite("basic").ood is None and load_suite("basic").calibration.bins == 15
     example = load_suite(str(Path(__file__).parents[1] / "suites" / "example.toml"))
@@ -118,7 +121,7 @@ def test_families_are_registered_once_and_make_the_suite_tables():
 @pytest.mark.parametrize("content, message", [
     ("oods = 1", "unknown key 'oods' in the top level; valid keys: name, id, limit"),
     ("limit = 'ten'", "limit must be an integer, got 'ten'"),
-    ("[corruptions]\nkinds = ['fog']", "kinds must be among gaussian_noise"),
+    ("[corruptions]\nkinds = ['rain']", "kinds must be among gaussian_noise"),
     ("[corruptions]\nseverities = [0, 7]", "severities between 1 and 5"),
     ("[calibration]\nlogit_scale = 'auto'", 'logit_scale must be "model" or a positive number'),
     ("[calibration]\nbins = 15\nbins = 10", "is not valid TOML"),
@@ -164,14 +167,24 @@ def test_results_layout_and_metrics_schema(runs: dict[str, Path], suite_file: Pa
         1 / fitted["logit_scale"])
     ood = metrics["ood"]
     assert ood["positive_class"].startswith("in-distribution is the positive class")
-    assert set(ood["sets"]["digits"]) == {"n", "msp", "mcm", "max_logit", "energy"}
+    assert set(ood["sets"]["digits"]) == {"tag", "n", "id_n", "below_chance", "msp", "mcm", "max_logit", "energy"}
     assert _inside(ood["sets"]["digits"]["mcm"]["auroc"], ood["sets"]["digits"]["mcm"]["ci"]["auroc"])
+    split, near = ood["class_split"], ood["sets"]["class-split"]
+    assert ood["sets"]["digits"]["tag"] == "far" and near["tag"] == "near" and near["n"] + near["id_n"] == 60
+    assert sorted(split["id_classes"] + split["ood_classes"]) == list(range(10)) and len(split["id_classes"]) == 5
+    worst = ood["summary"]["all"]["msp"]
+    assert worst["worst_set"] == min(ood["sets"], key=lambda name: ood["sets"][name]["msp"]["auroc"])
+    assert worst["auroc"] == ood["sets"][worst["worst_set"]]["msp"]["auroc"] and worst["mean_auroc"] == pytest.approx(
+        np.mean([ood["sets"][name]["msp"]["auroc"] for name in ("digits", "class-split")]))
+    assert ood["summary"]["near"]["msp"]["sets"] == ["class-split"] and ood["summary"]["far"]["msp"]["sets"] == ["digits"]
     corruptions = metrics["corruptions"]
     assert corruptions["images"] == 24 and set(corruptions["impulse_noise"]) == {"1", "5", "mean"}
     cell = corruptions["gaussian_noise"]["5"]
     assert cell["relative_accuracy"] == pytest.approx(cell["accuracy"] / corruptions["clean_accuracy"])
     assert corruptions["mean"]["accuracy"] == pytest.approx(np.mean(
         [corruptions[k][s]["accuracy"] for k in ("gaussian_noise", "impulse_noise") for s in ("1", "5")]))
+    assert corruptions["groups"]["noise"]["accuracy"] == corruptions["imagenet_c"]["accuracy"] == pytest.approx(
+        corruptions["mean"]["accuracy"]) and list(corruptions["groups"]) == ["noise"]
     assert metrics["shift"]["set"] == "rotate-scale" and "accuracy_drop" in metrics["shift"]["ci"]
     spurious = metrics["spurious"]
     assert spurious["worst_group"] == min(group["accuracy"] for group in spurious["groups"].values())
@@ -220,8 +233,23 @@ def test_compare_against_the_reference(runs: dict[str, Path]):
     assert comparison["spectrum"]["relative_residual_norm"] > 0
     metrics = _metrics(runs["int8"])["metrics"]
     assert all(set(spec.expand(spec.paired, metrics)) <= set(deltas) for spec in METRICS)  # report reads these
+    assert {"ood.class-split.msp.auroc", "corruptions.groups.noise.accuracy", "corruptions.ce.gaussian_noise",
+            "corruptions.relative_ce.impulse_noise", "corruptions.groups.noise.mce", "corruptions.mce",
+            "corruptions.relative_mce"} <= set(deltas)
+    reference = _metrics(runs["fp32"])["metrics"]["corruptions"]
+
+    def error_sum(corruptions: dict[str, Any], kind: str) -> float:
+        return sum(1 - corruptions[kind][severity]["accuracy"] for severity in ("1", "5"))
+
+    ce = {kind: error_sum(metrics["corruptions"], kind) / error_sum(reference, kind)
+          for kind in ("gaussian_noise", "impulse_noise")}
+    assert deltas["corruptions.ce.gaussian_noise"]["result"] == pytest.approx(ce["gaussian_noise"])
+    mce = deltas["corruptions.mce"]
+    assert mce["result"] == pytest.approx(np.mean(list(ce.values()))) and mce["reference"] == 1.0
+    assert mce["delta"] == pytest.approx(mce["result"] - 1) and mce["lower_is_better"]
     identical = compare(runs["fp32"], runs["fp32"])
-    assert all(d["delta"] == 0 and d["verdict"] == "no significant change" for d in identical["deltas"].values())
+    assert all((d["delta"] == 0 or ("relative_" in key and np.isnan(d["delta"])))  # undefined: reference not degraded
+               and d["verdict"] == "no significant change" for key, d in identical["deltas"].items())
     assert identical["mcnemar"]["id"] == {"only_result_correct": 0, "only_reference_correct": 0, "p_value": 1.0}
 
 
@@ -233,7 +261,8 @@ def test_report_compares_stored_outputs_pairwise(runs: dict[str, Path], tmp_path
     paired = compare(runs["int8"], runs["fp32"])["deltas"]
     assert row["metrics"]["top1"]["delta"]["method"] == "paired bootstrap on the same samples"
     assert row["metrics"]["top1"]["delta"]["value"] == pytest.approx(paired["id.top1"]["delta"])
-    assert row["metrics"]["auroc"]["delta"]["value"] == pytest.approx(paired["ood.digits.msp.auroc"]["delta"])
+    assert row["metrics"]["auroc"]["delta"]["value"] == pytest.approx(np.mean(  # the mean over the OOD sets
+        [paired[f"ood.{name}.msp.auroc"]["delta"] for name in ("digits", "class-split")]))
 
 
 def test_compare_refuses_different_samples(runs: dict[str, Path], tmp_path: Path):
@@ -258,6 +287,8 @@ def test_cli_eval_compare_and_spectrum(runs: dict[str, Path], suite_file: Path, 
         "msp", "mcm", "max_logit", "energy"}
     assert {"top1", "top5", "ece", "nll", "corrupted_accuracy", "shifted_accuracy",
             "worst_group_accuracy"} <= set(summary)
+    assert set(summary["ood_auroc_worst"]) == {"all", "near", "far"} and set(summary["ood_auroc_worst"]["far"]) == {
+        "digits"} and summary["corrupted_group_accuracy"]["noise"] == summary["corrupted_accuracy"]
     run = runner.invoke(app, ["compare", str(runs["int8"]), "--reference", str(runs["fp32"]), "--json"])
     assert run.exit_code == 0, run.output
     assert json.loads(run.stdout)["deltas"]["id.top1"]["ci"][0] is not None
@@ -274,23 +305,21 @@ def test_cli_eval_compare_and_spectrum(runs: dict[str, Path], suite_file: Path, 
 # ----------------------------------------------------------------------------- data transforms
 
 def test_corruptions_are_seeded_imagenet_c_and_subset_invariant():
-    assert CORRUPTIONS["gaussian_noise"][1] == (0.08, 0.12, 0.18, 0.26, 0.38)
-    assert CORRUPTIONS["shot_noise"][1] == (60, 25, 12, 5, 3)
-    assert CORRUPTIONS["impulse_noise"][1] == (0.03, 0.06, 0.09, 0.17, 0.27)
+    assert CORRUPTIONS["gaussian_noise"].group == "noise"
     dataset = load_dataset("fmnist-test").head(20)
     noisy = corrupt(dataset, "gaussian_noise", 5, seed=0)
     first = np.asarray(noisy.images.load(7))
     assert np.array_equal(first, np.asarray(corrupt(dataset, "gaussian_noise", 5, seed=0).images.load(7)))
     assert np.array_equal(first, np.asarray(noisy.subset([7, 3]).images.load(0)))
     assert not np.array_equal(first, np.asarray(corrupt(dataset, "gaussian_noise", 5, seed=1).images.load(7)))
-    assert np.array_equal(first[..., 0], first[..., 2])  # a grey image stays grey
-    clean = np.asarray(dataset.images.load(7), dtype=float)
+    assert first.shape == (224, 224, 3)
+    clean = np.asarray(fit_square(dataset.images.load(7), 224), dtype=float)
     deviation = [np.abs(np.asarray(corrupt(dataset, "gaussian_noise", s, 0).images.load(7), dtype=float)
                         - clean).mean() for s in (1, 5)]
     assert deviation[0] < deviation[1]
     assert noisy.sha256 != dataset.sha256 != corrupt(dataset, "gaussian_noise", 4, 0).sha256
-    with pytest.raises(UserError, match="unknown corruption 'fog'"):
-        corrupt(dataset, "fog", 1, 0)
+    with pytest.raises(UserError, match="unknown corruption 'rain'"):
+        corrupt(dataset, "rain", 1, 0)
 
 
 def test_shifts_are_deterministic_non_noise_transforms():
@@ -340,3 +369,20 @@ def test_spurious_family_needs_a_group_labelled_set(tiny_random, tmp_path: Path)
     (tmp_path / "suite.toml").write_text("limit = 8\n[spurious]\nset = 'fmnist-test'\n")
     with pytest.raises(UserError, match="has no group labels; use fmnist-colour or waterbirds:PATH"):
         evaluate(TorchRuntime(tiny_random, threads=1), tmp_path / "r", EvalSettings(suite=str(tmp_path / "suite.toml")))
+
+
+def test_a_user_folder_is_a_tagged_ood_set(tiny_random, tmp_path: Path):
+    for index in range(6):
+        (tmp_path / "photos" / "any").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), (40 * index, 90, 200)).save(tmp_path / "photos" / "any" / f"{index}.png")
+    folder = f"folder:{tmp_path / 'photos'}"
+    (tmp_path / "suite.toml").write_text(f"limit = 12\nbootstrap_resamples = 20\n[ood]\nsets = ['near:{folder}', "
+                                         "'digits']\nclass_split = false\n")
+    result = evaluate(TorchRuntime(tiny_random, threads=1), tmp_path / "r", EvalSettings(suite=str(tmp_path / "suite.toml")))
+    ood = result["metrics"]["ood"]
+    assert ood["sets"][folder]["tag"] == "near" and ood["sets"][folder]["n"] == 6 and "class_split" not in ood
+    assert ood["summary"]["near"]["msp"]["sets"] == [folder] and ood["summary"]["far"]["msp"]["sets"] == ["digits"]
+    assert ood["summary"]["all"]["msp"]["below_chance"] == [name for name in (folder, "digits")
+                                                            if ood["sets"][name]["msp"]["auroc"] <= 0.5]
+    with pytest.raises(UserError, match="sets must be distinct"):
+        load_suite(str(tmp_path / "suite.toml")).ood.__class__(sets=("digits", "far:digits"))

@@ -23,6 +23,12 @@ for impulse noise and glass blur). Each image is corrupted under a 32-bit seed d
 ``SeedSequence([seed, crc32(kind-severity), sample id])`` (``lpmr_edge.data.transformed``), with the global
 state set to it under a lock and restored afterwards, so an image's corruption is reproducible and
 independent of evaluation order and of other users of ``np.random`` in this process.
+
+Cache: corrupted images are kept on disk under ``<lpmr-edge cache>/corruptions`` (``$LPMR_EDGE_CACHE``, else
+``~/.cache/lpmr-edge``), one PNG per image keyed by its input pixels, kind, severity, seed, sample id and
+the reference's version (``lpmr_edge.data.transformed``): the FP32 reference and every quantized artifact
+evaluated on the same images share one corruption pass (about 3.8 s per source image for all 19 kinds x 5
+severities on one core; about 37 kB per stored Fashion-MNIST image, more for photos).
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from PIL import Image
 from lpmr_edge.data.core import ImageDataset
 from lpmr_edge.data.transformed import transformed
 from lpmr_edge.errors import UserError
+from lpmr_edge.zeroshot import cache_root
 
 REFERENCE_PACKAGE = "imagecorruptions-imaug"
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -63,6 +70,7 @@ class Corruption:
     group: str
 
 
+CACHE_DIR = "corruptions"  # below the lpmr-edge cache root
 CORRUPTIONS: dict[str, Corruption] = {name: Corruption(name, group)
                                       for group, names in CORRUPTION_GROUPS.items() for name in names}
 
@@ -111,4 +119,5 @@ def corrupt(dataset: ImageDataset, kind: str, severity: int, seed: int, size: in
                         f"leave the size unset for ImageNet-C's {IMAGENET_C_SIDE}x{IMAGENET_C_SIDE}")
     reference = reference_version()
     return transformed(dataset, partial(_corrupt_image, kind, severity), f"{kind}-{severity}", seed, side,
-                       f"{kind} severity {severity} at {side}x{side} ({reference}, seed {seed})", reference)
+                       f"{kind} severity {severity} at {side}x{side} ({reference}, seed {seed})", reference,
+                       cache_root() / CACHE_DIR)

@@ -2,8 +2,10 @@
 
 The set's classes are split at random, seeded, into an ID part (the classes the prompts name) and an OOD
 part: images of the other classes, same domain. The ID part has ``ceil(classes / 2)`` classes unless
-told otherwise. The split is recorded (``ClassSplit.describe``) and enters both sets' names, sources and
-content hashes (through their class names and labels), so results computed on different splits never mix.
+told otherwise. The split depends only on the seed and the number of classes (``split_class_indices``),
+so it can be recomputed from stored outputs. It is recorded (``ClassSplit.describe``) and enters both
+sets' names, sources and content hashes (through their class names and labels), so results computed on
+different splits never mix.
 """
 from __future__ import annotations
 
@@ -41,6 +43,17 @@ class NearOodSets:
     ood_set: ImageDataset
 
 
+def split_class_indices(classes: int, seed: int, id_class_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted class indices ``(ID, near-OOD)`` of a seeded random split of ``classes`` classes."""
+    if classes < 2:
+        raise UserError(f"a near-OOD split needs at least 2 classes, not {classes}; use a labelled set with more")
+    id_count = (classes + 1) // 2 if id_class_count is None else id_class_count
+    if not 1 <= id_count < classes:
+        raise UserError(f"a near-OOD split of {classes} classes needs 1 to {classes - 1} ID classes, not {id_count}")
+    order = seeded_rng(seed, "near-ood-split").permutation(classes)
+    return np.sort(order[:id_count]), np.sort(order[id_count:])
+
+
 def split_classes(dataset: ImageDataset, seed: int, id_class_count: int | None = None) -> NearOodSets:
     """Split ``dataset``'s classes at random (seeded) into ID and near-OOD classes and return both sets.
 
@@ -51,18 +64,14 @@ def split_classes(dataset: ImageDataset, seed: int, id_class_count: int | None =
     if classes < 2 or np.any((dataset.labels < 0) | (dataset.labels >= classes)):
         raise UserError(f"a near-OOD split needs a labelled set with at least 2 classes; '{dataset.name}' "
                         "is unlabelled or has fewer classes")
-    id_count = (classes + 1) // 2 if id_class_count is None else id_class_count
-    if not 1 <= id_count < classes:
-        raise UserError(f"a near-OOD split of {classes} classes needs 1 to {classes - 1} ID classes, not {id_count}")
-    order = seeded_rng(seed, f"near-ood:{dataset.name}").permutation(classes)
-    id_labels, ood_labels = np.sort(order[:id_count]), np.sort(order[id_count:])
+    id_labels, ood_labels = split_class_indices(classes, seed, id_class_count)
     split = ClassSplit(dataset.name, seed, tuple(dataset.class_names[i] for i in id_labels),
                        tuple(dataset.class_names[i] for i in ood_labels))
     recorded = (f"near-OOD class split (seed {seed}) ID: {', '.join(split.id_classes)}; "
                 f"OOD: {', '.join(split.ood_classes)}")
     in_id = np.isin(dataset.labels, id_labels)
     renumber = np.full(classes, -1)
-    renumber[id_labels] = np.arange(id_count)
+    renumber[id_labels] = np.arange(len(id_labels))
     id_subset = dataset.subset(np.flatnonzero(in_id), name=f"{dataset.name}+near-id-{seed}")
     id_set = replace(id_subset, labels=renumber[id_subset.labels], class_names=split.id_classes,
                      source=f"{dataset.source}, ID classes of a {recorded}")

@@ -1,5 +1,25 @@
-"""OOD detection of each OOD set against the ID set (ID is the positive class): AUROC, FPR@95%TPR and
-AUPR-in/-out for every score (MSP, MCM, max logit, energy)."""
+"""OOD detection against the ID set (ID is the positive class): AUROC, FPR@95%TPR and AUPR-in/-out for every
+score (MSP, MCM, max logit, energy), per OOD set, per tag (near / far) and over all sets.
+
+Sets. ``[ood] sets`` lists dataset names (``digits``, ``textiles``, ``folder:PATH``, ...), each tagged far-OOD
+unless written ``near:NAME`` (``far:NAME`` is also accepted); each is scored against the full ID set. With
+``class_split`` (default on), a near-OOD pair needing no new data (the zero-shot protocol of MCM, Ming et al.
+2022) is added as the set ``class-split``: the ID set's classes are split at random (``split_seed``, recorded,
+``lpmr_edge.data.near_ood.split_class_indices``) into an ID half and an OOD half; both halves' images are
+scored with a text head of the ID half's class names only (the ID outputs' class embeddings restricted to
+those classes: each class's embedding does not depend on the other classes), so it costs no extra inference.
+
+Summaries over sets are named: per scope (``all``, ``near``, ``far``) and score, the worst set (lowest AUROC)
+with its own interval, and the mean over the scope's sets only beside it; a set with AUROC <= 0.5 (at or
+below chance) is flagged. The headline OOD figure is the worst set.
+
+Keys. ``metrics.json``: ``ood.sets.<set>.{tag,n,id_n,below_chance,<score>.{auroc,fpr_at_95_tpr,aupr_in,
+aupr_out}}``, ``ood.summary.<scope>.<score>.{worst_set,auroc,fpr_at_95_tpr,mean_auroc,sets,below_chance}``,
+``ood.class_split`` (seed and class indices into ``datasets.id.classes``). ``compare`` deltas:
+``ood.<set>.<score>.{auroc,fpr_at_95_tpr}``. Metric keys (pick/report): ``auroc`` and ``fpr95``, one instance
+per set (``ood_sets``); ``eval --json``: ``ood_auroc_worst.<scope>.<set>``, ``ood_auroc_mean.<scope>``
+(scopes of 2 or more sets), ``ood_auroc.<set>.<score>``.
+"""
 from __future__ import annotations
 
 import re
@@ -9,6 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lpmr_edge.data.near_ood import split_class_indices
+from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import OOD_SCORES, ood_metrics, ood_scores
 from lpmr_edge.schema import require
 from lpmr_edge.suite.families import base
@@ -16,6 +38,11 @@ from lpmr_edge.suite.families.classification import ID_SET
 
 ID_POSITIVE = "in-distribution is the positive class; every score is higher for more in-distribution samples"
 OOD_SCORE = "msp"  # the OOD score the tables, plots and picker use (maximum softmax probability)
+NEAR, FAR = "near", "far"
+TAGS = (NEAR, FAR)
+CLASS_SPLIT = "class-split"  # the near-OOD pair made by splitting the ID set's classes
+ALL_SETS = "all"
+CHANCE = 0.5
 
 
 def ood_sets(metrics: Mapping[str, Any]) -> list[str]:
@@ -24,22 +51,41 @@ def ood_sets(metrics: Mapping[str, Any]) -> list[str]:
 
 
 AUROC = base.MetricSpec("auroc", "OOD AUROC", True, at=("ood", "sets", "{set}", OOD_SCORE, "auroc"),
-                   paired=f"ood.{{set}}.{OOD_SCORE}.auroc", datasets="ood-", instances=ood_sets)
+                        paired=f"ood.{{set}}.{OOD_SCORE}.auroc", datasets="ood-", instances=ood_sets)
 FPR95 = base.MetricSpec("fpr95", "OOD FPR@95%TPR", False, base.PERCENT, base.POINTS,
-                   at=("ood", "sets", "{set}", OOD_SCORE, "fpr_at_95_tpr"),
-                   paired=f"ood.{{set}}.{OOD_SCORE}.fpr_at_95_tpr", datasets="ood-", instances=ood_sets)
+                        at=("ood", "sets", "{set}", OOD_SCORE, "fpr_at_95_tpr"),
+                        paired=f"ood.{{set}}.{OOD_SCORE}.fpr_at_95_tpr", datasets="ood-", instances=ood_sets)
+
+
+def tagged_set(entry: str) -> tuple[str, str]:
+    """``near:NAME`` / ``far:NAME`` / ``NAME`` (far) -> (tag, dataset name)."""
+    tag, _, name = entry.partition(":")
+    return (tag, name) if tag in TAGS and name else (FAR, entry)
 
 
 @dataclass(frozen=True)
 class OodConfig:
-    """OOD detection of each set against the ID set."""
+    """OOD detection of each set (tagged ``near:``/``far:``, default far) and of the ID set's class split."""
 
     sets: tuple[str, ...] = ("digits", "textiles")
+    class_split: bool = True
+    split_seed: int = 0
     mcm_temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        require(bool(self.sets) and self.mcm_temperature > 0,
-                "needs at least one set in sets and a positive mcm_temperature")
+        require((bool(self.sets) or self.class_split) and self.mcm_temperature > 0,
+                "needs at least one set in sets (or class_split) and a positive mcm_temperature")
+        names = [name for _, name in self.tagged()]
+        require(len(set(names)) == len(names) and CLASS_SPLIT not in names,
+                f"sets must be distinct and not named '{CLASS_SPLIT}' (the class split's name)")
+
+    def tagged(self) -> list[tuple[str, str]]:
+        """(tag, dataset name) of every listed set."""
+        return [tagged_set(entry) for entry in self.sets]
+
+    def tags(self) -> dict[str, str]:
+        """Every scored set's name -> its tag (the class split is near)."""
+        return {**{name: tag for tag, name in self.tagged()}, **({CLASS_SPLIT: NEAR} if self.class_split else {})}
 
 
 def ood_set_name(dataset: str) -> str:
@@ -50,7 +96,35 @@ def ood_set_name(dataset: str) -> str:
 def ood_probe(id_scores: np.ndarray, ood_scores_: np.ndarray) -> base.Probe:
     """AUROC, FPR@95%TPR, AUPR-in/-out for one score; ID and OOD resampled separately."""
     return base.Probe(lambda tables: ood_metrics(tables[0]["score"], tables[1]["score"]),
-                 [{"score": id_scores}, {"score": ood_scores_}], "score")
+                      [{"score": id_scores}, {"score": ood_scores_}], "score")
+
+
+def class_split_scores(cosine: np.ndarray, labels: np.ndarray, id_classes: np.ndarray, logit_scale: float,
+                       mcm_temperature: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Scores of the ID half's and the OOD half's images (by their ``labels``) with a head of ``id_classes`` only,
+    from the ID set's cosine similarities ``[N, classes]``."""
+    in_id = np.isin(labels, id_classes)
+    if in_id.all() or not in_id.any():
+        raise UserError("the near-OOD class split left one half without images; raise --limit or the suite's "
+                        "limit, or set [ood] class_split = false")
+    scores = ood_scores(cosine[:, id_classes], logit_scale, mcm_temperature)
+    return ({name: values[in_id] for name, values in scores.items()},
+            {name: values[~in_id] for name, values in scores.items()})
+
+
+def summarise_sets(sets: Mapping[str, Mapping[str, Any]], names: Sequence[str], score: str) -> dict[str, Any]:
+    """The worst of ``names`` (lowest AUROC, with its own CI and FPR@95) and, beside it, their mean AUROC
+    (CI: the mean of the per-set bounds, conservative) and the sets at or below chance."""
+    values = {name: sets[name][score] for name in names}
+    worst = min(names, key=lambda name: values[name]["auroc"])
+    bounds = [values[name]["ci"]["auroc"] for name in names]
+    mean_ci = (None if any(None in ci for ci in bounds)
+               else [float(np.mean([ci[0] for ci in bounds])), float(np.mean([ci[1] for ci in bounds]))])
+    return {"worst_set": worst, "auroc": values[worst]["auroc"], "fpr_at_95_tpr": values[worst]["fpr_at_95_tpr"],
+            "mean_auroc": float(np.mean([values[name]["auroc"] for name in names])), "sets": list(names),
+            "below_chance": [name for name in names if values[name]["auroc"] <= CHANCE],
+            "ci": {"auroc": values[worst]["ci"]["auroc"], "fpr_at_95_tpr": values[worst]["ci"]["fpr_at_95_tpr"],
+                   "mean_auroc": mean_ci}}
 
 
 class Ood(base.Family):
@@ -64,48 +138,95 @@ class Ood(base.Family):
     claims = (base.Claim("ood", "Quantization can improve OOD detection (higher AUROC)", "auroc", "improve"),)
 
     def set_names(self, config: OodConfig) -> list[str]:
-        return [ood_set_name(name) for name in config.sets]
+        return [ood_set_name(name) for _, name in config.tagged()]
 
     def plan(self, config: OodConfig, context: base.PlanContext) -> list[base.EvalSet]:
-        return [base.EvalSet(ood_set_name(name), context.load(name), context.id_set) for name in config.sets]
+        if config.class_split:
+            split_class_indices(len(context.id_set.class_names), config.split_seed)  # refuses too few classes
+        return [base.EvalSet(ood_set_name(name), context.load(name), context.id_set) for _, name in config.tagged()]
 
     def probe(self, config: OodConfig, context: base.ScoreContext) -> dict[str, dict[str, base.Probe]]:
         def scores(set_name: str) -> dict[str, np.ndarray]:
             return ood_scores(context.outputs[set_name].cosine(), context.logit_scale, config.mcm_temperature)
 
         id_scores = scores(ID_SET)
-        return {name: {score: ood_probe(id_scores[score], values[score]) for score in OOD_SCORES}
-                for name in config.sets for values in (scores(ood_set_name(name)),)}
+        probes = {name: {score: ood_probe(id_scores[score], values[score]) for score in OOD_SCORES}
+                  for _, name in config.tagged() for values in (scores(ood_set_name(name)),)}
+        if config.class_split:
+            stored = context.outputs[ID_SET]
+            id_classes, _ = split_class_indices(len(stored.class_embeddings), config.split_seed)
+            id_half, ood_half = class_split_scores(stored.cosine(), stored.labels, id_classes, context.logit_scale,
+                                                   config.mcm_temperature)
+            probes[CLASS_SPLIT] = {score: ood_probe(id_half[score], ood_half[score]) for score in OOD_SCORES}
+        return probes
 
-    def score(self, config: OodConfig, probe: dict[str, dict[str, base.Probe]], context: base.ScoreContext, resamples: int,
-              seed: int) -> dict[str, Any]:
-        return {"ood": {"positive_class": ID_POSITIVE, "scores": list(OOD_SCORES),
-                        "id_n": len(context.outputs[ID_SET].labels), "logit_scale": context.logit_scale,
-                        "mcm_temperature": config.mcm_temperature,
-                        "sets": {name: {"n": len(context.outputs[ood_set_name(name)].labels),
-                                        **{score: by.with_ci(resamples, seed) for score, by in by_score.items()}}
-                                 for name, by_score in probe.items()}}}
+    def score(self, config: OodConfig, probe: dict[str, dict[str, base.Probe]], context: base.ScoreContext,
+              resamples: int, seed: int) -> dict[str, Any]:
+        tags = config.tags()
+        sets = {}
+        for name, by_score in probe.items():
+            values = {score: by.with_ci(resamples, seed) for score, by in by_score.items()}
+            id_n, n = (len(table["score"]) for table in by_score[OOD_SCORE].tables)
+            sets[name] = {"tag": tags[name], "n": n, "id_n": id_n,
+                          "below_chance": [score for score, value in values.items() if value["auroc"] <= CHANCE],
+                          **values}
+        scopes = {ALL_SETS: list(sets), **{tag: [name for name in sets if tags[name] == tag] for tag in TAGS}}
+        ood = {"positive_class": ID_POSITIVE, "scores": list(OOD_SCORES), "id_n": len(context.outputs[ID_SET].labels),
+               "logit_scale": context.logit_scale, "mcm_temperature": config.mcm_temperature, "sets": sets,
+               "summary": {scope: {score: summarise_sets(sets, names, score) for score in OOD_SCORES}
+                           for scope, names in scopes.items() if names}}
+        if config.class_split:
+            classes = len(context.outputs[ID_SET].class_embeddings)
+            id_classes, ood_classes = split_class_indices(classes, config.split_seed)
+            ood["class_split"] = {"seed": config.split_seed, "id_classes": id_classes.tolist(),
+                                  "ood_classes": ood_classes.tolist(),
+                                  "classes": "indices into the ID set's classes (datasets.id.classes); the ID half's "
+                                             "images are scored against the OOD half's with a head of the ID half's "
+                                             "classes only"}
+        return {"ood": ood}
 
     def comparisons(self, config: OodConfig, result: dict[str, dict[str, base.Probe]],
                     reference: dict[str, dict[str, base.Probe]]) -> list[base.Compared]:
         return [base.Compared(f"ood.{name}.{score}", probe, reference[name][score],
-                         (("auroc", f"OOD AUROC {name} ({score})", AUROC),
-                          ("fpr_at_95_tpr", f"OOD FPR@95%TPR {name} ({score})", FPR95)))
+                              (("auroc", f"OOD AUROC {name} ({score})", AUROC),
+                               ("fpr_at_95_tpr", f"OOD FPR@95%TPR {name} ({score})", FPR95)))
                 for name, by_score in result.items() for score, probe in by_score.items()]
 
     def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
-        return [base.headline_row(("ood_auroc", name, score), f"OOD AUROC {name} ({score})", by_score[score], "auroc")
-                for name, by_score in metrics.get("ood", {}).get("sets", {}).items() for score in OOD_SCORES]
+        ood = metrics.get("ood", {})
+        rows = []
+        for scope, by_score in ood.get("summary", {}).items():
+            summary = by_score[OOD_SCORE]
+            worst, count = summary["worst_set"], len(summary["sets"])
+            flag = " - at or below chance" if summary["auroc"] <= CHANCE else ""
+            sets = "sets" if scope == ALL_SETS else f"{scope}-OOD sets"
+            rows.append(base.headline_row(("ood_auroc_worst", scope, worst),
+                                          f"OOD AUROC, worst of {count} {sets}: {worst} ({OOD_SCORE}){flag}", summary,
+                                          "auroc"))
+            if count > 1:
+                rows.append(base.headline_row(("ood_auroc_mean", scope), f"OOD AUROC, mean of {count} {sets} "
+                                              f"(beside the worst, {OOD_SCORE})", summary, "mean_auroc"))
+        return rows + [
+            base.headline_row(("ood_auroc", name, score), f"OOD AUROC {name} [{values.get('tag', FAR)}] ({score})"
+                              + (" - at or below chance" if values[score]["auroc"] <= CHANCE else ""),
+                              values[score], "auroc")
+            for name, values in ood.get("sets", {}).items() for score in OOD_SCORES]
 
     def report_notes(self, metrics: Sequence[Mapping[str, Any]]) -> list[str]:
-        sets = sorted({name for tree in metrics for name in ood_sets(tree)})
-        if not sets:
+        measured = [(name, values) for tree in metrics for name, values in tree.get("ood", {}).get("sets", {}).items()]
+        if not measured:
             return []
-        return [(f"OOD metrics use the {OOD_SCORE} score averaged over the OOD sets ({', '.join(sets)}); the CI "
-                 "of that mean (and of its delta) is the mean of the per-set CIs, which is conservative.")]
+        sets = {name: values.get("tag", FAR) for name, values in measured}  # results before tags had far sets only
+        below = sorted({name for name, values in measured if values[OOD_SCORE]["auroc"] <= CHANCE})
+        listed = ", ".join(f"{name} ({tag})" for name, tag in sorted(sets.items()))
+        return [f"OOD metrics use the {OOD_SCORE} score, per set ({listed}); a summary over sets is the worst set "
+                "(named), the mean beside it only (its CI, and that of its delta, is the mean of the per-set CIs, "
+                "which is conservative)."
+                + (f" At or below chance (AUROC <= 0.5) in some result: {', '.join(below)}." if below else "")]
 
     def conventions(self, config: OodConfig | None) -> dict[str, str]:
-        return {"ood": ID_POSITIVE}
+        return {"ood": f"{ID_POSITIVE}; sets tagged near/far; {CLASS_SPLIT}: near-OOD from a seeded split of the ID "
+                       "set's classes, scored with the ID half's classes only; summaries name the worst set"}
 
 
 FAMILY = Ood()
