@@ -1,22 +1,18 @@
 """Zero-shot classifier: class embeddings from prompt templates (cached on disk) and logits."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lpmr_edge.cache import cache_root
 from lpmr_edge.manifest import atomic_write_bytes, sha256_json
 
 if TYPE_CHECKING:  # the cache only needs a runtime's identity and text tower, not the runtimes package
     from lpmr_edge.runtimes.base import Runtime
 
-
-def cache_root() -> Path:
-    """lpmr-edge's cache directory: $LPMR_EDGE_CACHE, else ~/.cache/lpmr-edge."""
-    return Path(os.environ.get("LPMR_EDGE_CACHE", Path.home() / ".cache" / "lpmr-edge"))
 
 
 def normalise(features: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ def test_empty_folder(tmp_path: Path):
     with pytest.raises(UserError, match="no class sub-folders"):
         load_dataset(f"folder:{tmp_path / 'empty'}")
     (tmp_path / "empty" / "a").mkdir()
-    with pytest.raises(UserError, match=r"single class \(a\); zero-shot classification needs at least two"):
+    with pytest.raises(UserError, match="no readable images"):
         load_dataset(f"folder:{tmp_path / 'empty'}")
     (tmp_path / "empty" / "b").mkdir()
     with pytest.raises(UserError, match="no readable images"):
@@ -163,3 +163,13 @@ def test_preprocessed_sets_are_reused_bounded_and_identical_to_preprocessing_aga
     list(kept.batches(load_dataset("digits").head(101), preprocess, "t", 16))
     list(kept.batches(digits, preprocess, "t", 16))
     assert len(calls) == 101  # a set over the budget is streamed, not kept, and evicts nothing
+
+
+def test_a_single_class_folder_is_an_ood_set_but_not_an_id_set(tmp_path: Path):
+    from lpmr_edge.suite.families.base import labelled
+
+    _write_png(tmp_path / "one" / "a" / "x.png", 100, size=32)
+    dataset = load_dataset(f"folder:{tmp_path / 'one'}")
+    assert dataset.class_names == ("a",) and len(dataset) == 1
+    with pytest.raises(UserError, match=r"single class \(a\); zero-shot classification needs at least two"):
+        labelled(dataset, "ID")

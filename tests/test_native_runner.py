@@ -17,9 +17,9 @@ import pytest
 from conftest import target_toml
 from device_fixtures import _export
 
+from lpmr_edge.artifact import feature_agreement, verify_reference_outputs
 from lpmr_edge.devices import serve
 from lpmr_edge.errors import UserError
-from lpmr_edge.artifact import feature_agreement, verify_reference_outputs
 from lpmr_edge.runtimes.executorch.native.build import RUNNER, build_runner, toolchain
 from lpmr_edge.runtimes.executorch.native.bundle import check_bundle, explain_runner_exit
 from lpmr_edge.runtimes.executorch.native.client import LocalRunner

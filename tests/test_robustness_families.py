@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lpmr_edge.compare import paired_probe
 from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import ood_scores
-from lpmr_edge.stats import bootstrap_ci
+from lpmr_edge.stats import MetricRule, paired_metric_decisions
 from lpmr_edge.suite.families.corruptions import CorruptionConfig, corruption_error_probe, corruption_probe
 from lpmr_edge.suite.families.ood import OodConfig, class_split_scores, summarise_sets, tagged_set
 
@@ -47,7 +46,7 @@ def test_corruption_errors_follow_hendrycks_and_dietterich():
 
 def test_paired_mce_interval_covers_the_population_mce():
     """Seeded simulation: errors of both results driven by one latent per (image, cell) (paired), known
-    population error rates; the 95% paired percentile interval of mCE - 1 (compare's) covers in 88-99%."""
+    population error rates; the 95% paired BCa interval of mCE - 1 (compare's) covers in 88-99%."""
     config = CorruptionConfig(kinds=("gaussian_noise", "fog"), severities=(1, 2, 3, 4, 5), images=300)
     errors_r = np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.1, 0.15, 0.2, 0.3, 0.4])
     errors_q = errors_r + np.array([0.05, 0.04, 0.06, 0.02, 0.03, -0.02, 0.01, 0.0, 0.02, 0.05])
@@ -58,8 +57,11 @@ def test_paired_mce_interval_covers_the_population_mce():
         latent = rng.random((300, 10))
         clean = rng.random(300) < 0.9
         mine, theirs = _probe(clean, latent >= errors_q, config), _probe(clean, latent >= errors_r, config)
-        paired = paired_probe(corruption_error_probe(mine, theirs, config), corruption_error_probe(theirs, theirs, config))
-        low, high = bootstrap_ci(paired.summary, paired.bootstrap_tables(), 200, int(rng.integers(1 << 30)))["mce"]
+        errors, reference_errors = (corruption_error_probe(mine, theirs, config),
+                                    corruption_error_probe(theirs, theirs, config))
+        low, high = paired_metric_decisions(errors.summary, errors.tables, reference_errors.tables,
+                                            {"mce": MetricRule(higher_is_better=False)}, n_resamples=200,
+                                            seed=int(rng.integers(1 << 30)))["mce"].ci
         covered += low <= population - 1 <= high
     assert 0.88 <= covered / draws <= 0.99
 

@@ -40,10 +40,10 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 from PIL import Image
 
+from lpmr_edge.cache import cache_root
 from lpmr_edge.data.core import ImageDataset
 from lpmr_edge.data.transformed import transformed
 from lpmr_edge.errors import UserError
-from lpmr_edge.zeroshot import cache_root
 
 REFERENCE_PACKAGE = "imagecorruptions-imaug"
 SEVERITIES = (1, 2, 3, 4, 5)

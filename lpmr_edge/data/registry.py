@@ -157,10 +157,8 @@ def load_image_folder(root: Path, name: str | None = None, skip_bad_images: bool
 
 
 def _check_class_names(root: Path, class_dirs: list[Path], class_names: tuple[str, ...]) -> None:
-    """Zero-shot needs at least two classes, each with its own name."""
-    if len(class_dirs) < 2:
-        raise UserError(f"{root} has a single class ({class_dirs[0].name}); zero-shot classification needs at "
-                        "least two class sub-folders")
+    """Each class has its own name (a single-class folder is fine as an OOD set; the suite refuses it as an
+    ID set, see ``suite.families.base.labelled``)."""
     seen: dict[str, str] = {}  # name as compared (case and spacing ignored) -> its sub-folder
     for class_dir, class_name in zip(class_dirs, class_names):
         key = " ".join(class_name.split()).casefold()

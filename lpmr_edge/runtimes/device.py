@@ -23,12 +23,12 @@ import numpy as np
 
 from lpmr_edge.artifact import TOWERS, foreign_machine_warnings, verify_artifact, verify_reference_outputs
 from lpmr_edge.backends import backend
+from lpmr_edge.cache import cache_root
 from lpmr_edge.devices.base import Device
 from lpmr_edge.devices.serve import decode_array, encode_array
 from lpmr_edge.devices.session import DEFAULT_TIMEOUT, DeviceSession
 from lpmr_edge.manifest import atomic_write_bytes, sha256_json
 from lpmr_edge.runtimes.base import Runtime
-from lpmr_edge.zeroshot import cache_root
 
 SHARDS_DIR = "device-shards"
 SHARD_ROWS = 256  # larger calls (e.g. thousands of prompts) are sent as several shards, each resumable

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lpmr_edge.artifact import TOWERS
+from lpmr_edge.cache import cache_root
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest, staged_directory
 from lpmr_edge.manifest import MANIFEST_NAME, sha256_json, tool_versions, verify_manifest, write_manifest
@@ -26,7 +27,7 @@ from lpmr_edge.quantize import (
     quantize_openvino,
 )
 from lpmr_edge.runtimes.base import run_in_static_batches
-from lpmr_edge.zeroshot import cache_root, class_embeddings
+from lpmr_edge.zeroshot import class_embeddings
 
 if TYPE_CHECKING:
     import openvino as ov

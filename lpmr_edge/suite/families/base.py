@@ -161,6 +161,9 @@ def labelled(dataset: ImageDataset, role: str) -> ImageDataset:
     if not dataset.class_names or np.any(dataset.labels < 0):
         raise UserError(f"the {role} set '{dataset.name}' has no class labels; use a labelled set "
                         "(fmnist-test, a class-folder, waterbirds:PATH)")
+    if len(dataset.class_names) < 2:
+        raise UserError(f"the {role} set '{dataset.name}' has a single class ({dataset.class_names[0]}); zero-shot "
+                        "classification needs at least two classes (e.g. two class sub-folders)")
     return dataset
 
 

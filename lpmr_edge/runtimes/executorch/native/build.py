@@ -33,8 +33,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from lpmr_edge.cache import cache_root
 from lpmr_edge.errors import UserError
-from lpmr_edge.zeroshot import cache_root
 
 SOURCE_DIR = Path(__file__).parent
 SOURCES = ("runner.cpp", "json.h", "npy.h", "sha256.h", "build.py")  # what the key hashes
