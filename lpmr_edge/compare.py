@@ -41,7 +41,7 @@ def _delta(label: str, spec: MetricSpec, decision: PairedDecision) -> dict[str, 
                else "improved" if decision.decision == BETTER else "worsened")
     interval = "undefined" if ci[0] is None else f"{ci[0]:+.4f} to {ci[1]:+.4f}"
     amount = f" by {abs(delta):.4f}" if significant else ""
-    return {"label": label, "result": decision.value, "reference": decision.reference_value, "delta": delta,
+    return {"label": label, "metric": spec.key, "result": decision.value, "reference": decision.reference_value, "delta": delta,
             "ci": ci, "ci_method": BCA, "p_value": decision.p_superiority, "n": decision.n,
             "significant": significant, "lower_is_better": lower_is_better, "verdict": verdict,
             "statement": f"{label}: {verdict}{amount} (delta {delta:+.4f}, {CONFIDENCE:.0%} CI {interval}, "

@@ -19,7 +19,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from lpmr_edge.results import (
 )
 from lpmr_edge.samples import outputs_digest
 from lpmr_edge.stats import Evidence, claim_verdicts
-from lpmr_edge.suite.families import CLAIMS, FAMILIES, METRIC_BY_KEY, METRICS, MetricSpec
+from lpmr_edge.suite.families import CLAIMS, COMPARISON_METRICS, FAMILIES, METRIC_BY_KEY, METRICS, MetricSpec
 from lpmr_edge.suite.families.classification import ID_SET
 from lpmr_edge.suite.families.spectrum import spectrum_of_results
 from lpmr_edge.suite.outputs import outputs_path
@@ -139,6 +139,13 @@ class PairedComparator:
             self.fallbacks[pair] = str(error)
         return self._comparisons[key]
 
+    def comparison_only(self, result: Result, reference: Result) -> dict[str, Mapping[str, Any]]:
+        """The paired deltas of the metrics that exist only against a reference (``COMPARISON_METRICS``, e.g.
+        mCE), by compare key; empty when the pair cannot be compared."""
+        keys = {spec.key for spec in COMPARISON_METRICS}
+        deltas = (self._comparison(result, reference) or {}).get("deltas", {})
+        return {key: delta for key, delta in deltas.items() if delta.get("metric") in keys}
+
     def __call__(self, result: Result, reference: Result, spec: MetricSpec) -> Delta | None:
         comparison = self._comparison(result, reference)
         if comparison is None:
@@ -163,6 +170,7 @@ class Row:
     reference: Result | None
     deltas: Mapping[str, Delta]
     spectrum: Mapping[str, Any] | None  # the spectrum family's diagnostic against the reference
+    compared: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # comparison-only metrics (compare's deltas)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form: the result's summary plus ``reference``, per-metric ``delta`` and ``spectrum``
@@ -173,7 +181,10 @@ class Row:
         spectrum = {k: v for k, v in self.spectrum.items() if k != "per_rank"} if self.spectrum else None
         return {**summary, "device": device_label(self.result),
                 "reference": self.reference.variant if self.reference else None,
-                "reference_dir": str(self.reference.directory) if self.reference else None, "spectrum": spectrum}
+                "reference_dir": str(self.reference.directory) if self.reference else None, "spectrum": spectrum,
+                "compared": {key: {name: delta[name] for name in ("label", "metric", "result", "delta", "ci",
+                                                                  "p_value", "n", "significant", "lower_is_better")}
+                             for key, delta in self.compared.items()}}
 
 
 def device_label(result: Result) -> str:
@@ -219,7 +230,9 @@ def build_rows(results: Sequence[Result], comparator: Comparator) -> dict[tuple[
             deltas = {spec.key: delta for spec in METRICS
                       if comparable(result, reference, spec) and usable(result, spec) and usable(reference, spec)
                       and (delta := comparator(result, reference, spec))}
-            rows.setdefault(key, []).append(Row(result, reference, deltas, _spectrum(result, reference)))
+            compared = (comparator.comparison_only(result, reference) if isinstance(comparator, PairedComparator)
+                        else {})
+            rows.setdefault(key, []).append(Row(result, reference, deltas, _spectrum(result, reference), compared))
     return rows
 
 

@@ -92,6 +92,31 @@ def _target_table(table: Mapping[str, Any]) -> Block:
     return Block("table", header=header, rows=rows)
 
 
+def _comparison_table(table: Mapping[str, Any]) -> list[Block]:
+    """The metrics that exist only against the reference (e.g. mCE), one row per compared result."""
+    keys = list(dict.fromkeys(key for row in table["rows"] for key in row.get("compared", {})))
+    if not keys:
+        return []
+    labels = {key: row["compared"][key]["label"] for row in table["rows"] for key in row.get("compared", {})}
+
+    def cell(entry: Mapping[str, Any] | None) -> Cell:
+        if entry is None:
+            return Cell(("—",), "muted")
+        low, high = entry["ci"]
+        interval = "CI undefined" if low is None else f"CI {low:+.3f} to {high:+.3f}"
+        better = (entry["delta"] < 0) == entry["lower_is_better"]
+        style = ("better" if better else "worse") if entry["significant"] else "muted"
+        return Cell((f"{entry['result']:.3f}", f"Δ {entry['delta']:+.3f}, {interval}, p={_p(entry['p_value'])}",
+                     f"n={entry['n']}"), style)
+
+    rows = tuple((Cell((row["variant"],)), Cell((row["reference"],), "muted"),
+                  *(cell(row["compared"].get(key)) for key in keys))
+                 for row in table["rows"] if row.get("compared"))
+    return [Block("paragraph", "Against the reference only (paired bootstrap on the same images; the reference "
+                               "scores 1 on each):", style="muted"),
+            Block("table", header=("runtime / precision", "vs", *(labels[key] for key in keys)), rows=rows)]
+
+
 def _recommendation_blocks(report: Mapping[str, Any]) -> list[Block]:
     constraints = report["constraints"]
     objective = objective_metric(constraints["objective"])
@@ -189,6 +214,7 @@ def document(report: Mapping[str, Any]) -> list[Block]:
         blocks += [Block("heading", f"{heading} ({table['model']})")]
         blocks += [Block("paragraph", f"Warning: {warning}.", style="warning") for warning in table["warnings"]]
         blocks.append(_target_table(table))
+        blocks += _comparison_table(table)
         blocks += [Block("figure", file, style=CAPTIONS[kind]) for kind, file in plot_entry["files"].items()]
         if table["target"] != HOST_TARGET:  # the reference has nothing to compare; say why only for targets
             blocks += [Block("paragraph", f"No {CAPTIONS[kind].split(':')[0].lower()} plot: {why}.",

@@ -263,6 +263,11 @@ def test_report_compares_stored_outputs_pairwise(runs: dict[str, Path], tmp_path
     assert row["metrics"]["top1"]["delta"]["value"] == pytest.approx(paired["id.top1"]["delta"])
     assert row["metrics"]["auroc"]["delta"]["value"] == pytest.approx(np.mean(  # the mean over the OOD sets
         [paired[f"ood.{name}.msp.auroc"]["delta"] for name in ("digits", "class-split")]))
+    compared = row["compared"]  # metrics that exist only against the reference: mCE by group, shown per target
+    assert compared["corruptions.groups.noise.mce"]["result"] == pytest.approx(
+        paired["corruptions.groups.noise.mce"]["result"]) and compared["corruptions.mce"]["metric"] == "mce"
+    assert "ce" not in {entry["metric"] for entry in compared.values()}  # per-kind CE stays in compare's JSON
+    assert "noise mCE" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_compare_refuses_different_samples(runs: dict[str, Path], tmp_path: Path):

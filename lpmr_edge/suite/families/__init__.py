@@ -27,4 +27,5 @@ FAMILIES: tuple[Family, ...] = (
 
 METRICS: tuple[MetricSpec, ...] = tuple(spec for family in FAMILIES for spec in family.metrics)
 METRIC_BY_KEY: dict[str, MetricSpec] = {spec.key: spec for spec in METRICS}
+COMPARISON_METRICS: tuple[MetricSpec, ...] = tuple(spec for family in FAMILIES for spec in family.comparison_metrics)
 CLAIMS: tuple[Claim, ...] = tuple(claim for family in FAMILIES for claim in family.claims)

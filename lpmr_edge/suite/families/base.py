@@ -190,6 +190,8 @@ class Family:
     presets: ClassVar[Mapping[str, Any]] = {}  # built-in suite name -> the family's config there (absent: off)
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
     claims: ClassVar[tuple[Claim, ...]] = ()
+    # metrics that exist only against a reference (e.g. corruption error); the report tables them per target
+    comparison_metrics: ClassVar[tuple[MetricSpec, ...]] = ()
     set_name: ClassVar[str | None] = None  # the outputs name of a family's one evaluation set
 
     def set_names(self, config: Any) -> list[str]:

@@ -68,6 +68,7 @@ GROUP_ACCURACY = base.MetricSpec("corruption_group_accuracy", "corrupted accurac
                                  "corruptions.groups.{set}.accuracy", "corruption-", corruption_groups)
 # Corruption errors exist only against a reference (compare), so they are no per-result MetricSpec.
 CORRUPTION_ERROR = base.MetricSpec("ce", "corruption error (CE, reference = 1)", False)
+MEAN_CORRUPTION_ERROR = base.MetricSpec("mce", "mean corruption error (mCE, reference = 1)", False)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class Corruptions(base.Family):
     presets: ClassVar[Mapping[str, Any]] = {"quick": CorruptionConfig(images=QUICK_IMAGES),
                                             "full": CorruptionConfig(kinds=tuple(CORRUPTIONS), images=FULL_IMAGES)}
     metrics = (CORRUPTED, NOISE_ACCURACY, GROUP_ACCURACY)
+    comparison_metrics = (MEAN_CORRUPTION_ERROR,)
     claims = (base.Claim("noise", "Quantization can improve robustness to noise (accuracy on the noise group of "
                                   "ImageNet-C corruptions)", NOISE_ACCURACY.key, "improve"),)
 
@@ -238,10 +240,10 @@ class Corruptions(base.Family):
                         for kind in config.kinds))
         errors = (*((f"ce/{kind}", f"CE {kind}", CORRUPTION_ERROR) for kind in config.kinds),
                   *((f"relative_ce/{kind}", f"relative CE {kind}", CORRUPTION_ERROR) for kind in config.kinds),
-                  *((f"{scope}/mce", f"{scope.removeprefix('groups/')} mCE", CORRUPTION_ERROR)
+                  *((f"{scope}/mce", f"{scope.removeprefix('groups/')} mCE", MEAN_CORRUPTION_ERROR)
                     for scope in scopes if scope.startswith("groups/")),
-                  *((("mce", "mCE (ImageNet-C kinds)", CORRUPTION_ERROR),
-                     ("relative_mce", "relative mCE (ImageNet-C kinds)", CORRUPTION_ERROR)) if "imagenet_c" in scopes
+                  *((("mce", "mCE (ImageNet-C kinds)", MEAN_CORRUPTION_ERROR),
+                     ("relative_mce", "relative mCE (ImageNet-C kinds)", MEAN_CORRUPTION_ERROR)) if "imagenet_c" in scopes
                     else ()))
         return [base.Compared("corruptions", result, reference, accuracies),
                 base.Compared("corruptions", corruption_error_probe(result, reference, config),
