@@ -4,6 +4,7 @@ plus what a graph cannot show: what a runtime import really loads, and what a de
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import grimp
 import pytest
-from importlinter.cli import lint_imports
 
 from lpmr_edge.backends import BACKENDS
 
@@ -19,19 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
 
 
-def _lint(config: Path, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.chdir(cwd)
-    monkeypatch.syspath_prepend(str(cwd))
-    return lint_imports(config_filename=str(config), no_cache=True, no_logo=True)
+def _lint(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter on ``config`` in a fresh process (its console binds to the stdout it starts with)."""
+    code = ("import sys; from importlinter.cli import lint_imports; "
+            f"sys.exit(lint_imports(config_filename={str(config)!r}, no_cache=True, no_logo=True))")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(cwd)})
 
 
-def test_the_import_contracts_hold(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    status = _lint(PYPROJECT, ROOT, monkeypatch)
-    assert status == 0, capsys.readouterr().out
+def test_the_import_contracts_hold() -> None:
+    run = _lint(PYPROJECT, ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_the_contracts_catch_a_cycle_and_an_upward_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_contracts_catch_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
     package = tmp_path / "layered_demo"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -43,8 +44,9 @@ def test_the_contracts_catch_a_cycle_and_an_upward_import(tmp_path: Path, monkey
                       'layers = ["layered_demo.high", "layered_demo.low"]\n\n'
                       '[[tool.importlinter.contracts]]\nname = "acyclic"\ntype = "acyclic_siblings"\n'
                       'ancestors = ["layered_demo"]\n')
-    assert _lint(config, tmp_path, monkeypatch) == 1
-    report = capsys.readouterr().out
+    run = _lint(config, tmp_path)
+    report = run.stdout
+    assert run.returncode == 1, report + run.stderr
     assert "layered_demo.low is not allowed to import layered_demo.high" in report and "No cycles" in report
 
 
