@@ -9,6 +9,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Fixtures that export real artifacts (or run a pipeline or sweep that does): every test using one is `slow`.
+EXPORTING_FIXTURES = frozenset({"artifacts", "arm_artifacts", "openvino_artifact", "openvino_int8w_artifact",
+                                "executorch_artifact", "int8_cache", "local_result", "plan_files", "workspace",
+                                "killed_and_resumed"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` every test that exports real artifacts through one of ``EXPORTING_FIXTURES``."""
+    for item in items:
+        if EXPORTING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:

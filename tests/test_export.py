@@ -161,6 +161,7 @@ def test_calibration_inputs_are_model_ready_and_seeded(tiny_random):
             QuantizationOptions(**bad)
 
 
+@pytest.mark.slow
 def test_cli_export_check_and_eval_through_openvino(tmp_path: Path):
     def cli(*args: str) -> Any:
         run = subprocess.run([sys.executable, "-m", "lpmr_edge", *args], check=False, capture_output=True, text=True,
