@@ -127,7 +127,7 @@ def _shard_path(out_dir: Path, shard: int) -> Path:
 
 def _save_features(path: Path, features: np.ndarray) -> None:
     handle = io.BytesIO()
-    np.save(handle, np.asarray(features, dtype=np.float32))
+    np.save(handle, features)
     atomic_write_bytes(path, handle.getvalue())
 
 
@@ -143,18 +143,22 @@ class _Scorer:
         self.logit_scale = resolve_logit_scale(suite.calibration.logit_scale, info["logit_scale"])
 
     def features(self, indices: np.ndarray) -> np.ndarray:
+        """Image features of the images at ``indices``, as stored (float32, like the suite's outputs)."""
         subset = self.id_images.subset(indices)
         return np.concatenate([self.candidate.runtime.image_features(batch)
-                               for batch in preprocess_batches(subset, self.preprocess, self.batch_size)])
+                               for batch in preprocess_batches(subset, self.preprocess, self.batch_size)]
+                              ).astype(np.float32)
 
     def losses(self, features: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        logits = self.logit_scale * cosine_similarities(features.astype(np.float64), self.embeddings)
+        """The objective's per-image losses, scored as the suite scores stored outputs."""
+        logits = self.logit_scale * cosine_similarities(features, self.embeddings)
         return self.loss.loss(classification_outcomes(logits, self.id_images.labels[indices]))
 
 
 def _resume(path: Path, key: str, names: list[str], scorers: Mapping[str, _Scorer], decision: SettlingDecision,
             n_images: int, seed: int) -> EvaluationRecord:
-    """The stored record when it was made for the same inputs (its shards replayed into ``decision``), else a new one."""
+    """The stored record when it was made for the same inputs and its shard features are all there (its
+    shards replayed into ``decision``), else a new one."""
     if not path.is_file() or read_json(path, "settling record").get("inputs_sha256") != key:
         return EvaluationRecord(n_images, seed)
     record = EvaluationRecord.from_json(read_json(path, "settling record")["record"])
@@ -162,8 +166,10 @@ def _resume(path: Path, key: str, names: list[str], scorers: Mapping[str, _Score
     for shard_number, shard in enumerate(record.shards):
         indices = np.asarray(shard["indices"])
         for name in shard["candidates"]:
-            features = np.load(_shard_path(scorers[name].candidate.out_dir, shard_number))
-            losses[name][indices] = scorers[name].losses(features, indices)
+            stored = _shard_path(scorers[name].candidate.out_dir, shard_number)
+            if not stored.is_file():
+                return EvaluationRecord(n_images, seed)
+            losses[name][indices] = scorers[name].losses(np.load(stored), indices)
     replay(decision, record, losses)
     return record
 
