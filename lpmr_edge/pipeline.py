@@ -28,8 +28,8 @@ from pathlib import Path
 
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
 from lpmr_edge.pick import Choice, Constraints
-from lpmr_edge.sequential import SettleSettings, shard_order
 from lpmr_edge.runtimes.base import Runtime
+from lpmr_edge.sequential import SettleSettings, shard_order
 from lpmr_edge.suite import METRICS_FILE, EvalSettings, Progress, evaluate, load_suite, progress_task
 from lpmr_edge.suite.settle import Settled, objective_loss
 from lpmr_edge.targets import Target, load_target

@@ -272,6 +272,10 @@ def test_run_until_settled_killed_in_the_middle_of_a_shard_resumes_to_the_uninte
     summary = json.loads(finished.stdout)
     sequential = summary["sequential"]["tiny-x86"]
     assert sequential["stopped"] in ("settled", "images")
+    (choice,) = summary["recommendations"]  # the picker follows the settling decision
+    assert choice["reason"].startswith("evaluation until settled on top-1 error")
+    assert sequential["candidates"][Path(choice["recommended"]["results_dir"]).name]["state"] in (
+        "recommended", "equivalent")
     stored = json.loads((results / SETTLING_FILE).read_text())
     record = EvaluationRecord.from_json(stored["record"])
     assert [i for shard in record.shards for i in shard["indices"]] == shard_order(600, 0)[:record.position].tolist()
@@ -291,3 +295,33 @@ def test_run_until_settled_killed_in_the_middle_of_a_shard_resumes_to_the_uninte
             runtime.close()
     assert fresh.record == record
     assert fresh.describe() == sequential
+
+
+def _add_sequential(directory: Path, state: str, objective: str = "accuracy") -> None:
+    path = directory / "metrics.json"
+    raw = json.loads(path.read_text())
+    raw["metrics"]["sequential"] = {"rule": "PrPl-EB", "objective": objective, "loss": "top-1 error",
+                                    "stopped": "budget", "state": state, "images": 200, "of": 400, "seed": 0,
+                                    "confidence": 0.95, "margin": 0.005}
+    path.write_text(json.dumps(raw))
+
+
+def test_pick_ties_results_of_a_settled_evaluation_as_the_settling_decision_says(tmp_path: Path):
+    from factories import write_outputs_result
+
+    from lpmr_edge.pick import Constraints, pick
+    from lpmr_edge.results import load_results
+
+    labels = np.arange(200) % 10
+    # identical outputs: the fixed-n paired test ties all three, and the fastest (executorch int8) would win
+    states = {("openvino", "fp32", 10): "recommended", ("openvino", "int8", 6): "equivalent",
+              ("executorch", "int8", 3): "worse"}
+    for (runtime, precision, latency), state in states.items():
+        _add_sequential(write_outputs_result(tmp_path, "x86", runtime, precision, labels, labels,
+                                             latency_ms=latency), state)
+    (settled,) = pick(load_results([tmp_path]), Constraints(objective="accuracy"))
+    assert settled.recommended.variant == "openvino int8"
+    assert settled.reason.startswith("evaluation until settled on top-1 error")
+    assert "executorch int8 worse (200 images)" in settled.reason and "not settled: the budget ran out" in settled.reason
+    (fixed_n,) = pick(load_results([tmp_path]), Constraints(objective="ece"))  # settled on another objective
+    assert fixed_n.recommended.variant == "executorch int8"

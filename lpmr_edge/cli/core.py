@@ -79,8 +79,8 @@ _SETTLE_PARAMETERS = [
                       annotation=Annotated[kind, typer.Option(*flags, **options, help=text)])
     for name, kind, default, flags, options, text in (
         ("until_settled", bool, False, ("--until-settled",), {},
-         "Visit the ID images in a seeded order, shard by shard, and stop when the paired decision on the objective "
-         "is settled at 95% (anytime-valid confidence sequences) or the budget is spent"),
+         ("Visit the ID images in a seeded order, shard by shard, and stop when the paired decision on the "
+          "objective is settled at 95% (anytime-valid confidence sequences) or the budget is spent")),
         ("budget", float | None, None, ("--budget",), {"parser": DURATION},
          "Wall-time budget of the command with --until-settled, e.g. 90s, 30m, 2h (checked after each shard)"),
         ("shard_size", int, 200, ("--shard-size",), {"parser": POSITIVE_INT},

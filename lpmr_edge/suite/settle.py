@@ -42,8 +42,8 @@ from lpmr_edge.sequential import (
     clipped_nll,
     replay,
 )
-from lpmr_edge.suite.families.classification import ID_SET, resolve_logit_scale
 from lpmr_edge.suite.config import load_suite
+from lpmr_edge.suite.families.classification import ID_SET, resolve_logit_scale
 from lpmr_edge.suite.outputs import EvalSet, store_outputs
 from lpmr_edge.suite.run import EvalSettings, Progress, apply_overrides, evaluate, id_set, progress_task
 from lpmr_edge.zeroshot import class_embeddings, cosine_similarities
@@ -94,6 +94,7 @@ class Settled:
     record: EvaluationRecord
     stopped: str
     loss: ObjectiveLoss
+    objective: str
 
     def describe(self) -> dict[str, Any]:
         """JSON summary: the rule's decision, the loss, why it stopped and the images each candidate saw."""
@@ -116,7 +117,8 @@ class Settled:
     def sequential(self, name: str) -> dict[str, Any]:
         """What ``metrics["sequential"]`` of candidate ``name`` records."""
         relation = self.describe()["candidates"][name]
-        return {"rule": self.decision.describe()["rule"], "loss": self.loss.name, "stopped": self.stopped,
+        return {"rule": self.decision.describe()["rule"], "objective": self.objective, "loss": self.loss.name,
+                "stopped": self.stopped,
                 "state": relation["state"], "images": len(self.record.seen(name)), "of": self.record.n_images,
                 "seed": self.record.seed, "confidence": self.decision.confidence, "margin": self.decision.margin}
 
@@ -218,7 +220,7 @@ def settle(candidates: Mapping[str, Candidate], record_path: Path, settings: Eva
             if not decision.settled and until.deadline is not None and time.monotonic() >= until.deadline:
                 stopped = "budget"
                 break
-    return Settled(decision, record, stopped, loss)
+    return Settled(decision, record, stopped, loss, objective)
 
 
 def evaluate_seen(settled: Settled, name: str, candidate: Candidate, settings: EvalSettings,
