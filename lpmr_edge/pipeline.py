@@ -212,6 +212,8 @@ def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> Ru
                 settled[target.name] = _settle_target(plan, target, artifacts, results_root / target.name, log,
                                                       progress)
                 done(len(artifacts))
+            elif plan.until is not None:
+                log("  settling: one artifact, nothing to decide between; evaluating every image")
             for artifact in artifacts if target.name not in settled else ():
                 runtime = _open(artifact, plan.device, target.threads)
                 try:
