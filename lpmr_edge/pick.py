@@ -307,9 +307,33 @@ def _reason(spec: MetricSpec, chosen: Result, best: Result, tied: Sequence[Resul
     return "; ".join(part for part in parts if part)
 
 
+def settled_states(group: Sequence[Result], objective: str) -> dict[str, Mapping[str, Any]] | None:
+    """The ``metrics["sequential"]`` node of each result (variant -> node) when every one of them comes from
+    one evaluation until settled on ``objective`` (``lpmr-edge run --until-settled``), else None."""
+    nodes = {result.variant: result.raw["metrics"].get("sequential") or {} for result in group}
+    if not nodes or any(node.get("objective") != objective or "state" not in node for node in nodes.values()):
+        return None
+    return nodes
+
+
+def _settled_reason(nodes: Mapping[str, Mapping[str, Any]], chosen: Result, tied: Sequence[Result]) -> str:
+    node = nodes[chosen.variant]
+    states = ", ".join(f"{variant} {other['state']} ({other['images']} images)" for variant, other in nodes.items())
+    stopped = {"settled": "settled", "budget": "not settled: the budget ran out",
+               "images": "not settled: every image seen"}.get(node["stopped"], node["stopped"])
+    parts = [(f"evaluation until settled on {node['loss']} ({node['rule']}, {node['confidence']:.0%}, margin "
+              f"{node['margin']:g}; {stopped}): {states}")]
+    if len(tied) > 1:
+        parts.append(_tie_break(chosen, tied))
+    if any(other["state"] == "undecided" for other in nodes.values()):
+        parts.append("undecided candidates do not take the recommendation")
+    return "; ".join(parts)
+
+
 def choose(model: str, target: str, group: Sequence[Result], constraints: Constraints,
            results: Sequence[Result]) -> Choice:
-    """The recommendation for one (model, target) group of results."""
+    """The recommendation for one (model, target) group of results. Results of one evaluation until settled
+    on the objective are tied as that decision says (its recommendation and the equivalent ones)."""
     spec = constraints.metric
     candidates = tuple(Candidate(result, tuple(violations(result, constraints, results))) for result in group)
     feasible = [c.result for c in candidates if not c.violations]
@@ -324,13 +348,17 @@ def choose(model: str, target: str, group: Sequence[Result], constraints: Constr
     overlapping = {r.variant for r in feasible
                    if r.variant in unpaired and r.metrics[spec.key].overlaps(best.metrics[spec.key])}
     tied = [r for r in feasible if r is best or r.variant in equivalent | overlapping]
+    nodes = settled_states(group, constraints.objective)
+    settled_tie = [r for r in feasible if nodes and nodes[r.variant]["state"] in ("recommended", "equivalent")]
+    if settled_tie:
+        tied = settled_tie
     chosen = min(tied, key=lambda r: (*_latency_key(r), -spec.goodness(r.metrics[spec.key].value)))
     timed = [r for r in feasible if r.measured_latency_ms is not None]
     front = pareto_front([(r.measured_latency_ms, -spec.goodness(r.metrics[spec.key].value)) for r in timed])
     alternatives = tuple(sorted((timed[i] for i in front), key=_latency_key))
-    return Choice(model, target, spec, chosen,
-                  _reason(spec, chosen, best, tied, len(feasible), decisions, unpaired, margin), alternatives,
-                  candidates, decisions, unpaired)
+    reason = _settled_reason(nodes, chosen, tied) if settled_tie and nodes else \
+        _reason(spec, chosen, best, tied, len(feasible), decisions, unpaired, margin)
+    return Choice(model, target, spec, chosen, reason, alternatives, candidates, decisions, unpaired)
 
 
 def _with_objective(results: Sequence[Result], spec: MetricSpec) -> list[Result]:

@@ -228,6 +228,16 @@ class SpentComparison(_RunningInterval):
         self.low, self.high = max(self.low, low), min(self.high, high)
 
 
+@dataclass(frozen=True)
+class SettleSettings:
+    """How to evaluate until settled: images per shard, wall-time ``deadline`` (``time.monotonic()``;
+    None: no budget) checked after each shard, and the confidence of the decision."""
+
+    shard_size: int = 200
+    deadline: float | None = None
+    confidence: float = 0.95
+
+
 def shard_order(n_images: int, seed: int) -> np.ndarray:
     """The seeded order in which the ``n_images`` images of an evaluation set are visited."""
     if n_images < 0:

@@ -14,6 +14,7 @@ from lpmr_edge.cli import params as p
 BAD_VALUES = {  # parser -> values it must refuse ({dir}, {file}: an existing directory and file)
     p.POSITIVE_INT: ["0", "-2", "x", "1.5", ""], p.SEED: ["-1", str(p.SEED_LIMIT), "seed"],
     p.RESAMPLES: ["9", "0", "many"], p.POSITIVE_SECONDS: ["0", "-1", "inf", "nan", "x"],
+    p.DURATION: ["0s", "-1", "soon", "30x", "1h 30m"],
     p.LIMIT_MS: ["-1", "inf", "nan", "x"], p.LIMIT_MB: ["-1", "inf", "x"], p.PERCENTAGE_POINTS: ["-0.5", "101", "nan"],
     p.FRACTION: ["0", "1", "1.5", "x"], p.SHARE: ["0", "1.01", "x"], p.SMOOTH_QUANT_ALPHA: ["1.5", "-0.5", "x"],
     p.GROUP_SIZE: ["0", "-2", "x"], p.LOGIT_SCALE: ["0", "-5", "nan", "big"],

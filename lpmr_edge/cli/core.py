@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,9 +15,12 @@ from lpmr_edge.cli.app import app
 from lpmr_edge.cli.params import (
     DATASET,
     DEVICE,
+    DURATION,
     EXISTING_DIR,
     LOGIT_SCALE,
+    MARGIN,
     MODEL_SPEC,
+    OBJECTIVE,
     OUTPUT_DIR,
     POSITIVE_INT,
     RUNTIME,
@@ -25,6 +29,8 @@ from lpmr_edge.cli.params import (
     SUITE,
 )
 from lpmr_edge.cli.ui import console, print_json, print_table, progress_bar
+from lpmr_edge.errors import UserError
+from lpmr_edge.sequential import SettleSettings
 from lpmr_edge.training import TrainConfig
 
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", parser=MODEL_SPEC, help="Model spec: lpmr-tiny-fmnist, "
@@ -59,6 +65,32 @@ def with_option_group(parameters: list[inspect.Parameter], argument: str,
     return decorate
 
 
+def _settle_settings(until_settled: bool, budget: float | None, shard_size: int) -> SettleSettings | None:
+    """The ``--until-settled`` options as settings (None without it); the budget runs from now."""
+    if not until_settled:
+        if budget is not None:
+            raise UserError("--budget bounds an evaluation until settled; add --until-settled")
+        return None
+    return SettleSettings(shard_size=shard_size, deadline=None if budget is None else time.monotonic() + budget)
+
+
+_SETTLE_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                      annotation=Annotated[kind, typer.Option(*flags, **options, help=text)])
+    for name, kind, default, flags, options, text in (
+        ("until_settled", bool, False, ("--until-settled",), {},
+         ("Visit the ID images in a seeded order, shard by shard, and stop when the paired decision on the "
+          "objective is settled at 95% (anytime-valid confidence sequences) or the budget is spent")),
+        ("budget", float | None, None, ("--budget",), {"parser": DURATION},
+         "Wall-time budget of the command with --until-settled, e.g. 90s, 30m, 2h (checked after each shard)"),
+        ("shard_size", int, 200, ("--shard-size",), {"parser": POSITIVE_INT},
+         "ID images per shard with --until-settled"),
+    )
+]
+with_settle_options = with_option_group(_SETTLE_PARAMETERS, "until", _settle_settings)
+"""Add ``--until-settled``, ``--budget`` and ``--shard-size`` to a command; it receives ``until: SettleSettings | None``."""
+
+
 def default_results_dir(runtime: str, precision: str, model: str, device: str | None = None) -> Path:
     """Where results go when --out is not given (``device``: the label of a device other than this process)."""
     name = f"{model}-{runtime}-{precision}" + (f"-on-{device}" if device else "")
@@ -66,6 +98,7 @@ def default_results_dir(runtime: str, precision: str, model: str, device: str | 
 
 
 @app.command("eval")
+@with_settle_options
 def eval_command(
     model: ModelOption = None,
     runtime: Annotated[str | None, typer.Option(parser=RUNTIME, help=f"{' | '.join(RUNTIME_NAMES)} "
@@ -85,12 +118,27 @@ def eval_command(
     out: Annotated[Path | None, typer.Option(parser=OUTPUT_DIR, help="Results directory")] = None,
     json_output: JsonOption = False,
     device: DeviceOption = "local",
+    objective: Annotated[str, typer.Option(parser=OBJECTIVE, help="With --until-settled: what the comparison with the "
+                                           "FP32 reference decides on: accuracy (top-1 error), ece (Brier score), nll")] = "ece",
+    margin: Annotated[list[str] | None, typer.Option(parser=MARGIN, help="With --until-settled: equivalence margin "
+                                                     "METRIC=VALUE, as for pick")] = None,
+    *,
+    until: SettleSettings | None,
 ) -> None:
-    """Reliability suite through a runtime: writes per-sample outputs, metrics with 95% CIs and a manifest."""
+    """Reliability suite through a runtime: writes per-sample outputs, metrics with 95% CIs and a manifest.
+    With --until-settled, the runtime and the torch FP32 reference (results in OUT/reference) are compared
+    shard by shard until the comparison on the objective is settled or the budget is spent."""
+    from lpmr_edge.pick import Constraints
     from lpmr_edge.runtimes.factory import open_runtime
     from lpmr_edge.suite import EvalSettings, evaluate, headline_metrics, key_metrics, load_suite
 
     load_suite(suite)  # a bad suite file fails before the runtime is opened
+    constraints = Constraints.from_options(objective=objective, margin=margin)
+    if until is not None:
+        from lpmr_edge.suite.settle import objective_loss
+
+        objective_loss(objective)  # an objective without a per-image loss fails before the runtime is opened
+    settled = None
     engine = open_runtime(runtime, model=model, artifact=artifact, threads=threads, device=device)
     try:
         description = engine.describe()
@@ -99,7 +147,13 @@ def eval_command(
         settings = EvalSettings(dataset=dataset, limit=limit, batch_size=batch_size, seed=seed,
                                 skip_bad_images=skip_bad_images, suite=suite,
                                 logit_scale=logit_scale)  # LOGIT_SCALE gave 'model' or a float
-        result = evaluate(engine, out, settings, progress=progress_bar)
+        if until is None:
+            result = evaluate(engine, out, settings, progress=progress_bar)
+        else:
+            from lpmr_edge.suite.settle import against_reference
+
+            result, settled = against_reference(engine, out, settings, objective, constraints.margin(constraints.metric),
+                                                until, log=console.print, progress=progress_bar)
     finally:
         engine.close()  # stops a device's server: nothing is left running there
     summary = {"top1": result["metrics"]["accuracy"]["top1"], "top5": result["metrics"]["accuracy"]["top5"],
@@ -107,6 +161,8 @@ def eval_command(
                "runtime": result["runtime"], "precision": result["precision"],
                "executed_precision": result["executed_precision"], "suite": result["suite"]["name"],
                "results_dir": str(out), **key_metrics(result["metrics"])}
+    if settled is not None:
+        summary["sequential"] = settled.describe()
     if json_output:
         print_json(summary)
         return
@@ -114,6 +170,8 @@ def eval_command(
                 f"{result['executed_precision']}, suite {result['suite']['name']}, "
                 f"{result['dataset']['name']} n={result['n']}", ["metric", "value", "95% CI"],
                 [[label, value, format_interval(ci)] for _, label, value, ci in headline_metrics(result["metrics"])])
+    if settled is not None:
+        console.print(f"sequential: {settled.summary()}", highlight=False)
     console.print(f"results: {out}")
 
 

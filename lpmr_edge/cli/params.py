@@ -113,6 +113,23 @@ def _output(kind: str) -> Callable[[Any], Path]:
     return parse
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _duration(value: Any) -> float:
+    """``90s``, ``30m``, ``2h``, ``1h30m`` (or plain seconds) -> seconds (> 0)."""
+    text = str(value).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d*)?)([smh])", text)
+    if re.fullmatch(r"\d+(?:\.\d*)?", text):
+        parts = [(text, "s")]
+    elif not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"'{value}' is not a duration; write e.g. 90s, 30m, 2h or 1h30m")
+    seconds = sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"'{value}' must be a positive duration (e.g. 30m)")
+    return seconds
+
+
 def _model_spec(value: Any) -> str:
     from lpmr_edge.models import split_spec
 
@@ -195,6 +212,7 @@ POSITIVE_INT = whole_number(1, 64)
 SEED = whole_number(0, 0, below=SEED_LIMIT)
 RESAMPLES = whole_number(10, 1000)
 POSITIVE_SECONDS = real_number(0, 1e9, 20, low_open=True)
+DURATION = Checked("duration", _duration)
 LIMIT_MS = real_number(0, 1e9, 20)
 LIMIT_MB = real_number(0, 1e9, 50)
 PERCENTAGE_POINTS = real_number(0, 100, 1)

@@ -89,6 +89,11 @@ def _classifier_key(dataset: ImageDataset) -> str:
     return sha256_json({"classes": list(dataset.class_names), "templates": list(dataset.templates)})
 
 
+def _stored_key(runtime: Runtime, eval_set: EvalSet) -> dict[str, str]:
+    return {"runtime_identity": runtime.identity, "dataset_sha256": eval_set.dataset.sha256,
+            "classifier_key": _classifier_key(eval_set.classifier)}
+
+
 def collect_outputs(runtime: Runtime, eval_set: EvalSet, embeddings: np.ndarray, batches: Iterable[np.ndarray],
                     out_dir: Path, on_batch: Callable[[int], None] | None = None) -> bool:
     """Image features of a set through the runtime, stored unless already on disk for the same inputs;
@@ -97,25 +102,31 @@ def collect_outputs(runtime: Runtime, eval_set: EvalSet, embeddings: np.ndarray,
     Returns whether it ran the set (False: reused the stored outputs).
     """
     path = outputs_path(out_dir, eval_set.name)
-    key = {"runtime_identity": runtime.identity, "dataset_sha256": eval_set.dataset.sha256,
-           "classifier_key": _classifier_key(eval_set.classifier)}
     if path.is_file():
         with np.load(path) as stored:
-            if all(name in stored.files and str(stored[name]) == value for name, value in key.items()):
+            if all(name in stored.files and str(stored[name]) == value
+                   for name, value in _stored_key(runtime, eval_set).items()):
                 return False
     chunks = []
     for batch in batches:
         chunks.append(runtime.image_features(batch))
         if on_batch:
             on_batch(len(batch))
+    store_outputs(runtime, eval_set, embeddings, np.concatenate(chunks), out_dir)
+    return True
+
+
+def store_outputs(runtime: Runtime, eval_set: EvalSet, embeddings: np.ndarray, features: np.ndarray,
+                  out_dir: Path) -> None:
+    """Write a set's per-sample outputs (``features`` of ``eval_set.dataset`` in order, through ``runtime``)
+    atomically, keyed so that ``collect_outputs`` reuses them."""
     handle = io.BytesIO()
-    np.savez_compressed(handle, features=np.concatenate(chunks).astype(np.float32), labels=eval_set.dataset.labels,
+    np.savez_compressed(handle, features=np.asarray(features).astype(np.float32), labels=eval_set.dataset.labels,
                         groups=eval_set.dataset.groups if eval_set.dataset.groups is not None else np.zeros(0),
                         id_index=eval_set.id_index, class_embeddings=embeddings,
                         model_logit_scale=np.float64(runtime.model_info["logit_scale"]),
-                        **{name: np.str_(value) for name, value in key.items()})
-    atomic_write_bytes(path, handle.getvalue())
-    return True
+                        **{name: np.str_(value) for name, value in _stored_key(runtime, eval_set).items()})
+    atomic_write_bytes(outputs_path(out_dir, eval_set.name), handle.getvalue())
 
 
 def write_result(out_dir: Path, result: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:

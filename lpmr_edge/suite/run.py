@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,17 +51,27 @@ def apply_overrides(suite: Any, settings: EvalSettings) -> Any:
 
 
 def plan_sets(suite: Any, seed: int, image_size: int | None = None, skip_bad_images: bool = False,
-              available: dict[str, int] | None = None) -> list[EvalSet]:
+              available: dict[str, int] | None = None, id_indices: Sequence[int] | None = None) -> list[EvalSet]:
     """The evaluation sets of a suite, each capped at ``suite.limit`` images, family by family;
-    ``available`` (if given) receives each loaded dataset's size before the cap, by the name it was loaded by."""
+    ``available`` (if given) receives each loaded dataset's size before the cap, by the name it was loaded by;
+    ``id_indices`` (if given) restricts the capped ID set to those images, in that order (sets derived from
+    the ID set follow)."""
     def load(name: str) -> ImageDataset:
         dataset = load_dataset(name, skip_bad_images=skip_bad_images)
         if available is not None:
             available[name] = len(dataset)
         return dataset.head(suite.limit)
 
-    context = PlanContext(labelled(load(suite.id), "ID"), seed, image_size, load)
+    id_set = labelled(load(suite.id), "ID")
+    if id_indices is not None:
+        id_set = id_set.subset(id_indices)
+    context = PlanContext(id_set, seed, image_size, load)
     return [eval_set for family, config in suite.families() for eval_set in family.plan(config, context)]
+
+
+def id_set(suite: Any, skip_bad_images: bool = False) -> ImageDataset:
+    """The suite's capped ID set, as ``plan_sets`` plans it (``id_indices`` index it)."""
+    return labelled(load_dataset(suite.id, skip_bad_images=skip_bad_images).head(suite.limit), "ID")
 
 
 def suite_set_names(suite: Any) -> list[str]:
@@ -112,16 +122,19 @@ def progress_task(progress: Progress | None, label: str, total: int) -> typing.C
 
 def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSettings(),
              progress: Progress | None = None, suite: Any = None,
-             preprocessed: PreprocessedSets | None = None) -> dict[str, Any]:
+             preprocessed: PreprocessedSets | None = None, id_indices: Sequence[int] | None = None,
+             sequential: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run a suite (``suite``, else ``settings.suite``) through ``runtime``; write and return ``metrics.json``.
 
     ``preprocessed`` keeps the preprocessed images for later evaluations in this process (sweep workers).
+    ``id_indices`` evaluates only those images of the ID set (``plan_sets``) and ``sequential`` (how they
+    were chosen, ``lpmr_edge.suite.settle``) is recorded as ``metrics["sequential"]``.
     """
     out_dir = Path(out_dir)
     suite = apply_overrides(suite or load_suite(settings.suite), settings)
     model_info = runtime.model_info
     available: dict[str, int] = {}
-    sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images, available)
+    sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images, available, id_indices)
     preprocess, tokenizer = build_preprocess(model_info), build_tokenizer(model_info)
     preprocess_key = sha256_json(model_info["preprocess"])
 
@@ -140,6 +153,8 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
                 advance(len(eval_set.dataset))
     metrics = score_outputs(out_dir, suite, settings.seed)
     metrics["accuracy"]["available"] = available.get(suite.id)  # the ID images the cap chose from
+    if sequential is not None:
+        metrics["sequential"] = dict(sequential)
     description = runtime.describe()
     datasets = {eval_set.name: eval_set.dataset.describe() for eval_set in sets}
     created = now_utc()

@@ -9,7 +9,8 @@ def sample_sizes(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The sample sizes behind a result's metrics (a ``metrics.json`` tree): ``id`` (``n`` and ``of``, the
     ID images the suite's cap chose them from, when recorded), ``ood`` (set -> n), ``corruptions`` (images,
     kinds, severities, total), ``shift`` (n) and ``spurious`` (n, groups, smallest and worst group with
-    their sizes, min_group_size, status), each only when measured."""
+    their sizes, min_group_size, status), each only when measured; ``sequential`` (images seen, of how many, why
+it stopped) when the ID images were chosen by an evaluation until settled."""
     sizes: dict[str, Any] = {}
     accuracy = metrics.get("accuracy", {})
     if "n" in accuracy:
@@ -28,4 +29,7 @@ def sample_sizes(metrics: Mapping[str, Any]) -> dict[str, Any]:
         sizes["spurious"] = {"n": spurious["n"], "groups": spurious.get("n_groups", len(spurious.get("groups", {}))),
                              **{key: spurious[key] for key in ("smallest", "worst", "min_group_size") if key in spurious},
                              "status": spurious.get("status", {}).get("worst_group", "ok")}
+    sequential = metrics.get("sequential")
+    if sequential:
+        sizes["sequential"] = {key: sequential[key] for key in ("images", "of", "stopped") if key in sequential}
     return sizes
