@@ -218,6 +218,11 @@ class Family:
         """Per-sample correctness of both results, by set, for McNemar's test."""
         return {}
 
+    def sizes(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The sample sizes behind the family's metrics in a ``metrics.json`` tree, under the family's key
+        (``lpmr_edge.suite.sizes``); nothing when it was not measured."""
+        return {}
+
     def headline(self, metrics: Mapping[str, Any]) -> list[HeadlineRow]:
         """Headline rows of a result's ``metrics.json`` tree (the family's part, if it was measured)."""
         return []

@@ -136,6 +136,10 @@ class Classification(base.Family):
     def mcnemar(self, result: base.Probe, reference: base.Probe) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {ID_SET: (result.tables[0]["correct"], reference.tables[0]["correct"])}
 
+    def sizes(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        accuracy = metrics.get("accuracy", {})  # n of the ID images the suite's cap chose them from
+        return {"id": {"n": accuracy["n"], "of": accuracy.get("available")}} if "n" in accuracy else {}
+
     def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         return [base.headline_row(("top1",), "top-1 accuracy", metrics["accuracy"], "top1"),
                 base.headline_row(("top5",), "top-5 accuracy", metrics["accuracy"], "top5"),

@@ -249,6 +249,14 @@ class Corruptions(base.Family):
                 base.Compared("corruptions", corruption_error_probe(result, reference, config),
                               corruption_error_probe(reference, reference, config), errors)]
 
+    def sizes(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        corruptions = metrics.get("corruptions")
+        if not corruptions or "images" not in corruptions:
+            return {}
+        kinds, severities = len(corruptions.get("kinds", [])), len(corruptions.get("severities", []))
+        return {"corruptions": {"images": corruptions["images"], "kinds": kinds, "severities": severities,
+                                "total": corruptions["images"] * kinds * severities}}
+
     def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         if "corruptions" not in metrics:
             return []

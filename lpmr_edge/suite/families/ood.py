@@ -192,6 +192,11 @@ class Ood(base.Family):
                                ("fpr_at_95_tpr", f"OOD FPR@95%TPR {name} ({score})", FPR95)))
                 for name, by_score in result.items() for score, probe in by_score.items()]
 
+    def sizes(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        if "ood" not in metrics:
+            return {}
+        return {"ood": {name: node.get("n") for name, node in metrics["ood"].get("sets", {}).items()}}
+
     def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         ood = metrics.get("ood", {})
         rows = []

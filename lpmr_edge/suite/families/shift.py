@@ -70,6 +70,9 @@ class Shift(base.Family):
     def mcnemar(self, result: base.Probe, reference: base.Probe) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return {SHIFT_SET: (result.tables[0]["correct"], reference.tables[0]["correct"])}
 
+    def sizes(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        return {"shift": {"n": metrics["shift"]["n"]}} if "n" in metrics.get("shift", {}) else {}
+
     def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         if "shift" not in metrics:
             return []

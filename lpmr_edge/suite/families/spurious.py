@@ -91,6 +91,14 @@ class Spurious(base.Family):
                                                            ("average_group", "average-group accuracy",
                                                             AVERAGE_GROUP)))]
 
+    def sizes(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        spurious = metrics.get("spurious", {})
+        if "n" not in spurious:
+            return {}
+        return {"spurious": {"n": spurious["n"], "groups": spurious.get("n_groups", len(spurious.get("groups", {}))),
+                             **{key: spurious[key] for key in ("smallest", "worst", "min_group_size") if key in spurious},
+                             "status": spurious.get("status", {}).get("worst_group", "ok")}}
+
     def headline(self, metrics: Mapping[str, Any]) -> list[base.HeadlineRow]:
         if "spurious" not in metrics:
             return []
