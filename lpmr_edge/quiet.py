@@ -81,12 +81,14 @@ def _stdout_writers_to(stream: TextIO) -> Iterator[None]:
     for name in ROUTED_LOGGERS:
         logging.getLogger(name).addFilter(routed)
     global_console = rich.get_console()
-    console_file = global_console.file
+    # the console's own setting, not the ``file`` property: unset means "sys.stdout when writing", and
+    # restoring the property's value would pin whatever sys.stdout was now (e.g. a test runner's buffer)
+    console_file = global_console._file
     global_console.file = stream
     try:
         yield
     finally:
-        global_console.file = console_file
+        global_console._file = console_file
         for name in ROUTED_LOGGERS:
             logging.getLogger(name).removeFilter(routed)
 

@@ -76,3 +76,21 @@ def test_export_and_eval_print_only_our_lines(tmp_path: Path):
     verbose = _cli("--verbose", "eval", "--artifact", "art/tiny/executorch-fp32", "--limit", "8", "--json",
                    "--out", "r", cwd=tmp_path)
     assert verbose.returncode == 0 and "cpuinfo_utils.cpp" in verbose.stderr
+
+
+def test_the_global_console_follows_sys_stdout_after_a_capture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A capture must not pin rich's global console (NNCF's progress bars) to the stdout of its moment: a
+    test runner closes that buffer afterwards, and a later export would write to a closed file."""
+    import io
+
+    import rich
+
+    closed_later = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", closed_later)
+    with captured_output(tmp_path / "lpmr-edge.log", "test"):
+        pass
+    closed_later.close()
+    current = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", current)
+    rich.get_console().print("after the capture")
+    assert "after the capture" in current.getvalue()
