@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import target_toml
-from device_fixtures import SshServer, _export, processes_inside, wait_until
+from device_fixtures import SshServer, _export, one_line_error, processes_inside, run_cli, wait_until
 
 from lpmr_edge.artifact import feature_agreement, verify_reference_outputs
 from lpmr_edge.backends import NATIVE_RUNNER, backend
@@ -388,3 +388,20 @@ def test_the_aarch64_runner_on_the_emulated_device_without_python_packages(
     assert not [path for path in libraries if "lpmr-venv" in path or "python" in path or "libtorch" in path]
     assert any(path.endswith("/lib/libexecutorch.so") and "/runners/native-aarch64-" in path for path in libraries)
     wait_until(lambda: not processes_inside(emulator.root), "the emulated runner to end")
+
+
+@pytest.mark.slow
+def test_device_setup_copies_the_native_runner_once(sshd: SshServer, prebuilt: dict[str, Path], tmp_path: Path) -> None:
+    spec = native_spec(sshd, tmp_path / "device").replace("&runner=native", "")
+    first = run_cli("device", "setup", "--device", spec, "--runner", "native", "--json")
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout[first.stdout.index("{"):])
+    record = json.loads((prebuilt[HOST] / RECORD).read_text())
+    assert report["ready"] == {"executorch": True} and report["python"] is None and report["machine"] == HOST
+    assert report["runners"]["executorch"]["copied"] == list(record["files"])
+    assert not (tmp_path / "device" / "venv").exists()  # nothing installed with pip
+    again = run_cli("device", "setup", "--device", spec, "--runner", "native", "--json")
+    assert json.loads(again.stdout[again.stdout.index("{"):])["runners"]["executorch"]["copied"] == []
+    refused = one_line_error(run_cli("device", "setup", "--device", spec, "--runner", "native", "--runtime", "openvino"))
+    assert "none of the runtimes openvino has a 'native' runner" in refused
+    sshd.assert_nothing_left()
