@@ -13,7 +13,6 @@ device and copies the ones that are missing or differ; each copy is checked ther
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import signal
@@ -24,7 +23,7 @@ from typing import Any
 
 from lpmr_edge.backends import Runner
 from lpmr_edge.devices.base import Device
-from lpmr_edge.devices.serve import CHUNK, ELF_MACHINES, MARKER
+from lpmr_edge.devices.serve import ELF_MACHINES, MARKER, sha256_file
 from lpmr_edge.errors import UserError
 
 RECORD = "runner.json"
@@ -53,14 +52,6 @@ def elf_machine(path: Path) -> str | None:
     return ELF_MACHINES.get(int.from_bytes(header[18:20], "little"), "another CPU")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_bundle(bundle: Path, machine: str, setup: str = "rebuild it") -> dict[str, Any]:
     """The bundle's record after checking, on the host, that it is complete, intact and built for ``machine``;
     a UserError naming the first problem and ``setup``, what fixes it."""
@@ -72,7 +63,7 @@ def check_bundle(bundle: Path, machine: str, setup: str = "rebuild it") -> dict[
         path = bundle / name
         if not path.is_file():
             raise UserError(f"the runner's {name} is missing from {bundle}; {setup}")
-        found = _sha256(path)
+        found = sha256_file(path)
         if found != digest:
             raise UserError(f"the runner's {name} in {bundle} has sha256 {found[:12]}…, {RECORD} says "
                             f"{digest[:12]}…: the copy is corrupted; {setup}")
