@@ -120,6 +120,7 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({backend.name: backend for ba
                                            bundle="lpmr_edge.runtimes.executorch.native.build:build_runner")}),
 )})
 RUNTIME_NAMES = (TORCH, *BACKENDS)
+RUNNER_KINDS = tuple(sorted({kind for record in BACKENDS.values() for kind in record.runners}))  # ?runner=, --runner
 
 
 def backend(name: str) -> Backend:

@@ -23,7 +23,7 @@ BAD_VALUES = {  # parser -> values it must refuse ({dir}, {file}: an existing di
     p.TARGET: ["nope", "{dir}/absent.toml"], p.DEVICE: ["foo://x", "ssh://", "ssh://h:99999"],
     p.DATASET: ["nope", "folder:{dir}/absent", "calib:nope", "waterbirds:"], p.RAY_ADDRESS: ["foo", "h:port"],
     **{choice: ["nope", ""] for choice in (p.RUNTIME, p.EXPORT_RUNTIME, p.PRESET, p.OBJECTIVE, p.PRECISION, p.TOWER,
-                                          p.DEVICE_RUNTIME, p.ENGINE, p.EXPORT_FORMAT, p.STANDIN)},
+                                          p.RUNNER, p.ENGINE, p.EXPORT_FORMAT, p.STANDIN)},
 }
 VALID = {p.EXISTING_DIR: "{dir}", p.EXISTING_PATH: "{dir}", p.EXISTING_FILE: "{file}", p.TARGET: "x86",
          p.DEVICE: "local"}  # values for the required parameters besides the one under test

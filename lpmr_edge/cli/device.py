@@ -8,13 +8,13 @@ import typer
 from lpmr_edge.backends import BACKENDS
 from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import DeviceOption, JsonOption
-from lpmr_edge.cli.params import EXPORT_RUNTIME
+from lpmr_edge.cli.params import EXPORT_RUNTIME, RUNNER
 from lpmr_edge.cli.ui import console, print_json, print_table
 from lpmr_edge.errors import UserError
 
 RuntimesOption = Annotated[list[str], typer.Option("--runtime", parser=EXPORT_RUNTIME, help="Runtime(s) to install and check: "
                                                    f"{', '.join(BACKENDS)}")]
-RunnerOption = Annotated[str | None, typer.Option("--runner", help="Runner kind to set up: native copies ExecuTorch's "
+RunnerOption = Annotated[str | None, typer.Option("--runner", parser=RUNNER, help="Runner kind to set up: native copies ExecuTorch's "
                                                   "C++ runner (no Python on the device) instead of installing a venv")]
 device_app = typer.Typer(help="Devices that run artifacts: set them up and check them.", no_args_is_help=True)
 app.add_typer(device_app, name="device")

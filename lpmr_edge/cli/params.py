@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic_core import PydanticCustomError
 
-from lpmr_edge.backends import BACKENDS, RUNTIME_NAMES
+from lpmr_edge.backends import BACKENDS, RUNNER_KINDS, RUNTIME_NAMES
 from lpmr_edge.errors import UserError
 from lpmr_edge.pick import OBJECTIVES
 from lpmr_edge.quantize import PRESETS
@@ -205,6 +205,7 @@ GROUP_SIZE = Checked("integer", lambda value: -1 if str(value).strip() == "-1" e
 PRESET = one_of(PRESETS, "preset")
 OBJECTIVE = one_of(OBJECTIVES, "objective")
 EXPORT_RUNTIME = one_of(BACKENDS, "runtime")
+RUNNER = one_of(RUNNER_KINDS, "runner")
 RUNTIME = one_of(RUNTIME_NAMES, "runtime")
 PRECISION = one_of(sorted({precision for spec in BACKENDS.values() for precision in spec.precisions}), "precision")
 TOWER = one_of(_bench_towers, "tower")

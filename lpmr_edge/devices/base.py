@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from typing import IO, Any
 from urllib.parse import SplitResult, parse_qsl
 
-from lpmr_edge.backends import BACKENDS
+from lpmr_edge.backends import RUNNER_KINDS
 from lpmr_edge.errors import UserError
 
 LOCAL = "local"
@@ -47,9 +47,8 @@ class Device(ABC):
     def __init__(self, workdir: str | None = None, python: str | None = None, runner: str | None = None) -> None:
         self.workdir = (workdir or DEFAULT_WORKDIR).rstrip("/")
         self.python = python or self.default_python
-        kinds = sorted({kind for record in BACKENDS.values() for kind in record.runners})
-        if runner is not None and runner not in kinds:
-            raise UserError(f"unknown runner '{runner}' in a device spec; use one of {', '.join(kinds)}")
+        if runner is not None and runner not in RUNNER_KINDS:
+            raise UserError(f"unknown runner '{runner}' in a device spec; use one of {', '.join(RUNNER_KINDS)}")
         self.runner = runner  # the runner kind asked for (None: each runtime's default)
 
     @property
