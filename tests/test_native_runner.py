@@ -1,6 +1,9 @@
 """The native ExecuTorch runner (lpmr_edge/runtimes/executorch/native): built against the executorch wheel's C++
 runtime and driven over its stdin/stdout with the device protocol, it gives the Python runtime's outputs; a bundle
-that is incomplete, corrupted, foreign or killed is named in one line."""
+that is incomplete, corrupted, foreign or killed is named in one line. Through the runtime registry
+(``?runner=native``): over the loopback sshd it gives the local results exactly, faults are one line and resumable,
+and on the emulated arm64 device, with the root's Python packages hidden, it matches x86 to the artifact's
+tolerance. Bundles are built once per session (in the user's cache, keyed by content)."""
 from __future__ import annotations
 
 import hashlib
