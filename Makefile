@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 CHROMIUM := /usr/bin/chromium
 SSHD := /usr/sbin/sshd
+# Debian's aarch64 cross compiler builds ExecuTorch's native runner for arm64 devices (on an x86_64 host).
+CROSS_CXX := $(if $(filter x86_64,$(shell uname -m)),/usr/bin/aarch64-linux-gnu-g++)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # CPU torch comes from PyTorch's CPU wheel index (PyPI's torch is a CUDA build), unless pip already has an
@@ -14,9 +16,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PIP_HAS_SOURCE := $(BIN)/pip config list | grep -qE '\.(index-url|extra-index-url|find-links)='
 
-.PHONY: setup system demo test bench bench-sweep lint standin clean arm-root browser sshd
+.PHONY: setup system demo test bench bench-sweep lint standin clean arm-root browser sshd cross
 
-setup: $(STAMP) system browser sshd
+setup: $(STAMP) system browser sshd cross
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +43,11 @@ sshd: $(SSHD)
 
 $(SSHD):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server
+
+cross: $(CROSS_CXX)
+
+/usr/bin/aarch64-linux-gnu-g++:
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++-aarch64-linux-gnu
 
 demo: setup
 	$(BIN)/lpmr-edge run --model lpmr-tiny-fmnist --target x86 --target arm --out lpmr-results/demo

@@ -18,6 +18,7 @@ from lpmr_edge.errors import UserError
 
 TORCH = "torch"  # the in-process FP32 reference (lpmr_edge/runtimes/torch_runtime.py): no artifact, no record
 PYTHON_RUNNER = "python"
+NATIVE_RUNNER = "native"
 ARM_OPENVINO_INT8 = ("OpenVINO runs INT8 on ARM CPUs in simulation: no speed-up over FP32 (and INT8-activation "
                      "parity is unverified under emulation); use ExecuTorch for INT8 on ARM")
 
@@ -25,13 +26,21 @@ ARM_OPENVINO_INT8 = ("OpenVINO runs INT8 on ARM CPUs in simulation: no speed-up 
 @dataclass(frozen=True)
 class Runner:
     """One way a device runs a backend's artifacts. ``loader`` is the module whose source the device server
-    (lpmr_edge/devices/serve.py) receives and runs: standard library + numpy + ``modules`` only. A second
-    kind (e.g. a native binary driven by a small loader module) is another ``Runner`` in the record."""
+    (lpmr_edge/devices/serve.py) receives and runs: standard library + numpy + ``modules`` only; the host reads
+    its ``warnings``/``description`` for every runner kind. A binary runner names a ``bundle`` builder instead
+    of packages: "module:function" (device architecture) -> a bundle directory (format in
+    lpmr_edge/devices/binary.py) whose files are copied to the device and started there, no Python involved."""
 
     kind: str
     loader: str
-    packages: tuple[str, ...]  # pip packages the device needs, installed at this host's versions
-    modules: tuple[str, ...]  # modules that must import on the device
+    packages: tuple[str, ...] = ()  # pip packages the device needs, installed at this host's versions
+    modules: tuple[str, ...] = ()  # modules that must import on the device
+    bundle: str | None = None  # "module:function": builds the binary runner's bundle for an architecture
+
+    def build_bundle(self, arch: str) -> Path:
+        """The binary runner's bundle for ``arch`` (built on this host, cached); only for a ``bundle`` runner."""
+        assert self.bundle is not None, f"the {self.kind} runner is no binary runner"
+        return _attribute(self.bundle)(arch)
 
     @property
     def loader_source(self) -> bytes:
@@ -57,9 +66,12 @@ class Backend:
     fused_head: bool = False  # can export a fused zero-shot head (--fuse-head)
     arch_warnings: Mapping[str, str] = field(default_factory=dict)  # target arch -> warning for integer precisions
 
-    def runner(self, kind: str | None = None) -> Runner:
-        """The runner of ``kind`` (default: the first); a UserError naming the kinds there are."""
+    def runner(self, kind: str | None = None, strict: bool = True) -> Runner:
+        """The runner of ``kind`` (default: the first); a UserError naming the kinds there are, or, not
+        ``strict``, the default runner when this backend has no ``kind``."""
         kind = kind or next(iter(self.runners))
+        if kind not in self.runners and not strict:
+            return self.runner()
         if kind not in self.runners:
             raise UserError(f"runtime '{self.name}' has no '{kind}' runner; use one of {', '.join(self.runners)}")
         return self.runners[kind]
@@ -102,9 +114,13 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({backend.name: backend for ba
             runtime_class="lpmr_edge.runtimes.executorch.runtime:ExecuTorchRuntime",
             exporter="lpmr_edge.runtimes.executorch.export", manifest_tools=("executorch", "torchao"),
             # the Python runtime (pybindings) links libtorch: torch must import on the device
-            runners=_python_runner("executorch", ("executorch", "torch", "torchao"), ("torch", "executorch.runtime"))),
+            runners={**_python_runner("executorch", ("executorch", "torch", "torchao"), ("torch", "executorch.runtime")),
+                     # the C++ runner over the wheel's runtime libraries: no Python, numpy or torch on the device
+                     NATIVE_RUNNER: Runner(NATIVE_RUNNER, "lpmr_edge.runtimes.executorch.loader",
+                                           bundle="lpmr_edge.runtimes.executorch.native.build:build_runner")}),
 )})
 RUNTIME_NAMES = (TORCH, *BACKENDS)
+RUNNER_KINDS = tuple(sorted({kind for record in BACKENDS.values() for kind in record.runners}))  # ?runner=, --runner
 
 
 def backend(name: str) -> Backend:

@@ -25,7 +25,7 @@ BAD_VALUES = {  # parser -> values it must refuse ({dir}, {file}: an existing di
     p.DATASET: ["nope", "folder:{dir}/absent", "calib:nope", "waterbirds:"], p.RAY_ADDRESS: ["foo", "h:port"],
     p.OBJECTIVE: ["nope", "", "ece:textiles"], p.MARGIN: ["ece", "ece=x", "speed=1", "top1=-1pp"],
     **{choice: ["nope", ""] for choice in (p.RUNTIME, p.EXPORT_RUNTIME, p.PRESET, p.PRECISION, p.TOWER,
-                                          p.ENGINE, p.EXPORT_FORMAT, p.STANDIN)},
+                                          p.RUNNER, p.ENGINE, p.EXPORT_FORMAT, p.STANDIN)},
 }
 VALID = {p.EXISTING_DIR: "{dir}", p.EXISTING_PATH: "{dir}", p.EXISTING_FILE: "{file}", p.TARGET: "x86",
          p.DEVICE: "local"}  # values for the required parameters besides the one under test

@@ -5,7 +5,8 @@ on this x86 host.
 To fit CI, the target is the arm target reduced to ExecuTorch fp32 + int8 and the suite is small (256 ID
 images, one OOD set); the stock arm target and the quick suite take the same code path. Stated tolerance:
 top-1 within one prediction of the x86 run and ECE within 0.001 (XNNPACK's aarch64 and x86 kernels agree to
-~1e-7 relative on these towers). Needs the root of `make arm-root` (skipped without it).
+~1e-7 relative on these towers). Needs the root of `make arm-root` (skipped without it). Run with the Python
+device server and with ExecuTorch's native runner (``?runner=native``: the C++ runner copied to the device).
 """
 from __future__ import annotations
 
@@ -41,13 +42,15 @@ def _headline(result_dir: Path) -> tuple[float, float]:
     return metrics["accuracy"]["top1"], metrics["calibration"]["ece"]
 
 
-def test_run_on_the_emulated_device_matches_x86(emulator: EmulatedArm64, emulated_device: str,
+@pytest.mark.parametrize("runner", ["python", "native"])
+def test_run_on_the_emulated_device_matches_x86(runner: str, emulator: EmulatedArm64, emulated_device: str,
                                                 tmp_path: Path) -> None:
     (tmp_path / "arm-et.toml").write_text(TARGET)
     (tmp_path / "small.toml").write_text(SUITE)
     out = tmp_path / "run"
     run = run_cli("run", "--model", "lpmr-tiny-fmnist", "--target", str(tmp_path / "arm-et.toml"),
-                  "--suite", str(tmp_path / "small.toml"), "--device", emulated_device, "--out", str(out), "--json")
+                  "--suite", str(tmp_path / "small.toml"), "--device", f"{emulated_device}&runner={runner}",
+                  "--out", str(out), "--json")
     assert run.exit_code == 0, run.output
     wait_until(lambda: not processes_inside(emulator.root), "the emulated device servers to end")
 
@@ -61,6 +64,8 @@ def test_run_on_the_emulated_device_matches_x86(emulator: EmulatedArm64, emulate
         on_device = out / "results" / "arm-et" / f"executorch-{precision}"
         described = json.loads((on_device / "manifest.json").read_text())["runtime"]
         assert described["device"]["machine"] == "aarch64" and described["timing"]["emulated"] is True
+        assert described["device"]["runner"]["kind"] == runner
+        assert (described["device"]["python"] is None) == (runner == "native")
         on_host = tmp_path / "x86" / precision
         evaluate(open_runtime(artifact=out / "artifacts" / "arm-et" / f"executorch-{precision}"), on_host,
                  EvalSettings(suite=str(tmp_path / "small.toml")))

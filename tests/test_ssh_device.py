@@ -129,7 +129,10 @@ def test_device_specs_and_the_remote_command() -> None:
     assert command[command.index("-p") + 1] == "2222" and command[command.index("-F") + 1] == "/etc/lab_ssh_config"
     assert "StrictHostKeyChecking=no" not in " ".join(command)
     assert parse_device("ssh://board").python == "~/.cache/lpmr-edge/venv/bin/python"
+    assert (parse_device("ssh://board?runner=native").runner, parse_device("emu-arm64?runner=native").runner,
+            parse_device("ssh://board").runner) == ("native", "native", None)
     for spec, problem in (("ssh://pi@board:port", "bad port"), ("ssh://board?pyhton=/x", "unknown option 'pyhton'"),
-                          ("pi@board", "unknown device"), ("emu-arm64?python=/x", "unknown option 'python'")):
+                          ("pi@board", "unknown device"), ("emu-arm64?python=/x", "unknown option 'python'"),
+                          ("ssh://board?runner=rust", "unknown runner 'rust' in a device spec; use one of native, python")):
         with pytest.raises(UserError, match=problem):
             parse_device(spec)

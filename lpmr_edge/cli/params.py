@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic_core import PydanticCustomError
 
-from lpmr_edge.backends import BACKENDS, RUNTIME_NAMES
+from lpmr_edge.backends import BACKENDS, RUNNER_KINDS, RUNTIME_NAMES
 from lpmr_edge.errors import UserError
 from lpmr_edge.pick import objective_metric, parse_margin
 from lpmr_edge.quantize import PRESETS
@@ -224,6 +224,7 @@ PRESET = one_of(PRESETS, "preset")
 OBJECTIVE = Checked("objective", lambda value: objective_metric(str(value)) and str(value))
 MARGIN = Checked("METRIC=VALUE", lambda value: parse_margin(str(value)) and str(value))
 EXPORT_RUNTIME = one_of(BACKENDS, "runtime")
+RUNNER = one_of(RUNNER_KINDS, "runner")
 RUNTIME = one_of(RUNTIME_NAMES, "runtime")
 PRECISION = one_of(sorted({precision for spec in BACKENDS.values() for precision in spec.precisions}), "precision")
 TOWER = one_of(_bench_towers, "tower")

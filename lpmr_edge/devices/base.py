@@ -4,13 +4,15 @@
 
     local                                         this machine, the runtime in process (the default)
     local?python=PATH                             a device server on this machine, in another Python
-    ssh://[user@]host[:port][?python=…&workdir=…&config=…]   a board reached with the system OpenSSH client
-    emu-arm64[?workdir=…&cpu=…]                   the emulated arm64 root (correctness only: emulated timings)
+    ssh://[user@]host[:port][?python=…&workdir=…&config=…&runner=…]   a board reached with the system OpenSSH client
+    emu-arm64[?workdir=…&cpu=…&runner=…]          the emulated arm64 root (correctness only: emulated timings)
 
 Options: ``python``, the device's Python (default: the private venv ``<workdir>/venv`` that
 ``lpmr-edge device setup`` makes; on this machine, this Python); ``workdir``, where artifacts and the
 venv live on the device (default ``~/.cache/lpmr-edge``, ``~`` being the device's home); ``config``, an
-ssh_config file for ``ssh -F``; ``cpu``, the QEMU CPU model of the emulated device.
+ssh_config file for ``ssh -F``; ``cpu``, the QEMU CPU model of the emulated device; ``runner``, the runner
+kind for the runtimes that have one (``native``: ExecuTorch's C++ runner, no Python on the device; the
+other runtimes keep their Python device server).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from abc import ABC, abstractmethod
 from typing import IO, Any
 from urllib.parse import SplitResult, parse_qsl
 
+from lpmr_edge.backends import RUNNER_KINDS
 from lpmr_edge.errors import UserError
 
 LOCAL = "local"
@@ -33,7 +36,7 @@ class Device(ABC):
 
     kind = "device"
     emulated = False
-    options: tuple[str, ...] = ("python", "workdir")  # the ``?name=value`` options its spec takes
+    options: tuple[str, ...] = ("python", "workdir", "runner")  # the ``?name=value`` options its spec takes
     spec: str | None = None  # the --device spec it was made from, options included
 
     @classmethod
@@ -41,9 +44,12 @@ class Device(ABC):
         """The device a parsed spec of this kind names (its options checked against ``options``)."""
         return cls(**parse_options(spec, parts.query, cls.options))
 
-    def __init__(self, workdir: str | None = None, python: str | None = None) -> None:
+    def __init__(self, workdir: str | None = None, python: str | None = None, runner: str | None = None) -> None:
         self.workdir = (workdir or DEFAULT_WORKDIR).rstrip("/")
         self.python = python or self.default_python
+        if runner is not None and runner not in RUNNER_KINDS:
+            raise UserError(f"unknown runner '{runner}' in a device spec; use one of {', '.join(RUNNER_KINDS)}")
+        self.runner = runner  # the runner kind asked for (None: each runtime's default)
 
     @property
     def private_python(self) -> str:

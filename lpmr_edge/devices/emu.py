@@ -20,10 +20,10 @@ class EmulatedDevice(Device):
 
     kind = EMULATED_ARM64
     emulated = True
-    options = ("workdir", "cpu")
+    options = ("workdir", "cpu", "runner")
 
-    def __init__(self, workdir: str | None = None, cpu: str | None = None) -> None:
-        super().__init__(workdir=workdir, python=EmulatedArm64.python)
+    def __init__(self, workdir: str | None = None, cpu: str | None = None, runner: str | None = None) -> None:
+        super().__init__(workdir=workdir, python=EmulatedArm64.python, runner=runner)
         self.emulator = EmulatedArm64(cpu=cpu)
 
     @property

@@ -21,6 +21,9 @@ line and the server keeps serving. Requests:
   run {tower} + .npy inputs               -> {batch_s: [...], peak_rss_kb} + .npy features
                                              (preceded by {"progress": i} after every batch)
 
+ExecuTorch's native runner (lpmr_edge/runtimes/executorch/native/runner.cpp) speaks this protocol in C++ without
+Python: a change here must be made there too (its tests compare the protocol numbers).
+
 End of input ends the server. Its supervisor (the parent process) kills it the moment the host's
 channel closes (SSH dropped, host killed), even in the middle of a batch; an hour without any
 exchange ends it too (a network that vanished without closing the connection).

@@ -1,7 +1,8 @@
 """The host's end of a device server (lpmr_edge/devices/serve.py): frames over its stdin/stdout.
 
 Starting a session sends the server's source through the device's stdin (nothing is installed for
-it), then waits for its hello. Every read and write waits at most ``timeout`` seconds of silence
+it), then waits for its hello; a binary runner already copied to the device (lpmr_edge/devices/binary.py) is
+started instead. Every read and write waits at most ``timeout`` seconds of silence
 (the server reports progress after every batch, so a long shard does not count as silence); on a
 timeout, a dropped connection or a dead server the session stops the device process and raises a
 one-line UserError.
@@ -17,6 +18,7 @@ from typing import Any, NoReturn
 
 from lpmr_edge.devices import serve
 from lpmr_edge.devices.base import Device
+from lpmr_edge.devices.binary import InstalledRunner
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import MANIFEST_NAME
 
@@ -26,16 +28,18 @@ RESUME = "re-run to resume (completed shards are kept)"
 
 
 class DeviceSession:
-    """One device server process and the request/reply conversation with it."""
+    """One device server process (serve.py, or the binary ``runner`` installed there) and the request/reply
+    conversation with it."""
 
-    def __init__(self, device: Device, python: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.device, self.timeout = device, timeout
+    def __init__(self, device: Device, python: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 runner: InstalledRunner | None = None) -> None:
+        self.device, self.timeout, self.runner = device, timeout, runner
         self.hello: dict[str, Any] = {}
-        source = Path(serve.__file__).read_bytes()
+        source = b"" if runner else Path(serve.__file__).read_bytes()
         self.stderr = ""  # what the device process wrote to stderr, once it has ended
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - read and closed by close()
-        self.process = device.start([python or device.python, "-c", serve.BOOTSTRAP, serve.MARKER,
-                                     str(len(source))], self._stderr)
+        argv = runner.argv if runner else [python or device.python, "-c", serve.BOOTSTRAP, serve.MARKER, str(len(source))]
+        self.process = device.start(argv, self._stderr)
         assert self.process.stdin is not None and self.process.stdout is not None
         self._to_device, self._from_device = self.process.stdin.fileno(), self.process.stdout.fileno()
         os.set_blocking(self._to_device, False)
@@ -134,4 +138,6 @@ class DeviceSession:
     def _lost(self) -> NoReturn:
         returncode = self.close()
         resume = f"; {RESUME}" if self.hello else ""  # else the server never started
-        raise UserError(f"device {self.device.label}: {self.device.explain(returncode, self.stderr)}{resume}")
+        reason = (self.runner and self.runner.explain(returncode, self.stderr)) or \
+            self.device.explain(returncode, self.stderr)
+        raise UserError(f"device {self.device.label}: {reason}{resume}")

@@ -9,6 +9,10 @@ When the device's Python is the default, the private venv ``<workdir>/venv``, se
 (``python3 -m venv``; Debian needs python3-venv) and pip-installs the pinned binary wheels into it:
 the device needs its own access to PyPI (or a mirror in its pip configuration). A Python named in
 the spec is only checked, never changed.
+
+With a binary runner (``--runner native``: ExecuTorch's C++ runner) none of that is needed: setup builds the
+runner bundle for the device's architecture, copies it to ``<workdir>/runners/`` there (each file checked by
+sha256 on the device, lpmr_edge/devices/binary.py), starts it once and reports what it found.
 """
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from lpmr_edge.backends import BACKENDS, Runner
+from lpmr_edge.backends import BACKENDS, PYTHON_RUNNER, Runner
 from lpmr_edge.devices.base import Device
+from lpmr_edge.devices.binary import prepare_runner
 from lpmr_edge.devices.session import DeviceSession
 from lpmr_edge.errors import UserError
 
@@ -81,8 +86,38 @@ def install_private_venv(device: Device, runtimes: list[str], log: Log) -> list[
     return requirements
 
 
-def setup_device(device: Device, runtimes: list[str], log: Log) -> dict[str, Any]:
-    """Prepare the device (private venv: create and install) and report what its Python finds."""
+def setup_binary_runner(device: Device, runtimes: list[str], kind: str, log: Log) -> dict[str, Any]:
+    """Copy the ``kind`` binary runner of those ``runtimes`` that have one to the device, start it once and report
+    what it found there."""
+    chosen = {runtime: BACKENDS[runtime].runners[kind] for runtime in runners(runtimes)
+              if kind in BACKENDS[runtime].runners}
+    if not chosen:
+        raise UserError(f"none of the runtimes {', '.join(runtimes)} has a '{kind}' runner; choose one that has "
+                        "(--runtime executorch) or leave --runner out")
+    device.prepare()
+    described = {}
+    for runtime, runner in chosen.items():
+        installed = prepare_runner(device, runner)
+        assert installed is not None, f"the {kind} runner of {runtime} is no binary runner"
+        log(f"{device.label}: {kind} runner for {runtime} in {installed.directory} "
+            f"({installed.record['footprint_mb']:.1f} MB, {len(installed.copied)} file(s) copied)")
+        session = DeviceSession(device, runner=installed)
+        try:
+            reply, _ = session.request({"op": "probe", "modules": [], "workdir": device.workdir})
+        finally:
+            session.close()
+        described[runtime] = {**installed.describe(), "copied": installed.copied}
+    hello = session.hello
+    return {"device": device.describe(), "spec": device.spec or device.label, "python": None, "workdir": device.workdir,
+            "machine": hello["machine"], "python_version": None, "libc": hello["libc"], "free_mb": reply["free_mb"],
+            "packages": {}, "installed": [], "runners": described, "ready": {runtime: True for runtime in chosen}}
+
+
+def setup_device(device: Device, runtimes: list[str], log: Log, runner: str | None = None) -> dict[str, Any]:
+    """Prepare the device (private venv: create and install) and report what its Python finds; with a binary
+    ``runner`` kind (e.g. ``native``), ``setup_binary_runner`` instead."""
+    if runner not in (None, PYTHON_RUNNER):
+        return setup_binary_runner(device, runtimes, runner, log)
     chosen = runners(runtimes)
     device.prepare()
     installed = install_private_venv(device, runtimes, log) if device.python == device.private_python else []

@@ -43,7 +43,7 @@ class SshDevice(Device):
     """A board or server reached as ``ssh [-p port] [-F config] [user@]host``."""
 
     kind = "ssh"
-    options = ("python", "workdir", "config")
+    options = ("python", "workdir", "config", "runner")
 
     @classmethod
     def from_spec(cls, spec: str, parts: SplitResult) -> SshDevice:
@@ -56,8 +56,8 @@ class SshDevice(Device):
         return cls(parts.hostname, user=parts.username, port=port, **parse_options(spec, parts.query, cls.options))
 
     def __init__(self, host: str, user: str | None = None, port: int | None = None, python: str | None = None,
-                 workdir: str | None = None, config: str | None = None) -> None:
-        super().__init__(workdir=workdir, python=python)
+                 workdir: str | None = None, config: str | None = None, runner: str | None = None) -> None:
+        super().__init__(workdir=workdir, python=python, runner=runner)
         self.host, self.user, self.port, self.config = host, user, port, config
 
     @property

@@ -8,6 +8,11 @@ times each batch itself and reports its peak RSS. Every shard it returns is stor
 it is used (``<cache>/device-shards/<identity>/<inputs hash>.npz``, written atomically), keyed by the
 runtime identity (artifact files, runtime version, executed precision, device) and the inputs, so a
 re-run after a failure resumes from the last completed shard and no returned result is lost or run twice.
+
+The device runs the backend's runner of the kind asked for (``runner=``, else the device spec's ``?runner=``
+where the backend has it, else its default, the Python server); a binary runner (ExecuTorch's ``native``) is
+copied to the device and checked there first (lpmr_edge/devices/binary.py). Its kind, library versions and
+on-device footprint are in ``describe()["device"]["runner"]`` and its kind and build key in the identity.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from lpmr_edge.artifact import TOWERS, foreign_machine_warnings, verify_artifact
 from lpmr_edge.backends import backend
 from lpmr_edge.cache import cache_root
 from lpmr_edge.devices.base import Device
+from lpmr_edge.devices.binary import prepare_runner
 from lpmr_edge.devices.serve import decode_array, encode_array
 from lpmr_edge.devices.session import DEFAULT_TIMEOUT, DeviceSession
 from lpmr_edge.manifest import atomic_write_bytes, sha256_json
@@ -76,10 +82,12 @@ class DeviceRuntime(Runtime):
         self.artifact_dir = Path(artifact_dir)
         self.manifest = verify_artifact(self.artifact_dir)
         self.name = self.manifest["runtime"]
-        self.runner = backend(self.name).runner(runner)
+        # an explicit runner must exist; the device spec's applies to the runtimes that have it
+        self.runner = backend(self.name).runner(runner or device.runner, strict=runner is not None)
         self.loader = importlib.import_module(self.runner.loader)  # the module the device runs, for its reports
         self.device = device
-        self.session = DeviceSession(device, timeout=timeout)
+        self.installed = prepare_runner(device, self.runner)
+        self.session = DeviceSession(device, timeout=timeout, runner=self.installed)
         try:
             self.pushed = self.session.push_artifact(self.artifact_dir, device.workdir)
             self.loaded, _ = self.session.request({"op": "load", "threads": threads, "loader": self.runner.loader,
@@ -92,7 +100,9 @@ class DeviceRuntime(Runtime):
                                    "emulated": device.emulated or hello["emulated"]}
         self._identity = sha256_json({"runtime": self.name, "precision": self.manifest["precision"],
                                       "files": self.manifest["files"], "version": self.loaded["version"],
-                                      "executed": self.executed_precision, "device": self.device_description})
+                                      "executed": self.executed_precision, "device": self.device_description,
+                                      "runner": {"kind": self.runner.kind,
+                                                 "build": self.installed and self.installed.record["key"]}})
         self.cache = ShardCache(cache_root() / SHARDS_DIR / self._identity)
         self.shards: Counter[str] = Counter()
         self._used: dict[str, list[Shard]] = {tower: [] for tower in TOWERS}
@@ -112,10 +122,19 @@ class DeviceRuntime(Runtime):
             raise
 
     @property
+    def runner_info(self) -> dict[str, Any]:
+        """The runner as results record it: kind; for a binary runner its library versions, on-device footprint,
+        build key, directory and the shared objects it loaded there."""
+        if self.installed is None:
+            return {"kind": self.runner.kind}
+        return {**self.installed.describe(), "libraries": self.loaded.get("libraries")}
+
+    @property
     def device_info(self) -> dict[str, Any]:
-        """The device as results record it: kind, label, emulated flag, machine and Python found there."""
+        """The device as results record it: kind, label, emulated flag, machine, the runner and the Python (none
+        for a binary runner) found there."""
         hello = self.session.hello
-        return {**self.device_description, "python": hello["python"],
+        return {**self.device_description, "runner": self.runner_info, "python": hello["python"],
                 "python_path": hello["executable"], "libc": hello["libc"], "workdir": self.device.workdir}
 
     @property

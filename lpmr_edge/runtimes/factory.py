@@ -16,7 +16,8 @@ def open_runtime(runtime: str | None = None, model: str | None = None, artifact:
     """The torch reference for ``model``, or the runtime an artifact's manifest names (``runtime``, if given,
     must agree), in this process for ``device`` ``local``, else on that device (``--device`` spec) through a
     ``DeviceRuntime`` whose ``describe()["device"]`` names it; ``runner`` picks the backend's device runner
-    kind (default: its first, the Python device server)."""
+    kind (default: the device spec's ``?runner=`` where the backend has that kind, else its first, the Python
+    device server; ``native`` is ExecuTorch's C++ runner)."""
     if artifact is not None:
         artifact = Path(artifact)
         declared = read_json(artifact / "manifest.json", "artifact manifest").get("runtime")

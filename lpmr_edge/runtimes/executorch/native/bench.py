@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from lpmr_edge.backends import PYTHON_RUNNER, backend
 from lpmr_edge.runtimes.executorch.native.build import RUNNER, build_runner
 from lpmr_edge.runtimes.executorch.native.client import LocalRunner, python_server
 
@@ -48,12 +49,13 @@ def bench(artifact: Path, calls: int = 50, threads: int = 2, rows: int = 1) -> d
     runners = {"native": LocalRunner([str(build_runner(platform.machine()) / RUNNER)]), "python": python_server()}
     timings: dict[str, dict[str, dict[str, list[float]]]] = {
         kind: {tower: {"device": [], "round_trip": []} for tower in inputs} for kind in runners}
-    loaded = {}
+    loaded, loader = {}, backend("executorch").runner(PYTHON_RUNNER)  # the native runner ignores the loader
     try:
         with tempfile.TemporaryDirectory() as workdir:
             for kind, runner in runners.items():
                 runner.push(artifact, Path(workdir) / kind)
-                loaded[kind], _ = runner.request({"op": "load", "threads": threads})
+                loaded[kind], _ = runner.request({"op": "load", "threads": threads, "loader": loader.loader,
+                                                  "modules": loader.modules}, loader.loader_source)
             for call in range(calls + 1):  # the first call of each runner warms it up and is not counted
                 for kind, runner in runners.items():
                     for tower, batch in inputs.items():

@@ -10,9 +10,10 @@ needs neither the emulated root nor QEMU, and the libraries are exactly the ones
 
   runner          the executable (RUNPATH $ORIGIN/lib)
   lib/*.so        only the wheel libraries the runner needs (its NEEDED entries, transitively)
-  runner.json     {arch, executorch, compiler, key, files: {path: sha256}, needed: {file: [NEEDED]},
-                   system_libraries: [NEEDED the device must provide],
+  runner.json     {arch, executable: "runner", versions: {executorch}, compiler, key, files: {path: sha256},
+                   needed: {file: [NEEDED]}, system_libraries: [NEEDED the device must provide],
                    requires: {GLIBC, GLIBCXX, CXXABI: newest symbol version needed}, footprint_mb}
+                  (the bundle format of lpmr_edge/devices/binary.py, which copies it to a device)
 
 The key hashes the sources, the compiler's version line, the flags, the executorch version and the
 architecture; a bundle is written to a temporary directory and renamed, so a cached one is always complete.
@@ -34,12 +35,12 @@ import zipfile
 from pathlib import Path
 
 from lpmr_edge.cache import cache_root
+from lpmr_edge.devices.binary import RECORD
 from lpmr_edge.errors import UserError
 
 SOURCE_DIR = Path(__file__).parent
 SOURCES = ("runner.cpp", "json.h", "npy.h", "sha256.h", "build.py")  # what the key hashes
 RUNNER = "runner"
-RECORD = "runner.json"
 LINKED = ("executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized",
           "executorch_kernels_quantized", "executorch_threadpool")
 DEFINES = ("C10_USING_CUSTOM_GENERATED_MACROS", "ET_EVENT_TRACER_ENABLED", "ET_USE_THREADPOOL")
@@ -168,7 +169,8 @@ def build_runner(arch: str) -> Path:
         _compile(compiler, wheel, version, staging / RUNNER)
         needs = _bundle_libraries(staging / RUNNER, wheel / "lib", staging / "lib")
         files = {str(path.relative_to(staging)): path for path in sorted(staging.rglob("*")) if path.is_file()}
-        record = {"arch": arch, "executorch": version, "compiler": compiler_line, "key": key,
+        record = {"arch": arch, "executable": RUNNER, "versions": {"executorch": version}, "compiler": compiler_line,
+                  "key": key,
                   "files": {name: _sha256(path) for name, path in files.items()}, "needed": needs,
                   "system_libraries": sorted({name for names in needs.values() for name in names} - set(needs)),
                   "requires": symbol_versions(list(files.values())),

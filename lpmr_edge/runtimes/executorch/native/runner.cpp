@@ -3,31 +3,37 @@ lpmr-edge native ExecuTorch runner: evaluates and times an ExecuTorch artifact o
 Python, no numpy and no torch. It links only the executorch wheel's C++ runtime libraries (libexecutorch,
 the XNNPACK backend, the optimized and quantized kernels, the thread pool), found in ./lib beside it.
 
-It speaks protocol 1 of lpmr_edge/devices/serve.py over its stdin/stdout, so the host's DeviceSession and
-DeviceRuntime drive it unchanged; only the start differs (the host runs this binary instead of
-`python -c BOOTSTRAP`, and sends no source). Frames: a 4-byte big-endian length, a UTF-8 JSON header, then
+It speaks protocol 2 of lpmr_edge/devices/serve.py over its stdin/stdout, so the host's DeviceSession and
+DeviceRuntime drive it unchanged; only the start differs (the host runs this binary, from the private directory
+lpmr_edge/devices/binary.py copies its bundle to, instead of `python -c BOOTSTRAP`, and sends no source; its
+arguments are ignored). Frames: a 4-byte big-endian length, a UTF-8 JSON header, then
 header["bytes"] payload bytes; arrays are .npy (version 1-3, little-endian, C order). The runner speaks first;
 every request gets one reply; {"error": "<one line>", "setup": bool} reports a failure and the runner carries on.
 
-  hello (sent first)                    {op: "hello", protocol: 1, pid, machine, system, libc, executable,
+  hello (sent first)                    {op: "hello", protocol: 2, pid, machine, system, libc, executable,
                                          python: null, emulated (env LPMR_EDGE_EMULATED=1), runner: "native",
                                          executorch: <wheel version built against>}
-  probe {workdir}                       -> {packages: {}, free_mb}
+  probe {modules, workdir}              -> {packages: {}, free_mb}  (modules ignored: it imports nothing)
   artifact {workdir} + manifest.json    -> {directory, missing: [files not yet on the device]}
                                            directory = <workdir>/artifacts/<sha256(manifest.json)[:16]>
   put {file} + content                  -> {}  written beside, sha256 checked against the manifest, renamed
-  load {threads}                        -> {runtime: "executorch", version, threads, runner: "native",
-                                            peak_rss_kb}; threads null or 0: runtime_config.threads
+  load {threads, loader, modules} + loader source
+                                        -> {runtime: "executorch", version, threads, executed_precision, runner:
+                                            "native", libraries: [shared objects loaded, paths], peak_rss_kb};
+                                           threads null or 0: runtime_config.threads; the loader is not used
   run {tower} + .npy inputs             -> {batch_s: [...], batch, peak_rss_kb} + .npy float32 features
                                            (preceded by {"progress": i} after every batch)
 
-Manifest fields read: files {name: sha256}, runtime ("executorch"), runtime_config {backend, method, threads},
+Manifest fields read: files {name: sha256}, runtime ("executorch"), runtime_config {backend, method, threads,
+executed_precision},
 towers.<image|text> {file, inputs[0] {shape, dtype}}. `run` accepts float32/float64 inputs for a float32
 tower and int64/int32 for an int64 one, checks the trailing dimensions against the manifest's input shape,
 splits the rows into the tower's static batch (inputs[0].shape[0]; -1: one batch of all rows), zero-pads the
 last batch, times each batch's execute() with a monotonic clock and returns the real rows' float32 outputs.
-Peak RSS is getrusage(RUSAGE_SELF).ru_maxrss. End of input ends the runner (exit 0); a host that vanishes
-mid-batch ends it at its next write (SIGPIPE); an hour without any exchange ends it (SIGALRM).
+Peak RSS is getrusage(RUSAGE_SELF).ru_maxrss. End of input ends the runner (exit 0); an hour without any exchange
+ends it (SIGALRM). As serve.py's server, it forks: the child serves, the started process supervises it, SIGKILLs
+it when the host's end of stdin or stdout closes and the child has not ended 2 s later (mid-batch), and exits
+with the child's status (128 + N if signal N ended it), also where it is its pid namespace's init.
 Writes to fd 1 by libraries go to stderr: the protocol uses a private duplicate of the original stdout.
 */
 
@@ -37,11 +43,15 @@ Writes to fd 1 by libraries go to stderr: the protocol uses a private duplicate 
 #include <executorch/runtime/platform/runtime.h>
 
 #include <gnu/libc-version.h>
+#include <link.h>
 #include <limits.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
+#include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -83,7 +93,7 @@ using executorch::extension::module::Module;
 using executorch::runtime::EValue;
 using executorch::aten::ScalarType;
 
-constexpr int kProtocol = 1;
+constexpr int kProtocol = 2;
 constexpr unsigned kIdleSeconds = 3600;
 constexpr size_t kChunk = 1 << 20;
 
@@ -124,6 +134,18 @@ double free_mb(std::string directory) {
   while (statvfs(directory.c_str(), &info) != 0 && directory.size() > 1)
     directory = directory.substr(0, directory.find_last_of('/') == 0 ? 1 : directory.find_last_of('/'));
   return static_cast<double>(info.f_bavail) * info.f_frsize / 1e6;
+}
+
+// The shared objects this process has loaded (their paths as the dynamic loader opened them).
+std::vector<Json> loaded_libraries() {
+  std::vector<Json> paths;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* found) {
+        if (info->dlpi_name && info->dlpi_name[0]) static_cast<std::vector<Json>*>(found)->emplace_back(info->dlpi_name);
+        return 0;
+      },
+      &paths);
+  return paths;
 }
 
 std::string sha256_of_file(const std::string& path) {
@@ -174,7 +196,7 @@ class Runner {
           else if (op == "artifact") reply = artifact(header, body);
           else if (op == "load") reply = load(header);
           else if (op == "run") reply = run(header["tower"].text, body, payload);
-          else throw Failure("unknown request '" + op + "' (native runner, protocol 1)");
+          else throw Failure("unknown request '" + op + "' (native runner, protocol 2)");
         }
       } catch (const Failure& error) {
         reply = Json::object({{"error", first_line(error.what())}, {"setup", error.setup}});
@@ -351,8 +373,9 @@ class Runner {
       towers_[name] = std::move(tower);
     }
     return Json::object({{"runtime", "executorch"}, {"version", LPMR_EXECUTORCH_VERSION},
-                         {"threads", static_cast<double>(pool->get_thread_count())}, {"runner", "native"},
-                         {"peak_rss_kb", static_cast<double>(peak_rss_kb())}});
+                         {"threads", static_cast<double>(pool->get_thread_count())},
+                         {"executed_precision", config["executed_precision"]}, {"runner", "native"},
+                         {"libraries", Json::array(loaded_libraries())}, {"peak_rss_kb", static_cast<double>(peak_rss_kb())}});
   }
 
   Json run(const std::string& name, const std::string& inputs_npy, std::string& payload) {
@@ -406,9 +429,31 @@ class Runner {
   }
 };
 
+// Fork: the child returns and serves; this process supervises it until it ends (see the header comment).
+void supervise(int grace_ms) {
+  int alive[2];  // the child holds the writer: end of file means it has ended
+  if (pipe(alive) != 0) return;
+  pid_t server = fork();
+  if (server <= 0) {  // the child, or no fork: serve unsupervised
+    close(alive[0]);
+    return;
+  }
+  close(alive[1]);
+  pollfd channels[3] = {{0, 0, 0}, {1, 0, 0}, {alive[0], POLLIN, 0}};  // hang-ups are always reported
+  while (poll(channels, 3, -1) < 0 && errno == EINTR) {
+  }
+  pollfd ended{alive[0], POLLIN, 0};
+  if (!channels[2].revents && poll(&ended, 1, grace_ms) == 0) kill(server, SIGKILL);
+  int status = 0;
+  while (waitpid(server, &status, 0) < 0 && errno == EINTR) {
+  }
+  _exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+}
+
 }  // namespace
 
 int main() {
+  supervise(2000);
   int protocol_out = dup(1);
   dup2(2, 1);  // anything a library prints goes to stderr, never into a frame
   executorch::runtime::runtime_init();
