@@ -130,3 +130,15 @@ def test_preprocess_recorded_in_describe_rebuilds_the_same_transform(standin):
     image = Image.fromarray((np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)).convert("RGB")
     rebuilt = build_preprocess(standin.describe())
     assert torch.equal(rebuilt(image), standin.preprocess(image))
+
+
+def test_describe_carries_the_logit_bias_only_for_models_that_have_one(standin):
+    assert standin.describe()["logit_bias"] is None
+    standin.model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0))
+    try:
+        from lpmr_edge.models import ClipModel
+
+        rebuilt = ClipModel(**{**standin.__dict__, "logit_bias": float(standin.model.logit_bias)})
+        assert rebuilt.describe()["logit_bias"] == -10.0
+    finally:
+        del standin.model.logit_bias
