@@ -36,6 +36,8 @@ RANDOM_SEED = 0
 HF_HUB_PREFIX = "hf-hub:"
 HF_EXTRA = "pip install 'lpmr-edge[hf]'"
 SIMPLE_TOKENIZER_VOCAB = 49408  # token ids open_clip's SimpleTokenizer emits (its BPE vocabulary ships in the wheel)
+SCORING_PROBABILITIES = ("softmax over the zero-shot logits logit_scale * cosine + logit_bias; the bias is the same "
+                         "for every class, so it cancels and the probabilities are softmax(logit_scale * cosine)")
 KIND_LABELS = {
     "bundled": "stand-in trained by lpmr-edge, not a pretrained CLIP",
     "random": "random weights, not a trained model",
@@ -72,7 +74,20 @@ class ClipModel:
         return {"spec": self.spec, "kind": self.kind, "label": self.label, "architecture": self.architecture,
                 "weights_sha256": self.weights_sha256, "image_size": self.image_size,
                 "context_length": self.context_length, "embed_dim": self.embed_dim,
-                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "preprocess": _jsonable(self.model.visual.preprocess_cfg)}
+                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "scoring": self.scoring(),
+                "preprocess": _jsonable(self.model.visual.preprocess_cfg)}
+
+    def scoring(self) -> dict[str, Any]:
+        """How the model scores an image against a text, and how the suite turns its logits into class
+        probabilities. SigLIP-family models (with a ``logit_bias``) are trained with a sigmoid per pair; their
+        per-class sigmoids are independent match probabilities that need not sum to 1, so for accuracy and
+        calibration the suite uses the softmax over the same logits, as for CLIP (for the strongly negative
+        SigLIP bias, sigmoid(z) ~ exp(z), so normalised sigmoids approach this softmax anyway)."""
+        sigmoid = self.logit_bias is not None
+        return {"model": "sigmoid(logit_scale * cosine + logit_bias)" if sigmoid else
+                "softmax(logit_scale * cosine) over the texts",
+                "family": "sigmoid (SigLIP)" if sigmoid else "softmax (CLIP)",
+                "class_probabilities": SCORING_PROBABILITIES}
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Token ids ``[len(texts), context_length]`` as int64."""
@@ -122,7 +137,10 @@ def build_tokenizer(model_info: Mapping[str, Any]) -> Callable[[list[str]], np.n
 
 
 def _text_config(open_clip: Any, architecture: str) -> dict[str, Any]:
-    config = _cache_first(lambda: open_clip.get_model_config(architecture), _hub_unreachable(architecture))
+    if architecture.startswith(HF_HUB_PREFIX):
+        config = _cache_first(lambda: open_clip.get_model_config(architecture), _hub_unreachable(architecture))
+    else:
+        config = open_clip.get_model_config(architecture)
     return (config or {}).get("text_cfg", {})
 
 
@@ -144,6 +162,8 @@ def make_tokenizer(open_clip: Any, architecture: str, kind: str) -> Callable[[li
         missing = _needs_transformers("tokenizer", architecture)
         if missing is not None:
             raise missing
+    elif not architecture.startswith(HF_HUB_PREFIX):
+        return open_clip.get_tokenizer(architecture)
     return _cache_first(lambda: open_clip.get_tokenizer(architecture), _hub_unreachable(f"{architecture}'s tokenizer"))
 
 
