@@ -189,9 +189,10 @@ def table_rows(matrix: dict[str, Any]) -> list[list[str]]:
 def markdown_table(matrix: dict[str, Any]) -> str:
     """The matrix as a Markdown table with the machine, threads, date and the cells not run."""
     machine, settings = matrix["machine"], matrix["settings"]
-    lines = [f"Measured {matrix['created'][:10]} on {machine['cpu']} ({machine['arch']}, {machine['cores']} cores), "
-             f"{settings['threads']} threads, target `{settings['target']}`; parity on {settings['parity_images']} "
-             f"`{settings['dataset']}` images; random weights (`random:ARCH`).", "",
+    heading = (f"Measured {matrix['created'][:10]} on {machine['cpu']} ({machine['arch']}, {machine['cores']} "
+               f"cores), {settings['threads']} threads, target `{settings['target']}`; parity on "
+               f"{settings['parity_images']} `{settings['dataset']}` images; random weights (`random:ARCH`).")
+    lines = [heading, "",
              "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(matrix)]
     if matrix["not_run"]:

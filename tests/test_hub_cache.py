@@ -72,7 +72,7 @@ def assert_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
 def test_hf_hub_spec_loads_config_and_weights_from_the_cache_offline(warm_cache):
     _, state = warm_cache
     clip = load_model(f"hf-hub:{REPOSITORY}")
-    assert clip.kind == "hub" and clip.architecture == f"hf-hub:{REPOSITORY}"
+    assert clip.kind == "pretrained" and clip.architecture == f"hf-hub:{REPOSITORY}"
     assert_weights(clip.model, state)
     assert clip.describe()["preprocess"]["mean"] == [0.5, 0.5, 0.5]  # the repository's preprocess config
     assert clip.tokenize(["a coat"]).shape == (1, 77)

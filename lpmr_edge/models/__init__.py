@@ -42,7 +42,6 @@ KIND_LABELS = {
     "bundled": "stand-in trained by lpmr-edge, not a pretrained CLIP",
     "random": "random weights, not a trained model",
     "pretrained": "open_clip pretrained weights",
-    "hub": "open_clip weights from a Hugging Face hub repository",
     "checkpoint": "local checkpoint",
 }
 
@@ -229,7 +228,7 @@ def split_spec(spec: str) -> tuple[str, str, str]:
     if spec.startswith(HF_HUB_PREFIX):
         repository = spec.removeprefix(HF_HUB_PREFIX)
         if repository.count("/") == 1 and all(repository.split("/")):
-            return "hub", spec, repository
+            return "pretrained", spec, repository
     if ":" in spec and all(spec.split(":", 1)):
         architecture, source = spec.split(":", 1)
         kind = "checkpoint" if ("/" in source or Path(source).suffix) else "pretrained"
@@ -306,8 +305,9 @@ def load_model(spec: str) -> ClipModel:
     kind, architecture, source = split_spec(spec)
     _check_architecture(open_clip, architecture, spec)
     tokenizer = make_tokenizer(open_clip, architecture, kind)
-    if kind in ("pretrained", "hub"):
-        model, preprocess = _create_pretrained(open_clip, architecture, source if kind == "pretrained" else None)
+    if kind == "pretrained":  # a hub repository (architecture "hf-hub:ORG/NAME") brings its own weights: no tag
+        tag = None if architecture.startswith(HF_HUB_PREFIX) else source
+        model, preprocess = _create_pretrained(open_clip, architecture, tag)
     else:
         torch.manual_seed(RANDOM_SEED)
         options = {f"image_{key}": value for key, value in BUNDLED_MODELS[source].preprocess.items()} \
