@@ -57,10 +57,19 @@ def one_line(error: BaseException) -> str:
     return reason if len(reason) <= REASON_CHARACTERS else reason[:REASON_CHARACTERS - 1] + "…"
 
 
+def _directory_name(architecture: str) -> str:
+    return architecture.replace("/", "_").replace(":", "_")
+
+
 def cell_path(root: Path, architecture: str, runtime: str, precision: str) -> Path:
     """Where one cell's JSON lives."""
-    safe = architecture.replace("/", "_").replace(":", "_")
-    return Path(root) / "cells" / f"{safe}__{runtime}-{precision}.json"
+    return Path(root) / "cells" / f"{_directory_name(architecture)}__{runtime}-{precision}.json"
+
+
+def artifacts_root(root: Path, architecture: str) -> Path:
+    """Where one architecture's artifacts live (one directory per architecture: artifact paths do not name
+    the model)."""
+    return Path(root) / "artifacts" / _directory_name(architecture)
 
 
 def _delegation(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -98,7 +107,7 @@ def _latency(artifact: Path, fp32_artifact: Path | None, settings: SupportSettin
 
 
 def measure_cell(architecture: str, runtime: str, precision: str, settings: SupportSettings,
-                 artifacts_root: Path, fp32_artifact: Path | None = None) -> dict[str, Any]:
+                 out_root: Path, fp32_artifact: Path | None = None) -> dict[str, Any]:
     """Export one cell and measure it; every failing step is a one-line reason, never an exception."""
     from lpmr_edge.export import ExportRequest, export_artifact
     from lpmr_edge.targets import load_target
@@ -109,7 +118,7 @@ def measure_cell(architecture: str, runtime: str, precision: str, settings: Supp
     try:
         request = ExportRequest(model=cell["model"], target=load_target(settings.target), runtime=runtime,
                                 precision=precision)
-        artifact, reused = export_artifact(request, artifacts_root)
+        artifact, reused = export_artifact(request, out_root)
     except Exception as error:  # noqa: BLE001 — any failure is this cell's result, reported in one line
         return {**cell, "exports": False, "error": one_line(error),
                 "export_seconds": round(time.perf_counter() - started, 1)}
@@ -140,8 +149,8 @@ def run_support(architectures: Sequence[str] = ARCHITECTURES, cells: Sequence[tu
             report(f"{architecture}: {runtime} {precision}")
             fp32 = read_cell(root, architecture, runtime, "fp32")
             fp32_artifact = Path(fp32["artifact"]) if fp32 and fp32.get("exports") else None
-            atomic_write_json(path, measure_cell(architecture, runtime, precision, settings, Path(root) / "artifacts",
-                                                 fp32_artifact))
+            atomic_write_json(path, measure_cell(architecture, runtime, precision, settings,
+                                                 artifacts_root(root, architecture), fp32_artifact))
     return support_matrix(architectures, cells, settings, root)
 
 

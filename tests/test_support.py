@@ -74,6 +74,7 @@ def test_reduced_conv_and_sigmoid_architectures_export_with_parity(tmp_path: Pat
     cells = [("openvino", "fp32"), ("executorch", "fp32")]
     matrix = run_support(architectures, cells, FAST, tmp_path)
     assert matrix["not_run"] == [] and len(matrix["cells"]) == 4
+    assert len({cell["artifact"] for cell in matrix["cells"]}) == 4  # no architecture overwrites another's
     for cell in matrix["cells"]:
         assert cell["exports"], cell.get("error")
         assert "parity_error" not in cell and "latency_error" not in cell
