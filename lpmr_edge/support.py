@@ -204,9 +204,12 @@ def markdown_table(matrix: dict[str, Any]) -> str:
     lines = [heading, "",
              "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(matrix)]
-    if matrix["not_run"]:
-        lines += ["", "Not run: " + "; ".join(f"{entry['architecture']} {entry['runtime']} {entry['precision']}"
-                                              for entry in matrix["not_run"]) + "."]
+    not_run: dict[str, list[str]] = {}
+    for entry in matrix["not_run"]:
+        not_run.setdefault(entry["architecture"], []).append(f"{entry['runtime']} {entry['precision']}")
+    if not_run:
+        lines += ["", "Not run: " + "; ".join(f"{architecture} ({', '.join(cells)})"
+                                              for architecture, cells in not_run.items()) + "."]
     return "\n".join(lines)
 
 

@@ -63,7 +63,7 @@ def test_stored_cells_are_not_redone(tmp_path: Path, monkeypatch: pytest.MonkeyP
     rows = table_rows(matrix)
     assert rows == [["RN50", "openvino", "fp32", "no", "1", "—", "—", "—", "—", "—", "—", "stored earlier"]]
     table = markdown_table(matrix)
-    assert "| " + " | ".join(TABLE_COLUMNS) + " |" in table and "Not run: RN50 openvino int8." in table
+    assert "| " + " | ".join(TABLE_COLUMNS) + " |" in table and "Not run: RN50 (openvino int8)." in table
 
 
 @pytest.mark.slow
