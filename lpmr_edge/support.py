@@ -184,7 +184,7 @@ def table_rows(matrix: dict[str, Any]) -> list[list[str]]:
     rows = []
     for cell in matrix["cells"]:
         parity, latency, delegation = cell.get("parity") or {}, cell.get("latency") or {}, cell.get("delegation")
-        left_out = ", ".join(f"{op.removeprefix('aten.').removesuffix('.default')}×{count}"
+        left_out = ", ".join(f"{op.removeprefix('aten_').removesuffix('_default')}×{count}"
                              for op, count in (delegation or {}).get("non_delegated", {}).items())
         note = cell.get("error") or "; ".join(cell[key] for key in ("parity_error", "latency_error") if key in cell)
         rows.append([cell["architecture"], cell["runtime"], cell["precision"], "yes" if cell["exports"] else "no",
