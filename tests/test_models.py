@@ -130,3 +130,26 @@ def test_preprocess_recorded_in_describe_rebuilds_the_same_transform(standin):
     image = Image.fromarray((np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)).convert("RGB")
     rebuilt = build_preprocess(standin.describe())
     assert torch.equal(rebuilt(image), standin.preprocess(image))
+
+
+
+def test_sigmoid_family_model_records_its_bias_and_scoring(standin):
+    sigmoid = load_model("random:lpmr-tiny-sigmoid").describe()  # a reduced SigLIP-style config (init_logit_bias)
+    assert sigmoid["logit_bias"] == pytest.approx(-10.0) and sigmoid["scoring"]["family"] == "sigmoid (SigLIP)"
+    assert standin.describe()["logit_bias"] is None and standin.describe()["scoring"]["family"] == "softmax (CLIP)"
+
+
+def test_class_probabilities_from_sigmoid_logits_are_the_softmax_the_bias_cancels_in():
+    from scipy.special import expit, softmax
+
+    from lpmr_edge.metrics import classification_outcomes
+
+    rng = np.random.default_rng(0)
+    cosine, labels = rng.uniform(-0.2, 0.3, size=(200, 10)), rng.integers(0, 10, 200)
+    scale, bias = 118.0, -16.0
+    with_bias = classification_outcomes(scale * cosine + bias, labels)
+    np.testing.assert_allclose(with_bias["confidence"], softmax(scale * cosine, axis=1).max(1), rtol=1e-6)
+    np.testing.assert_array_equal(with_bias["correct"], classification_outcomes(scale * cosine, labels)["correct"])
+    logits = 5.0 * cosine - 16.0  # all logits far below 0: normalised sigmoids approach the softmax
+    sigmoids = expit(logits)
+    np.testing.assert_allclose(sigmoids / sigmoids.sum(1, keepdims=True), softmax(logits, axis=1), rtol=1e-5)

@@ -7,5 +7,6 @@ from lpmr_edge.cli import (
     report,  # noqa: F401
     run,  # noqa: F401
     suite,  # noqa: F401
+    support,  # noqa: F401
     sweep,  # noqa: F401
 )

@@ -4,7 +4,12 @@ Specs:
   ``lpmr-tiny-fmnist``            a bundled stand-in (trained by us, not a pretrained CLIP)
   ``random:ARCH``                 an open_clip architecture with seeded random weights
   ``ARCH:TAG``                    open_clip pretrained weights (needs network or a warm cache)
-  ``ARCH:/path/to/weights``       a local safetensors file or weights-only torch state dict
+  ``hf-hub:ORG/NAME``             an open_clip model repository on the Hugging Face hub (config and weights)
+  ``ARCH:/path/to/weights``       a local safetensors file or weights-only torch state dict, in open_clip's
+                                  names or in Hugging Face ``CLIPModel``'s (converted on load)
+
+Hub files are read from the Hugging Face cache first (``HF_HUB_CACHE``/``HF_HOME``) without network; only
+files missing from it are downloaded, and ``HF_HUB_OFFLINE=1`` forbids that.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import pickle
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,10 +28,16 @@ import torch
 from lpmr_edge._compat import import_open_clip
 from lpmr_edge.errors import UserError
 from lpmr_edge.models.bundled import BUNDLED_MODELS, CONFIG_DIR
+from lpmr_edge.models.hf_clip import check_activation, hf_clip_to_open_clip, is_hf_clip
+
+Result = TypeVar("Result")
 
 RANDOM_SEED = 0
+HF_HUB_PREFIX = "hf-hub:"
 HF_EXTRA = "pip install 'lpmr-edge[hf]'"
 SIMPLE_TOKENIZER_VOCAB = 49408  # token ids open_clip's SimpleTokenizer emits (its BPE vocabulary ships in the wheel)
+SCORING_PROBABILITIES = ("softmax over the zero-shot logits logit_scale * cosine + logit_bias; the bias is the same "
+                         "for every class, so it cancels and the probabilities are softmax(logit_scale * cosine)")
 KIND_LABELS = {
     "bundled": "stand-in trained by lpmr-edge, not a pretrained CLIP",
     "random": "random weights, not a trained model",
@@ -50,6 +61,7 @@ class ClipModel:
     embed_dim: int
     logit_scale: float
     weights_sha256: str
+    logit_bias: float | None = None  # SigLIP-family models: logits = logit_scale * cosine + logit_bias
 
     @property
     def label(self) -> str:
@@ -61,7 +73,20 @@ class ClipModel:
         return {"spec": self.spec, "kind": self.kind, "label": self.label, "architecture": self.architecture,
                 "weights_sha256": self.weights_sha256, "image_size": self.image_size,
                 "context_length": self.context_length, "embed_dim": self.embed_dim,
-                "logit_scale": self.logit_scale, "preprocess": _jsonable(self.model.visual.preprocess_cfg)}
+                "logit_scale": self.logit_scale, "logit_bias": self.logit_bias, "scoring": self.scoring(),
+                "preprocess": _jsonable(self.model.visual.preprocess_cfg)}
+
+    def scoring(self) -> dict[str, Any]:
+        """How the model scores an image against a text, and how the suite turns its logits into class
+        probabilities. SigLIP-family models (with a ``logit_bias``) are trained with a sigmoid per pair; their
+        per-class sigmoids are independent match probabilities that need not sum to 1, so for accuracy and
+        calibration the suite uses the softmax over the same logits, as for CLIP (for the strongly negative
+        SigLIP bias, sigmoid(z) ~ exp(z), so normalised sigmoids approach this softmax anyway)."""
+        sigmoid = self.logit_bias is not None
+        return {"model": "sigmoid(logit_scale * cosine + logit_bias)" if sigmoid else
+                "softmax(logit_scale * cosine) over the texts",
+                "family": "sigmoid (SigLIP)" if sigmoid else "softmax (CLIP)",
+                "class_probabilities": SCORING_PROBABILITIES}
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Token ids ``[len(texts), context_length]`` as int64."""
@@ -111,7 +136,11 @@ def build_tokenizer(model_info: Mapping[str, Any]) -> Callable[[list[str]], np.n
 
 
 def _text_config(open_clip: Any, architecture: str) -> dict[str, Any]:
-    return (open_clip.get_model_config(architecture) or {}).get("text_cfg", {})
+    if architecture.startswith(HF_HUB_PREFIX):
+        config = _cache_first(lambda: open_clip.get_model_config(architecture), _hub_unreachable(architecture))
+    else:
+        config = open_clip.get_model_config(architecture)
+    return (config or {}).get("text_cfg", {})
 
 
 def _needs_transformers(what: str, architecture: str) -> UserError | None:
@@ -126,14 +155,15 @@ def make_tokenizer(open_clip: Any, architecture: str, kind: str) -> Callable[[li
     the hub, except with random weights (``kind == "random"``): there open_clip's SimpleTokenizer, which needs
     no download, stands in at the architecture's context length when its ids fit the text vocabulary."""
     text_config = _text_config(open_clip, architecture)
-    if "hf_tokenizer_name" not in text_config:
+    if "hf_tokenizer_name" in text_config:
+        if kind == "random" and text_config.get("vocab_size", 0) >= SIMPLE_TOKENIZER_VOCAB:
+            return open_clip.SimpleTokenizer(context_length=text_config.get("context_length", 77))
+        missing = _needs_transformers("tokenizer", architecture)
+        if missing is not None:
+            raise missing
+    elif not architecture.startswith(HF_HUB_PREFIX):
         return open_clip.get_tokenizer(architecture)
-    if kind == "random" and text_config.get("vocab_size", 0) >= SIMPLE_TOKENIZER_VOCAB:
-        return open_clip.SimpleTokenizer(context_length=text_config.get("context_length", 77))
-    missing = _needs_transformers("tokenizer", architecture)
-    if missing is not None:
-        raise missing
-    return open_clip.get_tokenizer(architecture)
+    return _cache_first(lambda: open_clip.get_tokenizer(architecture), _hub_unreachable(f"{architecture}'s tokenizer"))
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
@@ -179,6 +209,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    if is_hf_clip(state_dict):
+        state_dict = hf_clip_to_open_clip(state_dict)
     result = model.load_state_dict(state_dict, strict=False)
     problems = [*result.missing_keys, *result.unexpected_keys]
     if problems:
@@ -193,18 +225,23 @@ def split_spec(spec: str) -> tuple[str, str, str]:
         return "bundled", BUNDLED_MODELS[spec].architecture, spec
     if spec.startswith("random:") and spec.removeprefix("random:"):
         return "random", spec.removeprefix("random:"), ""
+    if spec.startswith(HF_HUB_PREFIX):
+        repository = spec.removeprefix(HF_HUB_PREFIX)
+        if repository.count("/") == 1 and all(repository.split("/")):
+            return "pretrained", spec, repository
     if ":" in spec and all(spec.split(":", 1)):
         architecture, source = spec.split(":", 1)
         kind = "checkpoint" if ("/" in source or Path(source).suffix) else "pretrained"
         return kind, architecture, source
     raise UserError(f"model spec '{spec}' is incomplete: use ARCH:TAG (e.g. ViT-B-32:laion2b_s34b_b79k), "
-                    f"ARCH:/path/to/weights.safetensors, random:ARCH or one of {sorted(BUNDLED_MODELS)}")
+                    f"hf-hub:ORG/NAME, ARCH:/path/to/weights.safetensors, random:ARCH or one of "
+                    f"{sorted(BUNDLED_MODELS)}")
 
 
 def _check_architecture(open_clip: Any, architecture: str, spec: str) -> None:
     """A UserError, before anything is built, for an unknown architecture or one whose text tower needs
     an optional package that is missing."""
-    if architecture not in open_clip.list_models():
+    if not architecture.startswith(HF_HUB_PREFIX) and architecture not in open_clip.list_models():
         raise UserError(f"unknown open_clip architecture '{architecture}' in '{spec}'; "
                         "run `lpmr-edge models` to list them")
     if "hf_model_name" in _text_config(open_clip, architecture):
@@ -218,19 +255,34 @@ def _create(open_clip: Any, architecture: str, **kwargs: Any) -> tuple[torch.nn.
     return model, preprocess
 
 
-def _create_pretrained(open_clip: Any, architecture: str, tag: str) -> tuple[torch.nn.Module, Any]:
-    """Load pretrained weights from the local cache first, then (if that fails) from the hub."""
+def _cache_first(action: Callable[[], Result], failure: Callable[[str], UserError]) -> Result:
+    """Run a hub-reading action against the local Hugging Face cache first, then (if that fails and
+    HF_HUB_OFFLINE is not set) with network; ``failure(reason)`` is raised when both fail."""
     for offline in (True, False):
         with _hub_offline(offline):
             try:
-                return _create(open_clip, architecture, pretrained=tag)
+                return action()
             except UserError:
                 raise
             except Exception as error:  # noqa: BLE001 — open_clip/HF raise RuntimeError, OSError and HF errors offline
                 reason = type(error).__name__
-    raise UserError(f"pretrained weights '{tag}' for {architecture} are not in the local cache and could not "
-                    f"be downloaded ({reason}); fetch them where there is network into the Hugging Face cache, "
-                    f"or pass a local file as {architecture}:/path/to/weights.safetensors")
+    raise failure(reason)
+
+
+def _hub_unreachable(what: str) -> Callable[[str], UserError]:
+    return lambda reason: UserError(
+        f"{what} is not in the local Hugging Face cache and could not be downloaded ({reason}); fetch it where "
+        "there is network into the Hugging Face cache (HF_HUB_CACHE), or pass a local checkpoint file")
+
+
+def _create_pretrained(open_clip: Any, architecture: str, tag: str | None) -> tuple[torch.nn.Module, Any]:
+    """Load pretrained weights (a tag, or a hub repository's own with ``tag=None``) from the cache first."""
+    def failure(reason: str) -> UserError:
+        return UserError(f"pretrained weights '{tag or architecture}' for {architecture} are not in the local "
+                         f"cache and could not be downloaded ({reason}); fetch them where there is network into "
+                         f"the Hugging Face cache, or pass a local file as ARCH:/path/to/weights.safetensors")
+
+    return _cache_first(lambda: _create(open_clip, architecture, pretrained=tag), failure)
 
 
 @contextlib.contextmanager
@@ -253,8 +305,9 @@ def load_model(spec: str) -> ClipModel:
     kind, architecture, source = split_spec(spec)
     _check_architecture(open_clip, architecture, spec)
     tokenizer = make_tokenizer(open_clip, architecture, kind)
-    if kind == "pretrained":
-        model, preprocess = _create_pretrained(open_clip, architecture, source)
+    if kind == "pretrained":  # a hub repository (architecture "hf-hub:ORG/NAME") brings its own weights: no tag
+        tag = None if architecture.startswith(HF_HUB_PREFIX) else source
+        model, preprocess = _create_pretrained(open_clip, architecture, tag)
     else:
         torch.manual_seed(RANDOM_SEED)
         options = {f"image_{key}": value for key, value in BUNDLED_MODELS[source].preprocess.items()} \
@@ -266,7 +319,10 @@ def load_model(spec: str) -> ClipModel:
                 raise UserError(f"bundled weights missing: {weights}; run `make standin` to train them")
             _load_weights(model, read_state_dict(weights), str(weights))
         elif kind == "checkpoint":
-            _load_weights(model, read_state_dict(Path(source)), source)
+            state_dict = read_state_dict(Path(source))
+            if is_hf_clip(state_dict):
+                check_activation(Path(source), model, architecture)
+            _load_weights(model, state_dict, source)
     model.eval()
     image_size = model.visual.image_size
     return ClipModel(
@@ -277,4 +333,5 @@ def load_model(spec: str) -> ClipModel:
         embed_dim=int(model.text_projection.shape[1] if hasattr(model, "text_projection") else 0),
         logit_scale=float(model.logit_scale.detach().exp()),
         weights_sha256=state_dict_sha256(model),
+        logit_bias=float(model.logit_bias.detach()) if getattr(model, "logit_bias", None) is not None else None,
     )

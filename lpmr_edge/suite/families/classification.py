@@ -153,7 +153,11 @@ class Classification(base.Family):
                                "bias correction (can be slightly negative; a small ECE's interval is descriptive, "
                                "compare candidates with pick's paired decisions); NLL in nats; Brier summed "
                                "over classes",
-                "logit_scale": "logits = logit_scale * cosine similarity (softmax temperature = 1 / logit_scale)"}
+                "logit_scale": "logits = logit_scale * cosine similarity (softmax temperature = 1 / logit_scale)",
+                "scoring": "class probabilities = softmax of the logits for every model; SigLIP-family models score "
+                           "sigmoid(logit_scale * cosine + logit_bias), and their bias, equal for all classes, "
+                           "cancels in the softmax (the model's scoring and logit_bias are in the runtime's model "
+                           "description)"}
 
 
 FAMILY = Classification()
