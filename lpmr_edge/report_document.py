@@ -203,7 +203,9 @@ def document(report: Mapping[str, Any]) -> list[Block]:
     models = report["provenance"]["models"]
     blocks = [Block("heading", f"lpmr-edge report: {', '.join(m['spec'] for m in models)}", level=1)]
     blocks += [Block("paragraph", f"Model {m['spec']}: {m['label']}. Every number here describes this model only"
-                     + ("" if m["label"] == PRETRAINED_LABEL else " — it is not a pretrained CLIP") + ".",
+                     + ("" if m["label"] == PRETRAINED_LABEL else " — it is not a pretrained CLIP") + "."
+                     + (f" Scoring: {m['scoring']['family']}, class probabilities = {m['scoring']['class_probabilities']}."
+                        if m.get("scoring") else ""),
                      style="" if m["label"] == PRETRAINED_LABEL else "warning") for m in models]
     blocks.append(Block("paragraph", " · ".join(_summary_lines(report["provenance"])), style="muted"))
     blocks += _recommendation_blocks(report)

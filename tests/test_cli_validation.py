@@ -10,6 +10,7 @@ import typer.main
 
 from lpmr_edge.cli import BAD_INPUT_EXIT, app, main
 from lpmr_edge.cli import params as p
+from lpmr_edge.cli import support as support_cli
 
 BAD_VALUES = {  # parser -> values it must refuse ({dir}, {file}: an existing directory and file)
     p.POSITIVE_INT: ["0", "-2", "x", "1.5", ""], p.SEED: ["-1", str(p.SEED_LIMIT), "seed"],
@@ -23,7 +24,8 @@ BAD_VALUES = {  # parser -> values it must refuse ({dir}, {file}: an existing di
     p.MODEL_SPEC: ["", "random:", "nonsense", ":tag"], p.SUITE: ["nope", "{dir}/absent.toml"],
     p.TARGET: ["nope", "{dir}/absent.toml"], p.DEVICE: ["foo://x", "ssh://", "ssh://h:99999"],
     p.DATASET: ["nope", "folder:{dir}/absent", "calib:nope", "waterbirds:"], p.RAY_ADDRESS: ["foo", "h:port"],
-    p.OBJECTIVE: ["nope", "", "ece:textiles"], p.MARGIN: ["ece", "ece=x", "speed=1", "top1=-1pp"],
+    p.OBJECTIVE: ["nope", "", "ece:textiles"], p.ARCHITECTURE: ["", ":tag", "random:"],
+    p.SUPPORT_CELL: ["openvino", "openvino:int3", "tflite:fp32"], support_cli.PARITY_IMAGES: ["0", "10001", "x"], p.MARGIN: ["ece", "ece=x", "speed=1", "top1=-1pp"],
     **{choice: ["nope", ""] for choice in (p.RUNTIME, p.EXPORT_RUNTIME, p.PRESET, p.PRECISION, p.TOWER,
                                           p.RUNNER, p.ENGINE, p.EXPORT_FORMAT, p.STANDIN)},
 }

@@ -34,7 +34,7 @@ from lpmr_edge.sequential import SettleSettings
 from lpmr_edge.training import TrainConfig
 
 ModelOption = Annotated[str | None, typer.Option("--model", "-m", parser=MODEL_SPEC, help="Model spec: lpmr-tiny-fmnist, "
-                                                    "random:ARCH, ARCH:TAG or ARCH:/path/to/weights")]
+                                                    "random:ARCH, ARCH:TAG, hf-hub:ORG/NAME or ARCH:/path/to/weights")]
 ArtifactOption = Annotated[Path | None, typer.Option("--artifact", "-a", parser=EXISTING_DIR,
                                                      help="Exported artifact directory")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout")]

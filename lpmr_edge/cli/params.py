@@ -137,6 +137,12 @@ def _model_spec(value: Any) -> str:
     return str(value)
 
 
+def _support() -> Any:
+    from lpmr_edge import support
+
+    return support
+
+
 def _logit_scale(value: Any) -> str | float:
     if value == "model":
         return value
@@ -238,6 +244,8 @@ EXISTING_PATH = Checked("path", _existing("path"))
 OUTPUT_DIR = Checked("directory", _output("directory"))
 OUTPUT_FILE = Checked("file", _output("file"))
 MODEL_SPEC = Checked("model", _model_spec)
+ARCHITECTURE = Checked("architecture", lambda value: _model_spec(_support().model_spec(str(value))) and str(value))
+SUPPORT_CELL = Checked("RUNTIME:PRECISION", lambda value: _support().parse_cell(str(value)) and str(value))
 LOGIT_SCALE = Checked("scale", _logit_scale)
 SUITE = Checked("suite", _suite)
 TARGET = Checked("target", _target)

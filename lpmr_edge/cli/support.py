@@ -8,19 +8,21 @@ import typer
 
 from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import JsonOption
-from lpmr_edge.cli.params import whole_number
+from lpmr_edge.cli.params import ARCHITECTURE, OUTPUT_DIR, SUPPORT_CELL, TARGET, whole_number
 from lpmr_edge.cli.ui import console, print_json, print_table
+
+PARITY_IMAGES = whole_number(1, 64, below=10_001)
 
 
 @app.command("support")
 def support_command(
-    arch: Annotated[list[str] | None, typer.Option("--arch", help="open_clip architecture (random weights) or model "
+    arch: Annotated[list[str] | None, typer.Option("--arch", parser=ARCHITECTURE, help="open_clip architecture (random weights) or model "
                                                    "spec; repeatable (default: the README's list)")] = None,
-    cell: Annotated[list[str] | None, typer.Option("--cell", help="RUNTIME:PRECISION, repeatable (default: "
+    cell: Annotated[list[str] | None, typer.Option("--cell", parser=SUPPORT_CELL, help="RUNTIME:PRECISION, repeatable (default: "
                                                    "openvino fp32/int8/int4-w, executorch fp32/int8)")] = None,
-    target: Annotated[str, typer.Option(help="Target whose threads and batch the exports use")] = "x86",
-    parity_images: Annotated[int, typer.Option(parser=whole_number(1, 10_000), help="fmnist-test images for parity")] = 64,
-    root: Annotated[Path, typer.Option(help="Where cells (JSON) and artifacts are stored; finished cells are "
+    target: Annotated[str, typer.Option(parser=TARGET, help="Target whose threads and batch the exports use")] = "x86",
+    parity_images: Annotated[int, typer.Option(parser=PARITY_IMAGES, help="fmnist-test images for parity")] = 64,
+    root: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Where cells (JSON) and artifacts are stored; finished cells are "
                                             "not redone")] = Path("lpmr-results/support"),
     stored: Annotated[bool, typer.Option("--stored", help="Only show the stored cells; measure nothing")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the matrix as a Markdown table")] = False,

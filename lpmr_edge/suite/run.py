@@ -163,6 +163,7 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
         "precision": description["precision"], "executed_precision": description["executed_precision"],
         "n": len(sets[0].dataset), "dataset": datasets[ID_SET], "datasets": datasets,
         "settings": asdict(settings), "suite": asdict(suite), "logit_scale": model_info["logit_scale"],
+        "scoring": model_info.get("scoring"),
         "conventions": conventions(suite, settings.seed), "metrics": metrics, "created": created,
     }
     write_result(out_dir, result, {"runtime": description, "dataset": datasets[ID_SET], "datasets": datasets,
