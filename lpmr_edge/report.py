@@ -282,7 +282,8 @@ def _provenance(results: Sequence[Result]) -> dict[str, Any]:
     runtimes = {f"{r.runtime} {r.manifest['runtime'].get('version', '?')}": None for r in results}
     created = sorted(r.raw.get("created", "") for r in results)
     return {
-        "models": unique([{"spec": r.model, "label": r.model_label, "scoring": r.raw.get("scoring")} for r in results]),
+        "models": unique([{"spec": r.model, "label": r.model_label,
+                           **({"scoring": r.raw["scoring"]} if r.raw.get("scoring") else {})} for r in results]),
         "machines": unique([r.manifest.get("machine", {}) for r in results]),
         "devices": unique([device_label(r) for r in results]),
         "runtimes": list(runtimes),
