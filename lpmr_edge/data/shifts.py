@@ -22,9 +22,6 @@ from PIL import Image
 from skimage.transform import AffineTransform, warp
 
 from lpmr_edge.data.core import ImageDataset
-
-# Re-exported for the suite and its tests, which import them from here until they move to corruptions.
-from lpmr_edge.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: F401
 from lpmr_edge.data.transformed import transformed
 from lpmr_edge.errors import UserError
 
