@@ -1,6 +1,6 @@
 """``lpmr-edge doctor``: what this machine has for lpmr-edge — Python, runtime versions, the CPU features
-that decide INT8/BF16 speed, OpenVINO's default precision here, the emulated arm64 root, Chromium, sshd —
-and what ``make test`` would still install."""
+that decide INT8/BF16 speed, OpenVINO's default precision here, the emulated arm64 root, Chromium, sshd, the
+C++ compilers that build ExecuTorch's native runner — and what ``make test`` would still install."""
 from __future__ import annotations
 
 import platform
@@ -72,6 +72,18 @@ def emulated_root() -> dict[str, Any]:
     return {"path": str(root), "ready": (root / GUEST_STAMP).is_file()}
 
 
+def native_runner_compilers() -> dict[str, dict[str, str | None]]:
+    """Per device architecture the native runner is built for: the compiler it needs, its Debian package and
+    where it is on PATH (None: missing; that architecture's ``?runner=native`` devices cannot be served)."""
+    from lpmr_edge.runtimes.executorch.native.build import WHEEL_PLATFORMS, toolchain
+
+    compilers = {}
+    for arch in WHEEL_PLATFORMS:
+        command, package = toolchain(arch)
+        compilers[arch] = {"command": command, "package": package, "path": shutil.which(command)}
+    return compilers
+
+
 def python_info() -> dict[str, Any]:
     """This Python and whether lpmr-edge supports it."""
     version = sys.version_info[:2]
@@ -84,8 +96,13 @@ def diagnose(project_dir: Path | None = None) -> dict[str, Any]:
     also create ``.venv`` when it is not installed yet."""
     cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
     root = emulated_root()
-    tools = {"chromium": shutil.which("chromium") or None, "sshd": shutil.which("sshd", path="/usr/sbin:/usr/bin")}
+    compilers = native_runner_compilers()
+    tools = {"chromium": shutil.which("chromium") or None, "sshd": shutil.which("sshd", path="/usr/sbin:/usr/bin"),
+             **{f"native runner compiler for {arch} ({entry['command']})": entry["path"]
+                for arch, entry in compilers.items()}}
     would_install = [package for package, path in SYSTEM_NEEDS.items() if not path.exists()]
+    would_install += [entry["package"] for arch, entry in compilers.items()  # `make setup`'s cross compiler
+                      if entry["path"] is None and arch != platform.machine() and platform.machine() == "x86_64"]
     if not root["ready"]:
         would_install.append(f"emulated arm64 root ({root['path']}, `make arm-root`)")
     if project_dir is not None and not (project_dir / ".venv" / ".installed").is_file():

@@ -43,3 +43,16 @@ def test_doctor_json_reports_and_lists_what_make_test_would_install(tmp_path: Pa
     assert report["emulated_arm64_root"] == {"path": str(tmp_path / "no-root"), "ready": False}
     would = report["make_test_would_install"]
     assert would[0].startswith("the project virtualenv") and any("arm64 root" in item for item in would)
+
+
+def test_doctor_lists_the_native_runner_compilers_and_a_missing_cross_compiler(monkeypatch: pytest.MonkeyPatch):
+    import shutil
+
+    found = shutil.which
+    monkeypatch.setattr(doctor.shutil, "which", lambda command, **kw: None if "aarch64" in command
+                        else found(command, **kw))
+    report = doctor.diagnose()
+    assert report["tools"]["native runner compiler for aarch64 (aarch64-linux-gnu-g++)"] is None
+    assert report["tools"]["native runner compiler for x86_64 (g++)"] == found("g++")
+    if doctor.platform.machine() == "x86_64":  # `make setup` installs the cross compiler on x86_64 hosts only
+        assert "g++-aarch64-linux-gnu" in report["make_test_would_install"]

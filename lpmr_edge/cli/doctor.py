@@ -11,7 +11,7 @@ from lpmr_edge.cli.ui import console, print_json, print_table
 @app.command("doctor")
 def doctor_command(json_output: JsonOption = False) -> None:
     """Python, runtime versions, CPU features (VNNI, BF16, AMX, dot-product, i8mm), OpenVINO's default
-    precision here, the emulated arm64 root, Chromium, sshd, and what `make test` would still install."""
+    precision here, the emulated arm64 root, Chromium, sshd, the native runner's compilers, and what `make test` would still install."""
     from lpmr_edge.doctor import diagnose
 
     checkout = Path.cwd() if (Path.cwd() / "Makefile").is_file() and (Path.cwd() / "pyproject.toml").is_file() \
