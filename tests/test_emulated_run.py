@@ -42,14 +42,34 @@ def _headline(result_dir: Path) -> tuple[float, float]:
     return metrics["accuracy"]["top1"], metrics["calibration"]["ece"]
 
 
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run directory for both runners: the second run reuses the exported artifacts and the host
+    reference (same manifests) and re-evaluates only what the runner kind changes (the runtime identity)."""
+    directory = tmp_path_factory.mktemp("emulated-run")
+    (directory / "arm-et.toml").write_text(TARGET)
+    (directory / "small.toml").write_text(SUITE)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def host_headlines(shared_run: Path) -> dict[str, tuple[float, float]]:
+    """Top-1 and ECE of each exported artifact evaluated on this x86 host (computed once, after the first run)."""
+    headlines = {}
+    for precision in ("fp32", "int8"):
+        on_host = shared_run / "x86" / precision
+        evaluate(open_runtime(artifact=shared_run / "run" / "artifacts" / "arm-et" / f"executorch-{precision}"),
+                 on_host, EvalSettings(suite=str(shared_run / "small.toml")))
+        headlines[precision] = _headline(on_host)
+    return headlines
+
+
 @pytest.mark.parametrize("runner", ["python", "native"])
 def test_run_on_the_emulated_device_matches_x86(runner: str, emulator: EmulatedArm64, emulated_device: str,
-                                                tmp_path: Path) -> None:
-    (tmp_path / "arm-et.toml").write_text(TARGET)
-    (tmp_path / "small.toml").write_text(SUITE)
-    out = tmp_path / "run"
-    run = run_cli("run", "--model", "lpmr-tiny-fmnist", "--target", str(tmp_path / "arm-et.toml"),
-                  "--suite", str(tmp_path / "small.toml"), "--device", f"{emulated_device}&runner={runner}",
+                                                shared_run: Path, request: pytest.FixtureRequest) -> None:
+    out = shared_run / "run"
+    run = run_cli("run", "--model", "lpmr-tiny-fmnist", "--target", str(shared_run / "arm-et.toml"),
+                  "--suite", str(shared_run / "small.toml"), "--device", f"{emulated_device}&runner={runner}",
                   "--out", str(out), "--json")
     assert run.exit_code == 0, run.output
     wait_until(lambda: not processes_inside(emulator.root), "the emulated device servers to end")
@@ -66,9 +86,7 @@ def test_run_on_the_emulated_device_matches_x86(runner: str, emulator: EmulatedA
         assert described["device"]["machine"] == "aarch64" and described["timing"]["emulated"] is True
         assert described["device"]["runner"]["kind"] == runner
         assert (described["device"]["python"] is None) == (runner == "native")
-        on_host = tmp_path / "x86" / precision
-        evaluate(open_runtime(artifact=out / "artifacts" / "arm-et" / f"executorch-{precision}"), on_host,
-                 EvalSettings(suite=str(tmp_path / "small.toml")))
-        (device_top1, device_ece), (host_top1, host_ece) = _headline(on_device), _headline(on_host)
+        host_top1, host_ece = request.getfixturevalue("host_headlines")[precision]
+        device_top1, device_ece = _headline(on_device)
         assert abs(device_top1 - host_top1) <= 1 / ID_IMAGES, (precision, device_top1, host_top1)
         assert abs(device_ece - host_ece) <= ECE_TOLERANCE, (precision, device_ece, host_ece)
