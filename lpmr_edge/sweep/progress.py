@@ -81,5 +81,20 @@ def status(path: Path) -> dict[str, Any]:
         store.close()
 
 
+def settling(path: Path) -> list[dict[str, Any]]:
+    """Per done job of a sweep run ``--until-settled`` in a settling group: its group, state against the
+    group's recommendation, why the group stopped (``settled``, ``budget``, ``images``) and the images it saw
+    of the ID set (``images`` of ``of``) and of each other visited set (``sets``)."""
+    store = SweepStore.open_existing(path)
+    try:
+        return [{"position": row["position"], "id": row["id"], "model": row["model"], "target": row["target"],
+                 "runtime": row["runtime"], "precision": row["precision"], "suite": row["suite"], "seed": row["seed"],
+                 "group": manifest["settling"]["group"],
+                 **{key: manifest["sequential"].get(key) for key in ("state", "stopped", "images", "of", "sets")}}
+                for row, manifest in store.done_manifests() if "settling" in manifest]
+    finally:
+        store.close()
+
+
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
