@@ -172,11 +172,10 @@ def _evaluate_reference(plan: RunPlan, out_dir: Path, settled: Mapping[str, Sett
     if not settled:
         _evaluate_once(runtime, out_dir, plan.suite, log, progress)
         return
-    indices, subsets, sequential = reference_images(settled.values())
+    covered = reference_images(outcome.records for outcome in settled.values())
     settings = EvalSettings(suite=plan.suite)
     _evaluate_once(runtime, out_dir, plan.suite, log, progress,
-                   functools.partial(evaluate, runtime, out_dir, settings, progress, id_indices=indices,
-                                     sequential=sequential, subsets=subsets), sequential)
+                   functools.partial(evaluate, runtime, out_dir, settings, progress, **covered), covered["sequential"])
 
 
 def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> RunOutcome:

@@ -360,7 +360,8 @@ def test_an_ood_objective_visits_each_ood_set_in_its_own_seeded_order_with_one_s
     assert set(settled.records) == {"id", "ood-digits"}
     for set_name, record in settled.records.items():
         assert record.seed == set_seed(0, set_name) and record.n_images == 300
-        assert settled.seen_by_any()[set_name] == shard_order(300, record.seed)[:record.position].tolist()
+        visited = [i for shard in record.shards for i in shard["indices"]]
+        assert visited == shard_order(300, record.seed)[:record.position].tolist()
         for number, shard in enumerate(record.shards):
             for name in ("plain", "spurious", "random"):
                 assert (root / name / "settling" / set_name / f"shard-{number:05d}.npy").is_file() == \
@@ -422,3 +423,17 @@ def test_worst_group_visits_the_group_set_with_one_stratum_per_group(models, tmp
     assert samples == {str(g): int(np.sum(grouped.groups[seen] == g)) for g in np.unique(grouped.groups)}
     result = evaluate_seen(settled, "plain", _candidates(models, tmp_path)["plain"], settings)
     assert result["metrics"]["spurious"]["n"] == OOD_SHARD and result["metrics"]["accuracy"]["n"] == OOD_SHARD
+
+
+def test_a_reference_covers_the_longest_prefix_of_each_visited_set(ood_uninterrupted):
+    from lpmr_edge.suite.settle import reference_images
+
+    settled, _ = ood_uninterrupted
+    shorter = {name: EvaluationRecord(record.n_images, record.seed, record.shards[:1])
+               for name, record in settled.records.items()}
+    covered = reference_images([shorter, settled.records])
+    assert covered["id_indices"] == shard_order(300, 0)[:settled.records["id"].position].tolist()
+    digits = settled.records["ood-digits"]
+    assert covered["subsets"] == {"ood-digits": shard_order(300, digits.seed)[:digits.position].tolist()}
+    assert covered["sequential"]["sets"] == {"ood-digits": {"images": digits.position, "of": 300}}
+    assert reference_images([shorter])["sequential"]["images"] == len(shorter["id"].shards[0]["indices"])

@@ -176,11 +176,6 @@ class Settled:
         """The image indices of each visited set candidate ``name`` was evaluated on, in visiting order."""
         return {set_name: record.seen(name) for set_name, record in self.records.items()}
 
-    def seen_by_any(self) -> dict[str, list[int]]:
-        """Per visited set, the images any candidate saw (the longest prefix of its seeded order)."""
-        return {set_name: [i for shard in record.shards for i in shard["indices"]]
-                for set_name, record in self.records.items()}
-
     def _sets(self, name: str) -> dict[str, dict[str, int]]:
         return {set_name: {"images": len(record.seen(name)), "of": record.n_images}
                 for set_name, record in self.records.items() if set_name != ID_SET}
@@ -414,23 +409,28 @@ def evaluate_seen(settled: Settled, name: str, candidate: Candidate, settings: E
                     subsets={set_name: indices for set_name, indices in seen.items() if set_name != ID_SET})
 
 
-def reference_images(outcomes: Iterable[Settled]) -> tuple[list[int], dict[str, list[int]], dict[str, Any]]:
-    """What a reference evaluated beside settled evaluations covers: per visited set the images any of their
-    candidates saw (the longest prefix of the set's order; the ID set's, then the others'), and its
-    ``metrics["sequential"]`` node."""
-    seen: dict[str, list[int]] = {}
-    records: dict[str, EvaluationRecord] = {}
-    for outcome in outcomes:
-        for set_name, indices in outcome.seen_by_any().items():
-            if len(indices) >= len(seen.get(set_name, [])):
-                seen[set_name], records[set_name] = indices, outcome.records[set_name]
+def read_records(path: Path) -> dict[str, EvaluationRecord]:
+    """The records per visited set of a ``settling.json``."""
+    return {name: EvaluationRecord.from_json(data) for name, data in read_json(path, "settling record")["records"].items()}
+
+
+def reference_images(records: Iterable[Mapping[str, EvaluationRecord]]) -> dict[str, Any]:
+    """How to evaluate a reference beside settled evaluations (``records``: each one's records per visited set):
+    ``evaluate``'s keyword arguments covering, per visited set, the images any of their candidates saw (the
+    longest prefix of the set's order), with the reference's ``metrics["sequential"]`` node."""
+    longest: dict[str, EvaluationRecord] = {}
+    for by_set in records:
+        for set_name, record in by_set.items():
+            if set_name not in longest or record.position > longest[set_name].position:
+                longest[set_name] = record
+    seen = {set_name: [i for shard in record.shards for i in shard["indices"]] for set_name, record in longest.items()}
     node = {"state": "reference", "stopped": "the images any candidate saw", "images": len(seen[ID_SET]),
-            "of": records[ID_SET].n_images, "seed": records[ID_SET].seed}
-    others = {set_name: indices for set_name, indices in seen.items() if set_name != ID_SET}
-    if others:
-        node["sets"] = {set_name: {"images": len(indices), "of": records[set_name].n_images}
-                        for set_name, indices in others.items()}
-    return seen[ID_SET], others, node
+            "of": longest[ID_SET].n_images, "seed": longest[ID_SET].seed}
+    subsets = {set_name: indices for set_name, indices in seen.items() if set_name != ID_SET}
+    if subsets:
+        node["sets"] = {set_name: {"images": len(indices), "of": longest[set_name].n_images}
+                        for set_name, indices in subsets.items()}
+    return {"id_indices": seen[ID_SET], "subsets": subsets, "sequential": node}
 
 
 REFERENCE_NAME = "torch-fp32"

@@ -62,6 +62,7 @@ class JobTask:
     threads: int
     bench: BenchSettings | None
     cache_bytes: int = 0  # preprocessed images the worker may keep for its next jobs
+    covers: tuple[str, ...] = ()  # settling.json files: evaluate only the images their candidates saw (a reference)
 
 
 def configure_threads(threads: int) -> None:
@@ -228,6 +229,15 @@ def _job_outcome(task: JobTask, runtime: Runtime, clock: _RuntimeClock, evaluate
             "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
+def _covered(records: tuple[str, ...]) -> dict[str, Any]:
+    """``evaluate``'s arguments restricting a reference to the images the candidates of the settling records
+    saw (``lpmr_edge.suite.settle.reference_images``); none without records (every image)."""
+    from lpmr_edge.suite.settle import read_records, reference_images
+
+    found = [read_records(Path(path)) for path in records if Path(path).is_file()]
+    return reference_images(found) if found else {}
+
+
 def run_job(task: JobTask) -> dict[str, Any]:
     """Run a job's suite (and bench); returns its flattened metrics, manifest and timings."""
     def work() -> dict[str, Any]:
@@ -238,9 +248,10 @@ def run_job(task: JobTask) -> dict[str, Any]:
         runtime, clock, reused = _open_or_reuse(task)
         try:
             _preprocessed.resize(task.cache_bytes)
+            covered = _covered(task.covers)
             return _job_outcome(task, runtime, clock, lambda: evaluate(
-                runtime, Path(task.results_dir), task.settings, suite=task.suite, preprocessed=_preprocessed),
-                start, reused)
+                runtime, Path(task.results_dir), task.settings, suite=task.suite, preprocessed=_preprocessed,
+                **covered), start, reused)
         except BaseException:
             close_kept_runtime()
             raise

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.suite import EvalSettings
+from lpmr_edge.suite.settle import SETTLING_FILE
 from lpmr_edge.sweep import spec as grid
 from lpmr_edge.sweep.engines import Engine, check_engine, open_engine
 from lpmr_edge.sweep.jobs import (
@@ -149,6 +150,9 @@ class Scheduler:
         self.groups = {key: [job.id for job in members] for key, members in grid.settle_groups(jobs).items()} \
             if sweep.settle else {}
         self.group_of = {job_id: key for key, members in self.groups.items() for job_id in members}
+        # the torch reference of a model, suite and seed covers the images its groups' candidates saw: it waits
+        self.reference_of = grid.reference_groups(jobs, grid.settle_groups(jobs)) if sweep.settle else {}
+        self.blocked: dict[str, set[str]] = {}  # reference job -> groups it still waits for
         self.group_unbuilt: dict[str, set[str]] = {}  # group -> members whose artifact is not built yet
         self.group_pending: dict[str, list[str]] = {}  # group -> the members this invocation runs and stores
         self.failed_groups: set[str] = set()
@@ -158,7 +162,7 @@ class Scheduler:
         return runtime_key(self._job_task(self.jobs[job_id]))
 
     def _queue(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
+        for job_id in sorted(job_ids, key=lambda job_id: job_id not in self.group_of):  # groups first
             group = self.group_of.get(job_id)
             if group is None:
                 self._queue_job(job_id)
@@ -172,7 +176,10 @@ class Scheduler:
     def _queue_job(self, job_id: str) -> None:
         """Queue a job: ready if it needs no artifact, else waiting for its artifact's build."""
         job = self.jobs[job_id]
-        if not job.needs_artifact:
+        waits = {group for group in self.reference_of.get(job_id, ()) if group in self.group_pending}
+        if waits:
+            self.blocked[job_id] = waits
+        elif not job.needs_artifact:
             self.ready.add(self._runtime(job_id), job_id)
         else:
             cell = (job.model, job.target, job.runtime, job.precision, job.calibration)
@@ -195,12 +202,22 @@ class Scheduler:
         if not self.group_unbuilt[group]:
             self.ready.add(GROUP + group, GROUP + group)
 
+    def _group_ended(self, group: str) -> None:
+        """A group is done (or failed for good): the references waiting for it may run."""
+        for job_id, waits in list(self.blocked.items()):
+            waits.discard(group)
+            if not waits:
+                del self.blocked[job_id]
+                self.ready.add(self._runtime(job_id), job_id)
+
+    def _record(self, group: str) -> str:
+        return str((self.sweep.out / SETTLING_DIR / group / SETTLING_FILE).resolve())
+
     def _settle_task(self, group: str) -> SettleTask:
         settle = self.sweep.settle
         assert settle is not None
-        record = (self.sweep.out / SETTLING_DIR / group / "settling.json").resolve()
         return SettleTask(group, tuple(self._job_task(self.jobs[job_id]) for job_id in self.groups[group]),
-                          str(record), settle.objective, settle.margin, settle.shard_size, settle.ends_at)
+                          self._record(group), settle.objective, settle.margin, settle.shard_size, settle.ends_at)
 
     def _job_task(self, job: Job) -> JobTask:
         key = self.job_artifact.get(job.id)
@@ -210,7 +227,8 @@ class Scheduler:
                        suite=self.sweep.suites[job.suite],
                        settings=EvalSettings(limit=self.sweep.limit, seed=job.seed, suite=job.suite),
                        threads=self.sweep.job_threads(job), bench=self.sweep.bench_settings(job),
-                       cache_bytes=self.sweep.worker_cache_mb << 20)
+                       cache_bytes=self.sweep.worker_cache_mb << 20,
+                       covers=tuple(self._record(group) for group in self.reference_of.get(job.id, ())))
 
     def _submit_next(self) -> bool:
         """Submit a ready job, else an artifact build (results come early; builds still fill idle slots) —
@@ -265,6 +283,7 @@ class Scheduler:
             self.ready.add(GROUP + group, GROUP + group)
         else:
             self.failed_groups.add(group)
+            self._group_ended(group)
 
     def _finished_group(self, group: str, outcome: dict[str, Any]) -> None:
         if not outcome["ok"]:
@@ -273,6 +292,7 @@ class Scheduler:
             return
         for job_id in self.group_pending[group]:
             self._finished_job(job_id, {"ok": True, **outcome["jobs"][job_id]})
+        self._group_ended(group)
 
     def _finished_job(self, job_id: str, outcome: dict[str, Any]) -> None:
         self.progress.running -= 1

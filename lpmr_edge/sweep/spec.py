@@ -305,13 +305,21 @@ def with_settling(sweep: Sweep, objective: str, margins: Mapping[str, float], un
 def settle_groups(jobs: list[Job]) -> dict[str, list[Job]]:
     """With ``--until-settled``: the jobs that settle together — one model x target x calibration x suite x
     seed, over its runtimes and precisions — by a group id, groups of two or more artifacts only (a lone
-    artifact or the torch reference has nothing to decide between and runs in full)."""
+    artifact has nothing to decide between and runs in full; see ``reference_groups`` for the torch reference)."""
     cells: dict[tuple, list[Job]] = {}
     for job in jobs:
         if job.needs_artifact:
             cells.setdefault((job.model, job.target, job.calibration, job.suite, job.seed), []).append(job)
     return {sha256_json(sorted(job.id for job in members))[:16]: members
             for members in cells.values() if len(members) > 1}
+
+
+def reference_groups(jobs: list[Job], groups: Mapping[str, list[Job]]) -> dict[str, list[str]]:
+    """With ``--until-settled``: each torch reference job's settling groups (those of its model, suite and
+    seed), whose images it is evaluated on, as ``lpmr-edge run`` evaluates its host reference."""
+    return {job.id: [key for key, members in groups.items()
+                     if (members[0].model, members[0].suite, members[0].seed) == (job.model, job.suite, job.seed)]
+            for job in jobs if not job.needs_artifact}
 
 
 def _job_key(sweep: Sweep, job: Job) -> str:
