@@ -69,7 +69,7 @@ def run_command(
     With --until-settled, the artifacts of each model x target x calibration x suite x seed are evaluated
     together, shard by shard, until their decision on the objective is settled or the budget is spent."""
     from lpmr_edge.errors import UserError
-    from lpmr_edge.pick import parse_margin
+    from lpmr_edge.pick import Constraints
     from lpmr_edge.sweep.progress import live_display, settling
     from lpmr_edge.sweep.runner import run_sweep
     from lpmr_edge.sweep.spec import load_sweep, with_settling
@@ -78,7 +78,8 @@ def run_command(
         raise UserError("--retry-failed continues an existing sweep; add --resume")
     sweep = load_sweep(sweep_file, out)
     if until is not None:
-        sweep = with_settling(sweep, objective, dict(parse_margin(text) for text in margin or ()), until)
+        constraints = Constraints.from_options(margin, objective=objective)
+        sweep = with_settling(sweep, objective, constraints.margin(constraints.metric), until)
     with live_display(sweep.name, console) as on_progress:
         progress = run_sweep(sweep, engine=engine, address=address, resume=resume, retry_failed=retry_failed,
                              workers=workers, on_progress=on_progress)

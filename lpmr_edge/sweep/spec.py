@@ -286,20 +286,16 @@ def _settle_identity(settle: SettleRequest | None) -> dict[str, Any] | None:
     return None if settle is None else {"objective": settle.objective, "margin": settle.margin}
 
 
-def with_settling(sweep: Sweep, objective: str, margins: Mapping[str, float], until: SettleSettings) -> Sweep:
+def with_settling(sweep: Sweep, objective: str, margin: float, until: SettleSettings) -> Sweep:
     """``sweep`` with ``--until-settled`` (``until``: shard size and a ``time.monotonic()`` deadline) on
-    ``objective`` (its margin from ``margins`` or pick's default). UserError for an objective that cannot be
-    settled."""
+    ``objective`` with an equivalence ``margin``. UserError for an objective that cannot be settled."""
     import time
 
-    from lpmr_edge.pick import Constraints
     from lpmr_edge.suite.settle import objective_loss
 
     objective_loss(objective)
-    constraints = Constraints(objective=objective, margins=margins)
     ends_at = None if until.deadline is None else time.time() + (until.deadline - time.monotonic())
-    return replace(sweep, settle=SettleRequest(objective, constraints.margin(constraints.metric), until.shard_size,
-                                               ends_at))
+    return replace(sweep, settle=SettleRequest(objective, margin, until.shard_size, ends_at))
 
 
 def settle_groups(jobs: list[Job]) -> dict[str, list[Job]]:
