@@ -437,3 +437,13 @@ def test_a_reference_covers_the_longest_prefix_of_each_visited_set(ood_uninterru
     assert covered["subsets"] == {"ood-digits": shard_order(300, digits.seed)[:digits.position].tolist()}
     assert covered["sequential"]["sets"] == {"ood-digits": {"images": digits.position, "of": 300}}
     assert reference_images([shorter])["sequential"]["images"] == len(shorter["id"].shards[0]["indices"])
+
+
+def test_an_id_objective_also_visits_the_ood_sets_shard_by_shard(models, ood_settings, tmp_path: Path):
+    settled = _settle(models, tmp_path, settings=ood_settings, objective="accuracy", shard=OOD_SHARD, deadline=0.0)
+    assert settled.decision.strata == [""] and settled.stopped in ("settled", "budget")
+    assert {name: len(record.shards) for name, record in settled.records.items()} == {"id": 1, "ood-digits": 1}
+    result = evaluate_seen(settled, "plain", _candidates(models, tmp_path)["plain"], ood_settings)
+    ood = result["metrics"]["ood"]["sets"]
+    assert ood["digits"]["n"] == result["metrics"]["accuracy"]["n"] == OOD_SHARD
+    assert ood["class-split"]["n"] + ood["class-split"]["id_n"] == OOD_SHARD  # the ID images' halves

@@ -1,19 +1,21 @@
 """Evaluate until settled (``--until-settled``): the suite's sets, shard by shard, until the picker's decision
 on the objective is settled or the time budget is spent (``lpmr_edge.sequential`` has the rule).
 
-**Which sets are visited.** Always the ID set; with an OOD objective also the OOD sets it reads, with
-worst-group accuracy the group-labelled set. Each visited set is visited in its own seeded order
-(``shard_order``; the ID set's seed is the run's, another set's is derived from the seed and its name), a
-shard of each at a time: after shard ``k`` every candidate the decision still needs
-(``SettlingDecision.to_evaluate``) has run on shard ``k`` of every visited set, the per-sample losses of the
-objective update the anytime-valid comparisons, and one ``EvaluationRecord`` per set (which candidate saw
-which images) is written atomically to ``settling.json``. Each candidate's features of a shard are stored
-beside its result (``<result dir>/settling/<set>/shard-<k>.npy``) before the record names the shard, so a
-run killed in the middle of a shard redoes only that shard; running the same command again replays the
-record and continues (also after a budget ran out). Then each candidate's suite runs on the images of each
-visited set it saw (sets derived from the ID set, corruptions, the rotate-scale shift and the near-OOD
-class split, follow the ID images; sets that were not visited are evaluated in full), and
-``metrics["sequential"]`` says how its images were chosen and how many of each set it saw.
+**Which sets are visited.** The ID set, every OOD set and the group-labelled set of the suite (sets derived
+from the ID set — corruptions, the rotate-scale shift, the near-OOD class split — follow its images); the
+objective says which of them feed the decision (the ID set; the OOD sets of an OOD objective; the group
+set for worst-group accuracy). Each visited set is visited in its own seeded order (``shard_order``; the
+ID set's seed is the run's, another set's is derived from the seed and its name), a shard of each at a
+time: after shard ``k`` every candidate the decision still needs (``SettlingDecision.to_evaluate``) has
+run on shard ``k`` of every visited set, the per-sample losses of the objective update the anytime-valid
+comparisons, and one ``EvaluationRecord`` per set (which candidate saw which images) is written
+atomically to ``settling.json``. Each candidate's features of a shard are stored beside its result
+(``<result dir>/settling/<set>/shard-<k>.npy``) before the record names the shard, so a run killed in the
+middle of a shard redoes only that shard; running the same command again replays the record and continues
+(also after a budget ran out). The run stops when the sets that feed the decision run out. Then each
+candidate's suite runs on the images of each visited set it saw, and ``metrics["sequential"]`` says how
+its images were chosen and how many of each set it saw. The report's claims use those images with the
+fixed-n paired tests: they are not part of the stopping rule.
 
 **Objective -> per-sample loss** (``objective_loss``): accuracy -> top-1 error (bound 1); ece -> Brier score
 (bound 2; ECE is not a mean of per-image losses, so calibration is *decided on Brier*, a proper scoring
@@ -59,6 +61,7 @@ from lpmr_edge.suite.config import load_suite
 from lpmr_edge.suite.families.base import PlanContext
 from lpmr_edge.suite.families.classification import ID_SET, resolve_logit_scale
 from lpmr_edge.suite.families.ood import CLASS_SPLIT, OOD_SCORE, ood_set_name
+from lpmr_edge.suite.families.spurious import SPURIOUS_SET
 from lpmr_edge.suite.outputs import EvalSet, store_outputs
 from lpmr_edge.suite.run import EvalSettings, Progress, apply_overrides, evaluate, id_set, progress_task
 from lpmr_edge.zeroshot import class_embeddings, cosine_similarities
@@ -131,28 +134,32 @@ def set_seed(seed: int, set_name: str) -> int:
 
 
 def plan_visits(suite: Any, settings: EvalSettings, loss: ObjectiveLoss) -> VisitPlan:
-    """The sets to visit for ``loss`` in ``suite`` (capped as the suite caps them), planned by their families."""
+    """The sets to visit in ``suite`` (capped as the suite caps them, planned by their families): the ID set, every
+    OOD set and the group-labelled set of the suite; the strata of ``loss`` say which of them feed the decision."""
     id_images = id_set(suite, settings.skip_bad_images)
     sets = {ID_SET: EvalSet(ID_SET, id_images, id_images)}
+    context = PlanContext(id_images, settings.seed, None, lambda name: load_dataset(
+        name, skip_bad_images=settings.skip_bad_images).head(suite.limit))
+    configs = {}
+    for family, config in suite.families():
+        if family.name in (OOD_FEED, GROUPS_FEED):
+            sets.update({eval_set.name: eval_set for eval_set in family.plan(config, context)})
+            configs[family.name] = config
     if loss.feeds == ID_FEED:
         return VisitPlan(sets, [ONE_STREAM])
-    family, config = next(((f, c) for f, c in suite.families() if f.name == loss.feeds), (None, None))
-    if family is None:
+    if loss.feeds not in configs:
         raise UserError(f"the suite {suite.name} has no [{loss.feeds}] sets, which this objective is decided on; "
                         "use a suite with them (quick, full) or another --objective")
-    planned = family.plan(config, PlanContext(id_images, settings.seed, None, lambda name: load_dataset(
-        name, skip_bad_images=settings.skip_bad_images).head(suite.limit)))
+    config = configs[loss.feeds]
     if loss.feeds == GROUPS_FEED:
-        (grouped,) = planned
-        return VisitPlan({**sets, grouped.name: grouped}, [str(g) for g in np.unique(grouped.dataset.groups)], config)
+        return VisitPlan(sets, [str(g) for g in np.unique(sets[SPURIOUS_SET].dataset.groups)], config)
     names = [name for _, name in config.tagged()] + ([CLASS_SPLIT] if config.class_split else [])
     if loss.instance is not None:
         if loss.instance not in names:
             raise UserError(f"objective auroc:{loss.instance}: the suite has no OOD set '{loss.instance}'; its sets "
                             f"are {', '.join(names)}")
         names = [loss.instance]
-    wanted = {ood_set_name(name) for name in names}
-    return VisitPlan({**sets, **{s.name: s for s in planned if s.name in wanted}}, names, config)
+    return VisitPlan(sets, names, config)
 
 
 @dataclass
@@ -259,10 +266,9 @@ class _Scorer:
             logits = self.logit_scale * self._cosine(ID_SET, features)
             return {ONE_STREAM: self.loss.loss(classification_outcomes(logits, labels(ID_SET)))}
         if self.loss.feeds == GROUPS_FEED:
-            (grouped,) = (name for name in self.plan.sets if name != ID_SET)
-            correct = classification_outcomes(self.logit_scale * self._cosine(grouped, features),
-                                              labels(grouped))["correct"]
-            groups = self.plan.sets[grouped].dataset.groups[indices.get(grouped, [])].astype(str)
+            correct = classification_outcomes(self.logit_scale * self._cosine(SPURIOUS_SET, features),
+                                              labels(SPURIOUS_SET))["correct"]
+            groups = self.plan.sets[SPURIOUS_SET].dataset.groups[indices.get(SPURIOUS_SET, [])].astype(str)
             return {group: 1.0 - correct[groups == group] for group in self.plan.strata}
         id_cosine = self._cosine(ID_SET, features)
         id_scores, losses = self._ood_score(id_cosine), {}
@@ -299,12 +305,12 @@ def _feed(decision: SettlingDecision, scorers: Mapping[str, _Scorer], evaluated:
 
 def _exhausted(loss: ObjectiveLoss, plan: VisitPlan, indices: Mapping[str, np.ndarray]) -> bool:
     """Whether the next shard (``indices``: the visited sets that still have images) adds no sample to the decision."""
-    others_left = any(name != ID_SET for name in indices)
     if loss.feeds == GROUPS_FEED:
-        return not others_left
-    if loss.feeds == OOD_FEED and CLASS_SPLIT not in plan.strata and not others_left:
+        return SPURIOUS_SET not in indices
+    if ID_SET not in indices:
         return True
-    return ID_SET not in indices
+    return loss.feeds == OOD_FEED and not any(stratum == CLASS_SPLIT or ood_set_name(stratum) in indices
+                                              for stratum in plan.strata)
 
 
 def _resume(path: Path, key: str, scorers: Mapping[str, _Scorer], decision: SettlingDecision,
