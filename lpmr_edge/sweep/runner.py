@@ -147,11 +147,11 @@ class Scheduler:
         self.running_runtimes: dict[Future, str] = {}  # the runtime each running job has open
         self.freed_runtimes: deque[str] = deque()  # runtimes of jobs that just finished: their workers are free
         # --until-settled: groups of jobs settled together, run as one task once every member's artifact is built
-        self.groups = {key: [job.id for job in members] for key, members in grid.settle_groups(jobs).items()} \
-            if sweep.settle else {}
+        groups = grid.settle_groups(jobs) if sweep.settle else {}
+        self.groups = {key: [job.id for job in members] for key, members in groups.items()}
         self.group_of = {job_id: key for key, members in self.groups.items() for job_id in members}
         # the torch reference of a model, suite and seed covers the images its groups' candidates saw: it waits
-        self.reference_of = grid.reference_groups(jobs, grid.settle_groups(jobs)) if sweep.settle else {}
+        self.reference_of = grid.reference_groups(jobs, groups) if sweep.settle else {}
         self.blocked: dict[str, set[str]] = {}  # reference job -> groups it still waits for
         self.group_unbuilt: dict[str, set[str]] = {}  # group -> members whose artifact is not built yet
         self.group_pending: dict[str, list[str]] = {}  # group -> the members this invocation runs and stores
