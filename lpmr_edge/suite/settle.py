@@ -338,12 +338,12 @@ def _resume(path: Path, key: str, scorers: Mapping[str, _Scorer], decision: Sett
 
 def settle(candidates: Mapping[str, Candidate], record_path: Path, settings: EvalSettings, objective: str,
            margin: float, until: SettleSettings, log: Callable[[str], None] = print,
-           progress: Progress | None = None) -> Settled:
-    """Evaluate ``candidates`` shard by shard on the visited sets of ``settings``' suite (orders seeded by
-    ``settings.seed``) until the decision on ``objective`` is settled, ``until.deadline`` has passed (checked
-    after each shard) or the samples ran out; resumes the record at ``record_path`` when it was made for the
-    same candidates, data and rule."""
-    suite = apply_overrides(load_suite(settings.suite), settings)
+           progress: Progress | None = None, suite: Any = None) -> Settled:
+    """Evaluate ``candidates`` shard by shard on the visited sets of the suite (``suite``, else ``settings.suite``;
+    orders seeded by ``settings.seed``) until the decision on ``objective`` is settled, ``until.deadline`` has
+    passed (checked after each shard) or the samples ran out; resumes the record at ``record_path`` when it
+    was made for the same candidates, data and rule."""
+    suite = apply_overrides(suite or load_suite(settings.suite), settings)
     loss = objective_loss(objective)
     names = list(candidates)
     plan = plan_visits(suite, settings, loss)
@@ -394,10 +394,10 @@ def settle(candidates: Mapping[str, Candidate], record_path: Path, settings: Eva
 
 
 def evaluate_seen(settled: Settled, name: str, candidate: Candidate, settings: EvalSettings,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, suite: Any = None) -> dict[str, Any]:
     """Candidate ``name``'s suite over the images of each visited set it saw (its shard features, in visiting
     order, are stored as those sets' outputs first, so they are not recomputed); returns its result
-    (``evaluate``)."""
+    (``evaluate``; ``suite`` as for ``settle``)."""
     assert settled.plan is not None
     seen = settled.seen(name)
     runtime = candidate.runtime
@@ -410,7 +410,7 @@ def evaluate_seen(settled: Settled, name: str, candidate: Candidate, settings: E
         features = [np.load(_shard_path(candidate.out_dir, set_name, number))
                     for number, shard in enumerate(settled.records[set_name].shards) if name in shard["candidates"]]
         store_outputs(runtime, eval_set, embeddings[set_name], np.concatenate(features), candidate.out_dir)
-    return evaluate(runtime, candidate.out_dir, settings, progress, id_indices=seen[ID_SET],
+    return evaluate(runtime, candidate.out_dir, settings, progress, suite, id_indices=seen[ID_SET],
                     sequential=settled.sequential(name),
                     subsets={set_name: indices for set_name, indices in seen.items() if set_name != ID_SET})
 

@@ -304,12 +304,14 @@ def run_settle_group(task: SettleTask) -> dict[str, Any]:
             candidates = {name: Candidate(runtime, Path(job.results_dir)) for name, (job, runtime, _) in opened.items()}
             deadline = None if task.ends_at is None else time.monotonic() + (task.ends_at - time.time())
             settled = settle(candidates, Path(task.record), first.settings, task.objective, task.margin,
-                             SettleSettings(shard_size=task.shard_size, deadline=deadline), log=lambda _: None)
+                             SettleSettings(shard_size=task.shard_size, deadline=deadline), log=lambda _: None,
+                             suite=first.suite)
             settle_seconds = time.perf_counter() - start
             outcomes = {}
             for name, (job, runtime, clock) in opened.items():
                 outcome = _job_outcome(job, runtime, clock, functools.partial(
-                    evaluate_seen, settled, name, candidates[name], job.settings), time.perf_counter(), False,
+                    evaluate_seen, settled, name, candidates[name], job.settings, suite=job.suite),
+                    time.perf_counter(), False,
                     {"sequential": settled.sequential(name), "settling": {"group": task.group, "record": task.record,
                                                                          "settle_s": settle_seconds}})
                 outcomes[job.job_id] = {**outcome, "seconds": outcome["seconds"] + settle_seconds / len(opened)}
