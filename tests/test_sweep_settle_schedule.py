@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from lpmr_edge.sweep import spec as grid
+from lpmr_edge.sweep.progress import status
 from lpmr_edge.sweep.runner import Scheduler, create_store
 from lpmr_edge.sweep.spec import SettleRequest, Sweep, parse_sweep
 
@@ -23,8 +24,10 @@ def _sweep(tmp_path: Path, retries: int) -> Sweep:
     return replace(parse_sweep(written, "test.toml"), settle=SettleRequest("accuracy", 0.005, 50, None))
 
 
-def _job_result(task: Any) -> dict[str, Any]:
-    return {"metrics": [("accuracy/n", 50.0, None, None)], "manifest": {}, "results_dir": task.results_dir,
+def _job_result(task: Any, group: str | None = None) -> dict[str, Any]:
+    manifest = {} if group is None else {"settling": {"group": group}, "sequential": {
+        "state": "undecided", "stopped": "budget", "images": 50, "of": 400, "sets": {}}}
+    return {"metrics": [("accuracy/n", 50.0, None, None)], "manifest": manifest, "results_dir": task.results_dir,
             "runtime_seconds": 0.0, "seconds": 0.0, "worker": "scripted"}
 
 
@@ -54,7 +57,8 @@ class ScriptedEngine:
             self.group_failures -= 1
             return {"ok": False, "error": "settling failed", "traceback": "tb"}
         if name == "run_settle_group":
-            return {"ok": True, "jobs": {job.job_id: _job_result(job) for job in task.jobs}, "settling": {}}
+            return {"ok": True, "jobs": {job.job_id: _job_result(job, task.group) for job in task.jobs},
+                    "settling": {}}
         return {"ok": True, **_job_result(task)}
 
     def recover(self, failed: Future) -> None:
@@ -93,6 +97,10 @@ def test_groups_run_as_one_task_are_retried_together_and_the_reference_waits_for
                     and group.record == record]
         assert finished and max(finished) < index
         assert Path(record).parent.parent == (sweep.out / "settling").resolve()
+    rows = status(sweep.db_path)["settling"]  # what `sweep status` and the run's summary state per job
+    assert len(rows) == 4 and {(row["runtime"], row["stopped"], row["images"], row["of"]) for row in rows} == {
+        ("openvino", "budget", 50, 400)}
+    assert len({row["group"] for row in rows}) == 2
 
 
 def test_a_failed_build_fails_its_group_and_the_reference_still_runs(tmp_path: Path):

@@ -91,22 +91,27 @@ def run_command(
     else:
         console.print(f"sweep {sweep.name}: {progress.done}/{progress.total} done, {progress.failed} failed "
                       f"-> {sweep.db_path}")
-        if settled:
-            print_table(f"until settled on {objective}", ["#", "job", "model", "target", "runtime-precision", "seed",
-                                                          "state", "stopped", "ID images", "other sets"],
-                        [[row["position"], row["id"], row["model"], row["target"],
-                          f"{row['runtime']}-{row['precision']}", row["seed"], row["state"], row["stopped"],
-                          f"{row['images']} of {row['of']}",
-                          ", ".join(f"{name} {n['images']} of {n['of']}" for name, n in (row["sets"] or {}).items())
-                          or "—"] for row in settled])
+        _print_settling(settled, f"until settled on {objective}")
     if progress.failed:
         print_error(f"{progress.failed} job(s) failed; see `lpmr-edge sweep status {sweep.db_path}`")
         raise typer.Exit(FAILED_JOBS_EXIT)
 
 
+def _print_settling(rows: list[dict], title: str) -> None:
+    """The jobs of settling groups: state, why the group stopped and the images seen of each set."""
+    if rows:
+        print_table(title, ["#", "job", "model", "target", "runtime-precision", "seed", "state", "stopped",
+                            "ID images", "other sets"],
+                    [[row["position"], row["id"], row["model"], row["target"], f"{row['runtime']}-{row['precision']}",
+                      row["seed"], row["state"], row["stopped"], f"{row['images']} of {row['of']}",
+                      ", ".join(f"{name} {n['images']} of {n['of']}" for name, n in (row["sets"] or {}).items())
+                      or "—"] for row in rows])
+
+
 @sweep_app.command("status")
 def status_command(database: DatabaseArgument, json_output: JsonOption = False) -> None:
-    """Jobs done / running / failed / pending, ETA of a running sweep, and every failed job's error."""
+    """Jobs done / running / failed / pending, ETA of a running sweep, every failed job's error, and (--until-settled)
+    where each job's settling group stopped."""
     from lpmr_edge.sweep.progress import status
 
     state = status(database)
@@ -121,6 +126,7 @@ def status_command(database: DatabaseArgument, json_output: JsonOption = False) 
     if state["interrupted"]:
         console.print(f"{state['interrupted']} job(s) were running when the sweep's driver stopped; "
                       "`lpmr-edge sweep SWEEP.toml --resume` runs them again")
+    _print_settling(state["settling"], "jobs evaluated until settled")
     if state["failed_jobs"]:
         print_table("failed jobs", ["#", "job", "model", "target", "runtime-precision", "suite", "seed", "attempts",
                                     "error"],
