@@ -29,9 +29,9 @@ from pathlib import Path
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
 from lpmr_edge.pick import Choice, Constraints
 from lpmr_edge.runtimes.base import Runtime
-from lpmr_edge.sequential import SettleSettings, shard_order
+from lpmr_edge.sequential import SettleSettings
 from lpmr_edge.suite import METRICS_FILE, EvalSettings, Progress, evaluate, load_suite, progress_task
-from lpmr_edge.suite.settle import Settled, objective_loss
+from lpmr_edge.suite.settle import Settled, objective_loss, reference_images
 from lpmr_edge.targets import Target, load_target
 
 Log = Callable[[str], None]
@@ -163,8 +163,8 @@ def _settle_target(plan: RunPlan, target: Target, artifacts: Sequence[Path], res
 
 def _evaluate_reference(plan: RunPlan, out_dir: Path, settled: Mapping[str, Settled], log: Log,
                         progress: Progress | None) -> None:
-    """The host's torch FP32 reference: on every image, or after settled targets on the ID images any
-    candidate saw (the longest prefix of the seeded order)."""
+    """The host's torch FP32 reference: on every image, or after settled targets on the images of each
+    visited set any candidate saw (the longest prefix of its seeded order)."""
     from lpmr_edge.models import load_model
     from lpmr_edge.runtimes.torch_runtime import TorchRuntime
 
@@ -172,14 +172,10 @@ def _evaluate_reference(plan: RunPlan, out_dir: Path, settled: Mapping[str, Sett
     if not settled:
         _evaluate_once(runtime, out_dir, plan.suite, log, progress)
         return
-    record = max((outcome.record for outcome in settled.values()), key=lambda r: r.position)
-    indices = shard_order(record.n_images, record.seed)[:record.position].tolist()
-    sequential = {"state": "reference", "stopped": "the ID images any candidate saw", "images": len(indices),
-                  "of": record.n_images, "seed": record.seed}
+    covered = reference_images(outcome.records for outcome in settled.values())
     settings = EvalSettings(suite=plan.suite)
     _evaluate_once(runtime, out_dir, plan.suite, log, progress,
-                   functools.partial(evaluate, runtime, out_dir, settings, progress, id_indices=indices,
-                                     sequential=sequential), sequential)
+                   functools.partial(evaluate, runtime, out_dir, settings, progress, **covered), covered["sequential"])
 
 
 def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> RunOutcome:

@@ -45,11 +45,36 @@ which keeps the CS valid. With ``margin = 0`` identical candidates never settle.
 
 **Losses.** The rule needs a decomposable per-sample loss with a known range ``[0, B]``: top-1 error
 (``1 - correct``, B = 1), Brier score (B = 2), NLL clipped at ``B`` (``clipped_nll``; the mean of the
-clipped NLL is then what is compared). ECE and AUROC are not means of per-sample losses: for them,
-the caller computes its paired (bootstrap) interval of the metric difference at look ``k`` at level
-``1 - look_alpha(k, a)`` (Bonferroni over an unbounded number of looks, ``sum_k look_alpha = a``) and
-feeds it to ``SpentComparison``; this is only as valid as the bootstrap itself (asymptotic). A
-proper-scoring-rule surrogate is the anytime-valid alternative: decide calibration on the Brier score.
+clipped NLL is then what is compared). ECE is not a mean of per-sample losses; decide calibration on the
+Brier score (a proper scoring rule). For other non-decomposable metrics, the caller can compute a paired
+(bootstrap) interval at look ``k`` at level ``1 - look_alpha(k, a)`` and feed ``SpentComparison`` (only
+as valid as the bootstrap, i.e. asymptotically).
+
+**AUROC as a per-pair loss.** AUROC (ID positive) is ``P(s_id > s_ood) + P(s_id = s_ood) / 2`` for an
+independent ID and OOD draw. Both sets are visited in their own seeded orders; the k-th ID image of the
+order is paired with the k-th OOD image (disjoint pairs), and ``pair_auroc_losses`` gives each pair the
+loss ``1 - [s_id > s_ood] - [s_id = s_ood] / 2`` in ``[0, 1]``. The pairs are i.i.d. with mean loss
+``1 - AUROC``, so the difference between two candidates on the same pairs is a bounded paired
+difference and the PrPl-EB CS above applies *exactly* (no asymptotics). The price: n pairs carry less
+information than the U-statistic over all ``n_id x n_ood`` pairs (whose terms are dependent, which a
+per-sample CS cannot take), so the CS is wider than the fixed-n AUROC interval.
+
+**Strata: worst set, worst group, mean over sets.** An objective that combines several strata (OOD sets
+for ``auroc:worst`` and ``auroc``; groups of a group-labelled set for worst-group accuracy, each group's
+images the subsequence of the visiting order with that group label) gets one CS per pair *and* stratum at
+level ``a / (pairs x strata)`` (Bonferroni over both). On the event that all cover, the difference of the
+combined objective is bounded: for the mean of the strata's mean losses by the mean of the bounds. For
+the worst (largest mean loss), ``max_s a_s - max_s b_s`` is at most ``a_s - b_s`` at ``a``'s worst
+stratum and at least ``a_s - b_s`` at ``b``'s; which stratum is worst is unknown, so each candidate also
+gets a CS of its own mean loss per stratum (K more CSs per stratum: level ``a / ((pairs + K) x strata)``),
+and its *possible* worst strata are those whose upper bound reaches the largest lower bound (the true
+worst always does, under coverage). The difference then lies in ``[min l_s over b's possible worst,
+max u_s over a's possible worst]`` — tight when both have the same worst stratum — and also in the unpaired
+``[max_s L_a,s - max_s U_b,s, max_s U_a,s - max_s L_b,s]`` (needed when the worst strata differ); the
+intersection of the two is used. The rest of the rule (chaining, states, stopping) is unchanged, so its
+guarantee carries over. Worst-group needs each candidate's worst group told apart from its others (and,
+for equivalence, a narrow interval there): with many small groups it settles late or not at all,
+which is the honest answer.
 """
 from __future__ import annotations
 
@@ -67,6 +92,9 @@ State = Literal["better", "worse", "equivalent", "undecided"]
 BET_TRUNCATION = 0.5  # c in Waudby-Smith & Ramdas (2023), who suggest 1/2 or 3/4
 BRIER_BOUND = 2.0  # sum_k (p_k - y_k)^2 over a probability vector lies in [0, 2]
 TOP1_BOUND = 1.0  # top-1 error 1 - correct lies in {0, 1}
+ONE_STREAM = ""  # the stratum of an objective that is the mean loss of one sample stream
+MEAN, WORST = "mean", "worst"  # how a decision combines its strata's mean losses
+COMBINES = (MEAN, WORST)
 
 
 def clipped_nll(probability_of_label: np.ndarray, bound: float) -> np.ndarray:
@@ -194,6 +222,15 @@ class SequentialComparison(_RunningInterval):
         self.sum_bet, self.sum_bet_x, self.sum_penalty = float(sum_bet[-1]), float(sum_bet_x[-1]), float(sum_penalty[-1])
 
 
+def pair_auroc_losses(id_scores: np.ndarray, ood_scores: np.ndarray) -> np.ndarray:
+    """Per-pair AUROC losses of disjoint pairs (the k-th ID score with the k-th OOD score; the longer array's
+    excess is left unpaired): ``1 - [id > ood] - [id = ood] / 2``, whose mean over i.i.d. pairs is
+    ``1 - AUROC`` with ID the positive class (higher score = more in-distribution)."""
+    n = min(len(id_scores), len(ood_scores))
+    id_part, ood_part = np.asarray(id_scores)[:n], np.asarray(ood_scores)[:n]
+    return 1.0 - (id_part > ood_part) - 0.5 * (id_part == ood_part)
+
+
 def look_alpha(look: int, alpha: float) -> float:
     """Error rate spent at look ``look`` (1-based): ``alpha * 6 / (pi^2 look^2)``; the sum over all looks is alpha."""
     if look < 1:
@@ -299,42 +336,89 @@ def min_plus_closure(weights: np.ndarray) -> np.ndarray:
 
 
 class SettlingDecision:
-    """Which of several candidates to recommend (lowest mean loss), decided sequentially.
+    """Which of several candidates to recommend (lowest objective loss), decided sequentially.
 
-    One ``SequentialComparison`` per pair at the Bonferroni level (see module doc). After each
-    ``update``: ``states`` relates every candidate to the recommendation, ``settled`` says none is
-    undecided, and ``to_evaluate`` lists the candidates the next shard needs.
+    The objective is the mean loss of one sample stream, or combines several ``strata`` (OOD sets, groups),
+    each a stream of per-sample losses with its own mean: ``combine`` = ``"mean"`` (their mean) or
+    ``"worst"`` (their largest mean loss). One ``SequentialComparison`` per pair and stratum at the
+    Bonferroni level (see module doc). After each ``update``: ``states`` relates every candidate to the
+    recommendation, ``settled`` says none is undecided, and ``to_evaluate`` lists the candidates the next
+    shard needs.
     """
 
     def __init__(self, candidates: Sequence[str], margin: float, confidence: float, bound: float,
-                 horizon: int | None = None):
+                 horizon: int | None = None, strata: Sequence[str] = (ONE_STREAM,), combine: str = MEAN):
         if len(candidates) < 2 or len(set(candidates)) != len(candidates):
             raise UserError("a settling decision needs at least two distinct candidate names")
+        if not strata or len(set(strata)) != len(strata) or combine not in COMBINES:
+            raise UserError(f"strata must be distinct and at least one, combine one of {', '.join(COMBINES)}")
         _check_level(margin, confidence)
-        self.candidates = list(candidates)
-        self.margin, self.confidence, self.bound = margin, confidence, bound
+        self.candidates, self.strata, self.combine = list(candidates), list(strata), combine
+        self.margin, self.confidence, self.bound, self.horizon = margin, confidence, bound, horizon
         pairs = len(candidates) * (len(candidates) - 1) // 2
-        self.pair_confidence = 1.0 - (1.0 - confidence) / pairs
-        self.comparisons = {(a, b): SequentialComparison(margin, self.pair_confidence, bound, horizon)
-                            for i, a in enumerate(self.candidates) for b in self.candidates[i + 1:]}
+        # the worst of several strata also needs each candidate's own mean loss per stratum (its worst stratum)
+        own = len(candidates) if combine == WORST and len(self.strata) > 1 else 0
+        self.pair_confidence = 1.0 - (1.0 - confidence) / ((pairs + own) * len(self.strata))
 
-    def update(self, losses: Mapping[str, np.ndarray]) -> None:
-        """Add one shard: per-sample losses (in visiting order, same images) of each evaluated candidate."""
+        def streams() -> dict[str, SequentialComparison]:
+            return {stratum: SequentialComparison(margin, self.pair_confidence, bound, horizon)
+                    for stratum in self.strata}
+
+        self.comparisons = {(a, b): streams() for i, a in enumerate(self.candidates) for b in self.candidates[i + 1:]}
+        self.own_losses = {name: streams() for name in self.candidates[:own and len(self.candidates)]}
+
+    def update(self, losses: Mapping[str, np.ndarray], stratum: str = ONE_STREAM) -> None:
+        """Add one shard of a stratum: per-sample losses (in visiting order, same samples) of each evaluated
+        candidate."""
         unknown = set(losses) - set(self.candidates)
         if unknown:
             raise UserError(f"unknown candidates {sorted(unknown)}; known: {self.candidates}")
+        if stratum not in self.strata:
+            raise UserError(f"unknown stratum '{stratum}'; known: {self.strata}")
         if len({np.shape(v) for v in losses.values()}) > 1:
             raise UserError("every candidate of a shard needs a loss for each of the shard's images")
-        for (a, b), comparison in self.comparisons.items():
+        for (a, b), by_stratum in self.comparisons.items():
             if a in losses and b in losses:
-                comparison.update(np.asarray(losses[a], dtype=np.float64) - np.asarray(losses[b], dtype=np.float64))
+                by_stratum[stratum].update(np.asarray(losses[a], dtype=np.float64)
+                                           - np.asarray(losses[b], dtype=np.float64))
+        for name in set(losses) & set(self.own_losses):
+            self.own_losses[name][stratum].update(np.asarray(losses[name], dtype=np.float64))
+
+    def possible_worst(self, name: str) -> list[str]:
+        """The strata that can be ``name``'s worst (largest mean loss): those whose upper bound reaches the
+        largest lower bound of any stratum (all strata when there is one, or with ``combine`` mean)."""
+        if name not in self.own_losses:
+            return self.strata
+        floor = max(c.low for c in self.own_losses[name].values())
+        return [stratum for stratum, c in self.own_losses[name].items() if c.high >= floor]
+
+    def interval(self, a: str, b: str) -> tuple[float, float]:
+        """Simultaneous bounds on ``objective(a) - objective(b)`` (``a`` listed before ``b``) from the strata's
+        intervals ``[l_s, u_s]`` of ``mean_s(a) - mean_s(b)``: mean -> ``[mean l_s, mean u_s]``; worst ->
+        ``[min l_s over b's possible worst strata, max u_s over a's]`` (``max_s a_s - max_s b_s`` is at most
+        ``a_s - b_s`` at ``a``'s worst stratum and at least ``a_s - b_s`` at ``b``'s), intersected with the
+        unpaired bounds from each candidate's own worst-stratum bounds."""
+        by_stratum = self.comparisons[(a, b)]
+        if self.combine == WORST and self.own_losses:
+            worst = {name: (max(c.low for c in self.own_losses[name].values()),
+                            max(c.high for c in self.own_losses[name].values())) for name in (a, b)}
+            return (max(min(by_stratum[s].low for s in self.possible_worst(b)), worst[a][0] - worst[b][1]),
+                    min(max(by_stratum[s].high for s in self.possible_worst(a)), worst[a][1] - worst[b][0]))
+        if self.combine == WORST:
+            return min(c.low for c in by_stratum.values()), max(c.high for c in by_stratum.values())
+        lows, highs = zip(*(c.interval for c in by_stratum.values()))
+        return float(np.mean(lows)), float(np.mean(highs))
+
+    def paired_samples(self, a: str, b: str) -> dict[str, int]:
+        """How many samples of each stratum the pair was compared on."""
+        return {stratum: c.count for stratum, c in self.comparisons[(a, b)].items()}
 
     def can_beat(self) -> np.ndarray:
         """``[c, b]``: upper bound on ``loss(b) - loss(c)``, how much ``c`` can beat ``b`` (chained)."""
         index = {name: i for i, name in enumerate(self.candidates)}
         direct = np.zeros((len(self.candidates),) * 2)
-        for (a, b), comparison in self.comparisons.items():
-            low, high = comparison.interval  # loss(a) - loss(b) in [low, high]
+        for a, b in self.comparisons:
+            low, high = self.interval(a, b)  # loss(a) - loss(b) in [low, high]
             direct[index[b], index[a]] = high
             direct[index[a], index[b]] = -low
         return min_plus_closure(direct)
@@ -361,15 +445,24 @@ class SettlingDecision:
 
     def describe(self) -> dict[str, Any]:
         """JSON summary for results and reports: the rule, the recommendation, and per candidate its
-        state, interval against the recommendation and the most images it was compared on."""
-        images = {name: max([0] + [c.count for pair, c in self.comparisons.items() if name in pair])
-                  for name in self.candidates}
+        state, interval against the recommendation and the most samples it was compared on (per stratum
+        with several strata)."""
+        samples = {name: {stratum: max([0] + [self.paired_samples(*pair)[stratum] for pair in self.comparisons
+                                              if name in pair]) for stratum in self.strata}
+                   for name in self.candidates}
         relations = self.relations()
-        return {"rule": "PrPl-EB confidence sequences (Waudby-Smith & Ramdas 2023), Bonferroni over pairs",
-                "confidence": self.confidence, "margin": self.margin, "settled": self.settled,
-                "recommended": self.recommended,
-                "candidates": {name: {"state": state, "difference": [low, high], "paired_images": images[name]}
-                               for name, (state, low, high) in relations.items()}}
+        rule = "PrPl-EB confidence sequences (Waudby-Smith & Ramdas 2023), Bonferroni over pairs"
+        described = {"rule": rule if len(self.strata) == 1 else f"{rule} and {len(self.strata)} strata "
+                                                                f"({self.combine} of their mean losses)",
+                     "confidence": self.confidence, "margin": self.margin, "settled": self.settled,
+                     "recommended": self.recommended,
+                     "candidates": {name: {"state": state, "difference": [low, high],
+                                           "paired_images": sum(samples[name].values())}
+                                    for name, (state, low, high) in relations.items()}}
+        if len(self.strata) > 1:
+            for name, node in described["candidates"].items():
+                node["paired_samples"] = samples[name]
+        return described
 
     @property
     def recommended(self) -> str:
@@ -393,14 +486,20 @@ class SettlingDecision:
     def to_json(self) -> dict[str, Any]:
         """The whole decision state, to continue it in a later run (see ``from_json``)."""
         return {"candidates": self.candidates, "margin": self.margin, "confidence": self.confidence,
-                "bound": self.bound,
-                "comparisons": [[a, b, comparison.to_json()] for (a, b), comparison in self.comparisons.items()]}
+                "bound": self.bound, "horizon": self.horizon, "strata": self.strata, "combine": self.combine,
+                "comparisons": [[a, b, stratum, comparison.to_json()] for (a, b), by_stratum in self.comparisons.items()
+                                for stratum, comparison in by_stratum.items()],
+                "own_losses": [[name, stratum, comparison.to_json()] for name, by_stratum in self.own_losses.items()
+                               for stratum, comparison in by_stratum.items()]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SettlingDecision:
-        decision = cls(data["candidates"], data["margin"], data["confidence"], data["bound"])
-        for a, b, comparison in data["comparisons"]:
-            decision.comparisons[(a, b)] = SequentialComparison.from_json(comparison)
+        decision = cls(data["candidates"], data["margin"], data["confidence"], data["bound"], data["horizon"],
+                       data["strata"], data["combine"])
+        for a, b, stratum, comparison in data["comparisons"]:
+            decision.comparisons[(a, b)][stratum] = SequentialComparison.from_json(comparison)
+        for name, stratum, comparison in data["own_losses"]:
+            decision.own_losses[name][stratum] = SequentialComparison.from_json(comparison)
         return decision
 
 

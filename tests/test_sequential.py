@@ -17,6 +17,7 @@ from scipy.stats import binomtest, norm
 from lpmr_edge.errors import UserError
 from lpmr_edge.sequential import (
     BET_TRUNCATION,
+    ONE_STREAM,
     EvaluationRecord,
     SequentialComparison,
     SettlingDecision,
@@ -163,7 +164,7 @@ def test_settling_picks_a_best_or_equivalent_candidate_at_the_stated_confidence(
         losses = _correctness_losses(np.random.default_rng(seed), accuracies, n, shared=0.95)
         decision, position = _settle(losses, margin, confidence, shard=500)
         right += decision.settled and decision.recommended in ("c0", "c2")
-        c1_stopped_early += decision.comparisons[("c0", "c1")].count < position
+        c1_stopped_early += decision.comparisons[("c0", "c1")][ONE_STREAM].count < position
         visited += position
     assert right / replications >= confidence - _tolerance(1 - confidence, replications)
     assert visited / replications < n / 4  # settling saves most of the images
@@ -185,7 +186,7 @@ def test_states_name_worse_equivalent_and_recommended():
     losses = _correctness_losses(np.random.default_rng(5), [0.80, 0.60, 0.80], 20000, shared=1.0)
     decision, _ = _settle(losses, margin=0.01, confidence=0.95, shard=1000)
     assert decision.settled and decision.to_evaluate == []
-    assert all(c.confidence == pytest.approx(1 - 0.05 / 3) for c in decision.comparisons.values())  # Bonferroni
+    assert all(c[ONE_STREAM].confidence == pytest.approx(1 - 0.05 / 3) for c in decision.comparisons.values())  # Bonferroni
     states = decision.states()
     assert states["c1"] == "worse"
     assert sorted(states[name] for name in ("c0", "c2")) == ["equivalent", "recommended"]
@@ -200,7 +201,7 @@ def _with_intervals(intervals: dict[tuple[str, str], tuple[float, float]]) -> Se
     """A decision over c0, c1, c2 (margin 0.01) whose pair intervals of loss(a) - loss(b) are given."""
     decision = SettlingDecision(["c0", "c1", "c2"], 0.01, 0.9, 1.0)
     for pair, (low, high) in intervals.items():
-        decision.comparisons[pair].low, decision.comparisons[pair].high = low, high
+        decision.comparisons[pair][ONE_STREAM].low, decision.comparisons[pair][ONE_STREAM].high = low, high
     return decision
 
 

@@ -10,9 +10,19 @@ import typer
 from typer.core import TyperGroup
 
 from lpmr_edge.cli.app import app
-from lpmr_edge.cli.core import JsonOption
-from lpmr_edge.cli.params import ENGINE, EXISTING_FILE, EXPORT_FORMAT, OUTPUT_DIR, POSITIVE_INT, RAY_ADDRESS
+from lpmr_edge.cli.core import JsonOption, with_settle_options
+from lpmr_edge.cli.params import (
+    ENGINE,
+    EXISTING_FILE,
+    EXPORT_FORMAT,
+    MARGIN,
+    OBJECTIVE,
+    OUTPUT_DIR,
+    POSITIVE_INT,
+    RAY_ADDRESS,
+)
 from lpmr_edge.cli.ui import console, print_error, print_json, print_table
+from lpmr_edge.sequential import SettleSettings
 
 FAILED_JOBS_EXIT = 1
 
@@ -35,6 +45,7 @@ DatabaseArgument = Annotated[Path, typer.Argument(parser=EXISTING_FILE, help="A 
 
 
 @sweep_app.command("run")
+@with_settle_options
 def run_command(
     sweep_file: Annotated[Path, typer.Argument(parser=EXISTING_FILE, help="Sweep file (see sweeps/demo.toml)")],
     resume: Annotated[bool, typer.Option(help="Continue the sweep in <out>/sweep.db (same grid)")] = False,
@@ -46,34 +57,61 @@ def run_command(
                                                    "threads)")] = None,
     out: Annotated[Path | None, typer.Option(parser=OUTPUT_DIR, help="Output directory (default: the sweep file's 'out')")] = None,
     json_output: JsonOption = False,
+    objective: Annotated[str, typer.Option(parser=OBJECTIVE, help="With --until-settled: what each group's decision is "
+                                           "on: accuracy | ece | nll | auroc | auroc:SET | auroc:worst | "
+                                           "worst-group")] = "ece",
+    margin: Annotated[list[str] | None, typer.Option(parser=MARGIN, help="With --until-settled: equivalence margin "
+                                                     "METRIC=VALUE, as for pick")] = None,
+    *,
+    until: SettleSettings | None,
 ) -> None:
-    """Run (or --resume) a sweep. Exit status 1 when some jobs failed (see `lpmr-edge sweep status`)."""
+    """Run (or --resume) a sweep. Exit status 1 when some jobs failed (see `lpmr-edge sweep status`).
+    With --until-settled, the artifacts of each model x target x calibration x suite x seed are evaluated
+    together, shard by shard, until their decision on the objective is settled or the budget is spent."""
     from lpmr_edge.errors import UserError
-    from lpmr_edge.sweep.progress import live_display
+    from lpmr_edge.pick import Constraints
+    from lpmr_edge.sweep.progress import live_display, settling
     from lpmr_edge.sweep.runner import run_sweep
-    from lpmr_edge.sweep.spec import load_sweep
+    from lpmr_edge.sweep.spec import load_sweep, with_settling
 
     if retry_failed and not resume:
         raise UserError("--retry-failed continues an existing sweep; add --resume")
     sweep = load_sweep(sweep_file, out)
+    if until is not None:
+        constraints = Constraints.from_options(margin, objective=objective)
+        sweep = with_settling(sweep, objective, constraints.margin(constraints.metric), until)
     with live_display(sweep.name, console) as on_progress:
         progress = run_sweep(sweep, engine=engine, address=address, resume=resume, retry_failed=retry_failed,
                              workers=workers, on_progress=on_progress)
     summary = {"database": str(sweep.db_path), "total": progress.total, "done": progress.done,
                "failed": progress.failed}
+    settled = settling(sweep.db_path) if until is not None and sweep.db_path.is_file() else []
     if json_output:
-        print_json(summary)
+        print_json({**summary, **({"settling": settled} if until is not None else {})})
     else:
         console.print(f"sweep {sweep.name}: {progress.done}/{progress.total} done, {progress.failed} failed "
                       f"-> {sweep.db_path}")
+        _print_settling(settled, f"until settled on {objective}")
     if progress.failed:
         print_error(f"{progress.failed} job(s) failed; see `lpmr-edge sweep status {sweep.db_path}`")
         raise typer.Exit(FAILED_JOBS_EXIT)
 
 
+def _print_settling(rows: list[dict], title: str) -> None:
+    """The jobs of settling groups: state, why the group stopped and the images seen of each set."""
+    if rows:
+        print_table(title, ["#", "job", "model", "target", "runtime-precision", "seed", "state", "stopped",
+                            "ID images", "other sets"],
+                    [[row["position"], row["id"], row["model"], row["target"], f"{row['runtime']}-{row['precision']}",
+                      row["seed"], row["state"], row["stopped"], f"{row['images']} of {row['of']}",
+                      ", ".join(f"{name} {n['images']} of {n['of']}" for name, n in (row["sets"] or {}).items())
+                      or "—"] for row in rows])
+
+
 @sweep_app.command("status")
 def status_command(database: DatabaseArgument, json_output: JsonOption = False) -> None:
-    """Jobs done / running / failed / pending, ETA of a running sweep, and every failed job's error."""
+    """Jobs done / running / failed / pending, ETA of a running sweep, every failed job's error, and (--until-settled)
+    where each job's settling group stopped."""
     from lpmr_edge.sweep.progress import status
 
     state = status(database)
@@ -88,6 +126,7 @@ def status_command(database: DatabaseArgument, json_output: JsonOption = False) 
     if state["interrupted"]:
         console.print(f"{state['interrupted']} job(s) were running when the sweep's driver stopped; "
                       "`lpmr-edge sweep SWEEP.toml --resume` runs them again")
+    _print_settling(state["settling"], "jobs evaluated until settled")
     if state["failed_jobs"]:
         print_table("failed jobs", ["#", "job", "model", "target", "runtime-precision", "suite", "seed", "attempts",
                                     "error"],

@@ -8,6 +8,7 @@ of the ID set, ImageNet-C corruptions), ``shift`` and ``spurious`` (a group-labe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -51,11 +52,12 @@ def apply_overrides(suite: Any, settings: EvalSettings) -> Any:
 
 
 def plan_sets(suite: Any, seed: int, image_size: int | None = None, skip_bad_images: bool = False,
-              available: dict[str, int] | None = None, id_indices: Sequence[int] | None = None) -> list[EvalSet]:
+              available: dict[str, int] | None = None, id_indices: Sequence[int] | None = None,
+              subsets: Mapping[str, Sequence[int]] | None = None) -> list[EvalSet]:
     """The evaluation sets of a suite, each capped at ``suite.limit`` images, family by family;
     ``available`` (if given) receives each loaded dataset's size before the cap, by the name it was loaded by;
     ``id_indices`` (if given) restricts the capped ID set to those images, in that order (sets derived from
-    the ID set follow)."""
+    the ID set follow); ``subsets`` (outputs name -> indices) restricts other sets likewise."""
     def load(name: str) -> ImageDataset:
         dataset = load_dataset(name, skip_bad_images=skip_bad_images)
         if available is not None:
@@ -66,7 +68,10 @@ def plan_sets(suite: Any, seed: int, image_size: int | None = None, skip_bad_ima
     if id_indices is not None:
         id_set = id_set.subset(id_indices)
     context = PlanContext(id_set, seed, image_size, load)
-    return [eval_set for family, config in suite.families() for eval_set in family.plan(config, context)]
+    subsets = subsets or {}
+    return [dataclasses.replace(eval_set, dataset=eval_set.dataset.subset(subsets[eval_set.name]))
+            if eval_set.name in subsets else eval_set
+            for family, config in suite.families() for eval_set in family.plan(config, context)]
 
 
 def id_set(suite: Any, skip_bad_images: bool = False) -> ImageDataset:
@@ -123,18 +128,20 @@ def progress_task(progress: Progress | None, label: str, total: int) -> typing.C
 def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSettings(),
              progress: Progress | None = None, suite: Any = None,
              preprocessed: PreprocessedSets | None = None, id_indices: Sequence[int] | None = None,
-             sequential: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             sequential: Mapping[str, Any] | None = None,
+             subsets: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """Run a suite (``suite``, else ``settings.suite``) through ``runtime``; write and return ``metrics.json``.
 
     ``preprocessed`` keeps the preprocessed images for later evaluations in this process (sweep workers).
-    ``id_indices`` evaluates only those images of the ID set (``plan_sets``) and ``sequential`` (how they
-    were chosen, ``lpmr_edge.suite.settle``) is recorded as ``metrics["sequential"]``.
+    ``id_indices`` evaluates only those images of the ID set (``plan_sets``; ``subsets`` those of other sets)
+    and ``sequential`` (how they were chosen, ``lpmr_edge.suite.settle``) is recorded as ``metrics["sequential"]``.
     """
     out_dir = Path(out_dir)
     suite = apply_overrides(suite or load_suite(settings.suite), settings)
     model_info = runtime.model_info
     available: dict[str, int] = {}
-    sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images, available, id_indices)
+    sets = plan_sets(suite, settings.seed, model_info["image_size"], settings.skip_bad_images, available, id_indices,
+                     subsets)
     preprocess, tokenizer = build_preprocess(model_info), build_tokenizer(model_info)
     preprocess_key = sha256_json(model_info["preprocess"])
 

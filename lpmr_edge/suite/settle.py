@@ -1,49 +1,67 @@
-"""Evaluate until settled (``--until-settled``): the suite's ID set, shard by shard, until the picker's
-decision on the objective is settled or the time budget is spent (``lpmr_edge.sequential`` has the rule).
+"""Evaluate until settled (``--until-settled``): the suite's sets, shard by shard, until the picker's decision
+on the objective is settled or the time budget is spent (``lpmr_edge.sequential`` has the rule).
 
-The ID images are visited in the seeded order of ``shard_order``; after each shard every candidate the
-decision still needs (``SettlingDecision.to_evaluate``) is run on it, the per-image losses of the objective
-update the anytime-valid comparisons, and the ``EvaluationRecord`` (which candidate saw which images) is
-written atomically to ``settling.json``. Each candidate's features of a shard are stored beside its
-result (``<result dir>/settling/shard-<k>.npy``) before the record names the shard, so a run killed in
-the middle of a shard redoes only that shard; running the same command again replays the record and
-continues (also after a budget ran out). Then each candidate's suite runs with its ID set restricted to
-the images it saw (sets derived from the ID set, corruptions and the rotate-scale shift, follow; OOD and
-group sets are evaluated in full), and ``metrics["sequential"]`` says how its images were chosen.
+**Which sets are visited.** The ID set, every OOD set and the group-labelled set of the suite (sets derived
+from the ID set — corruptions, the rotate-scale shift, the near-OOD class split — follow its images); the
+objective says which of them feed the decision (the ID set; the OOD sets of an OOD objective; the group
+set for worst-group accuracy). Each visited set is visited in its own seeded order (``shard_order``; the
+ID set's seed is the run's, another set's is derived from the seed and its name), a shard of each at a
+time: after shard ``k`` every candidate the decision still needs (``SettlingDecision.to_evaluate``) has
+run on shard ``k`` of every visited set, the per-sample losses of the objective update the anytime-valid
+comparisons, and one ``EvaluationRecord`` per set (which candidate saw which images) is written
+atomically to ``settling.json``. Each candidate's features of a shard are stored beside its result
+(``<result dir>/settling/<set>/shard-<k>.npy``) before the record names the shard, so a run killed in the
+middle of a shard redoes only that shard; running the same command again replays the record and continues
+(also after a budget ran out). The run stops when the sets that feed the decision run out. Then each
+candidate's suite runs on the images of each visited set it saw, and ``metrics["sequential"]`` says how
+its images were chosen and how many of each set it saw. The report's claims use those images with the
+fixed-n paired tests: they are not part of the stopping rule.
 
-Objective -> per-image loss (``OBJECTIVE_LOSSES``): accuracy -> top-1 error (bound 1); ece -> Brier score
+**Objective -> per-sample loss** (``objective_loss``): accuracy -> top-1 error (bound 1); ece -> Brier score
 (bound 2; ECE is not a mean of per-image losses, so calibration is *decided on Brier*, a proper scoring
-rule, with the ECE margin); nll -> NLL clipped at ``NLL_BOUND`` nats, with the NLL margin. Other
-objectives (OOD, worst-group) are not supported here.
+rule, with the ECE margin); nll -> NLL clipped at ``NLL_BOUND`` nats, with the NLL margin; ``auroc:SET`` ->
+the per-pair AUROC loss of the MSP score on disjoint (ID, OOD) pairs, the k-th image of the ID order with
+the k-th of the set's (the class split pairs the ID half's and the OOD half's images of each ID shard in
+order), one stratum per set: ``auroc:worst`` decides on the worst set, ``auroc`` on the mean over sets;
+``worst-group`` -> top-1 error per group of the group-labelled set, one stratum per group, decided on the
+worst group. FPR@95%TPR is a quantile, not a mean: refused.
 """
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lpmr_edge.data import preprocess_batches
+from lpmr_edge.data import load_dataset, preprocess_batches
+from lpmr_edge.data.near_ood import split_class_indices
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_bytes, atomic_write_json, read_json, sha256_json
-from lpmr_edge.metrics import classification_outcomes
+from lpmr_edge.metrics import classification_outcomes, ood_scores
 from lpmr_edge.models import build_preprocess, build_tokenizer
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.sequential import (
     BRIER_BOUND,
+    MEAN,
+    ONE_STREAM,
     TOP1_BOUND,
+    WORST,
     EvaluationRecord,
     SettleSettings,
     SettlingDecision,
     clipped_nll,
-    replay,
+    pair_auroc_losses,
 )
 from lpmr_edge.suite.config import load_suite
+from lpmr_edge.suite.families.base import PlanContext
 from lpmr_edge.suite.families.classification import ID_SET, resolve_logit_scale
+from lpmr_edge.suite.families.ood import CLASS_SPLIT, OOD_SCORE, ood_set_name
+from lpmr_edge.suite.families.spurious import SPURIOUS_SET
 from lpmr_edge.suite.outputs import EvalSet, store_outputs
 from lpmr_edge.suite.run import EvalSettings, Progress, apply_overrides, evaluate, id_set, progress_task
 from lpmr_edge.zeroshot import class_embeddings, cosine_similarities
@@ -51,15 +69,21 @@ from lpmr_edge.zeroshot import class_embeddings, cosine_similarities
 SETTLING_FILE = "settling.json"
 SHARDS_DIR = "settling"
 NLL_BOUND = 10.0  # nats: p(label) below e^-10 counts as e^-10
+ID_FEED, OOD_FEED, GROUPS_FEED = "id", "ood", "spurious"  # the family whose sets feed a decision
 
 
 @dataclass(frozen=True)
 class ObjectiveLoss:
-    """The decomposable per-image loss a settling decision compares, with its range ``[0, bound]``."""
+    """The per-sample loss a settling decision compares, with its range ``[0, bound]``: on the ID images
+    (``loss``: classification outcomes -> losses), or per stratum of the sets of ``feeds`` (OOD sets, or
+    groups), combined by ``combine``; ``instance`` names the one OOD set of ``auroc:SET``."""
 
     name: str
     bound: float
-    loss: Callable[[Mapping[str, np.ndarray]], np.ndarray]  # classification outcomes -> losses
+    loss: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
+    feeds: str = ID_FEED
+    instance: str | None = None
+    combine: str = MEAN
 
 
 OBJECTIVE_LOSSES = {
@@ -67,14 +91,23 @@ OBJECTIVE_LOSSES = {
     "ece": ObjectiveLoss("Brier score", BRIER_BOUND, lambda o: np.minimum(o["brier"], BRIER_BOUND)),
     "nll": ObjectiveLoss(f"NLL clipped at {NLL_BOUND:g}", NLL_BOUND, lambda o: clipped_nll(np.exp(-o["nll"]), NLL_BOUND)),
 }
+SETTLED_OBJECTIVES = "accuracy | ece | nll | auroc | auroc:SET | auroc:worst | worst-group"
 
 
 def objective_loss(objective: str) -> ObjectiveLoss:
     """The loss an objective is settled on; UserError for objectives without one."""
-    if objective not in OBJECTIVE_LOSSES:
-        raise UserError(f"--until-settled decides on a per-image loss, which objective '{objective}' has not; "
-                        f"use --objective {' | '.join(OBJECTIVE_LOSSES)}")
-    return OBJECTIVE_LOSSES[objective]
+    name, _, instance = objective.partition(":")
+    if name in OBJECTIVE_LOSSES and not instance:
+        return OBJECTIVE_LOSSES[name]
+    if name == "auroc":
+        scope = "worst set" if instance == WORST else f"set {instance}" if instance else "mean over sets"
+        return ObjectiveLoss(f"AUROC pair loss ({OOD_SCORE}, {scope})", TOP1_BOUND, feeds=OOD_FEED,
+                             instance=None if instance in ("", WORST) else instance,
+                             combine=WORST if instance == WORST else MEAN)
+    if name == "worst-group" and not instance:
+        return ObjectiveLoss("top-1 error per group (worst group)", TOP1_BOUND, feeds=GROUPS_FEED, combine=WORST)
+    raise UserError(f"--until-settled decides on a per-sample loss, which objective '{objective}' has not; "
+                    f"use --objective {SETTLED_OBJECTIVES}")
 
 
 @dataclass(frozen=True)
@@ -85,22 +118,84 @@ class Candidate:
     out_dir: Path
 
 
+@dataclass(frozen=True)
+class VisitPlan:
+    """The sets a settling evaluation visits (outputs name -> set, ID first), the decision's strata and the
+    config of the family that feeds it (None for the ID set)."""
+
+    sets: dict[str, EvalSet]
+    strata: list[str]
+    config: Any = None
+
+
+def set_seed(seed: int, set_name: str) -> int:
+    """The seed of a visited set's order: the run's for the ID set, else derived from it and the set's name."""
+    return seed if set_name == ID_SET else zlib.crc32(f"{seed}:{set_name}".encode())
+
+
+def plan_visits(suite: Any, settings: EvalSettings, loss: ObjectiveLoss) -> VisitPlan:
+    """The sets to visit in ``suite`` (capped as the suite caps them, planned by their families): the ID set, every
+    OOD set and the group-labelled set of the suite; the strata of ``loss`` say which of them feed the decision."""
+    id_images = id_set(suite, settings.skip_bad_images)
+    sets = {ID_SET: EvalSet(ID_SET, id_images, id_images)}
+    context = PlanContext(id_images, settings.seed, None, lambda name: load_dataset(
+        name, skip_bad_images=settings.skip_bad_images).head(suite.limit))
+    configs = {}
+    for family, config in suite.families():
+        if family.name in (OOD_FEED, GROUPS_FEED):
+            sets.update({eval_set.name: eval_set for eval_set in family.plan(config, context)})
+            configs[family.name] = config
+    if loss.feeds == ID_FEED:
+        return VisitPlan(sets, [ONE_STREAM])
+    if loss.feeds not in configs:
+        raise UserError(f"the suite {suite.name} has no [{loss.feeds}] sets, which this objective is decided on; "
+                        "use a suite with them (quick, full) or another --objective")
+    config = configs[loss.feeds]
+    if loss.feeds == GROUPS_FEED:
+        return VisitPlan(sets, [str(g) for g in np.unique(sets[SPURIOUS_SET].dataset.groups)], config)
+    names = [name for _, name in config.tagged()] + ([CLASS_SPLIT] if config.class_split else [])
+    if loss.instance is not None:
+        if loss.instance not in names:
+            raise UserError(f"objective auroc:{loss.instance}: the suite has no OOD set '{loss.instance}'; its sets "
+                            f"are {', '.join(names)}")
+        names = [loss.instance]
+    return VisitPlan(sets, names, config)
+
+
 @dataclass
 class Settled:
-    """Where a settling evaluation ended: the decision, the record and why it stopped
-    (``settled``, ``budget`` or ``images``: every image seen)."""
+    """Where a settling evaluation ended: the decision, the record per visited set and why it stopped
+    (``settled``, ``budget`` or ``images``: no more samples for the decision)."""
 
     decision: SettlingDecision
-    record: EvaluationRecord
+    records: dict[str, EvaluationRecord]
     stopped: str
     loss: ObjectiveLoss
     objective: str
+    plan: VisitPlan | None = field(default=None, compare=False)
+
+    @property
+    def record(self) -> EvaluationRecord:
+        """The ID set's record."""
+        return self.records[ID_SET]
+
+    def seen(self, name: str) -> dict[str, list[int]]:
+        """The image indices of each visited set candidate ``name`` was evaluated on, in visiting order."""
+        return {set_name: record.seen(name) for set_name, record in self.records.items()}
+
+    def _sets(self, name: str) -> dict[str, dict[str, int]]:
+        return {set_name: {"images": len(record.seen(name)), "of": record.n_images}
+                for set_name, record in self.records.items() if set_name != ID_SET}
 
     def describe(self) -> dict[str, Any]:
-        """JSON summary: the rule's decision, the loss, why it stopped and the images each candidate saw."""
-        return {**self.decision.describe(), "loss": self.loss.name, "stopped": self.stopped,
-                "images": {name: len(self.record.seen(name)) for name in self.decision.candidates},
-                "of": self.record.n_images}
+        """JSON summary: the rule's decision, the loss, why it stopped and the images each candidate saw (of the
+        ID set; ``sets``: of each other visited set)."""
+        described = {**self.decision.describe(), "loss": self.loss.name, "stopped": self.stopped,
+                     "images": {name: len(self.record.seen(name)) for name in self.decision.candidates},
+                     "of": self.record.n_images}
+        if len(self.records) > 1:
+            described["sets"] = {name: self._sets(name) for name in self.decision.candidates}
+        return described
 
     def summary(self) -> str:
         """One line: settled or not, the recommendation, the undecided candidates, images per candidate."""
@@ -109,22 +204,24 @@ class Settled:
         head = (f"settled at {self.decision.confidence:.0%} on {self.loss.name}" if self.stopped == "settled" else
                 f"not settled ({'budget spent' if self.stopped == 'budget' else 'all images seen'}; "
                 f"undecided: {', '.join(undecided)})")
-        seen = ", ".join(f"{name} {len(self.record.seen(name))}" for name in self.decision.candidates)
+        seen = "; ".join(f"{set_name} of {record.n_images}: " + ", ".join(
+            f"{name} {len(record.seen(name))}" for name in self.decision.candidates)
+            for set_name, record in self.records.items())
         others = ", ".join(f"{name} {state}" for name, state in states.items() if state != "recommended")
-        return (f"{head}: recommended {self.decision.recommended} ({others}); "
-                f"images seen of {self.record.n_images}: {seen}")
+        return f"{head}: recommended {self.decision.recommended} ({others}); images seen, {seen}"
 
     def sequential(self, name: str) -> dict[str, Any]:
         """What ``metrics["sequential"]`` of candidate ``name`` records."""
         relation = self.describe()["candidates"][name]
-        return {"rule": self.decision.describe()["rule"], "objective": self.objective, "loss": self.loss.name,
+        node = {"rule": self.decision.describe()["rule"], "objective": self.objective, "loss": self.loss.name,
                 "stopped": self.stopped,
                 "state": relation["state"], "images": len(self.record.seen(name)), "of": self.record.n_images,
                 "seed": self.record.seed, "confidence": self.decision.confidence, "margin": self.decision.margin}
+        return {**node, "sets": self._sets(name)} if len(self.records) > 1 else node
 
 
-def _shard_path(out_dir: Path, shard: int) -> Path:
-    return Path(out_dir) / SHARDS_DIR / f"shard-{shard:05d}.npy"
+def _shard_path(out_dir: Path, set_name: str, shard: int) -> Path:
+    return Path(out_dir) / SHARDS_DIR / set_name / f"shard-{shard:05d}.npy"
 
 
 def _save_features(path: Path, features: np.ndarray) -> None:
@@ -134,108 +231,212 @@ def _save_features(path: Path, features: np.ndarray) -> None:
 
 
 class _Scorer:
-    """One candidate's features and losses on images of the ID set."""
+    """One candidate's features and objective losses on images of the visited sets."""
 
-    def __init__(self, candidate: Candidate, suite: Any, id_images: Any, batch_size: int, loss: ObjectiveLoss):
+    def __init__(self, candidate: Candidate, suite: Any, plan: VisitPlan, batch_size: int, loss: ObjectiveLoss):
         runtime = candidate.runtime
-        self.candidate, self.id_images, self.batch_size, self.loss = candidate, id_images, batch_size, loss
+        self.candidate, self.plan, self.batch_size, self.loss = candidate, plan, batch_size, loss
         info = runtime.model_info
         self.preprocess = build_preprocess(info)
-        self.embeddings = class_embeddings(runtime, build_tokenizer(info), id_images.class_names, id_images.templates)
+        self.embeddings = class_embeddings_by_set(runtime, plan.sets)
         self.logit_scale = resolve_logit_scale(suite.calibration.logit_scale, info["logit_scale"])
 
-    def features(self, indices: np.ndarray) -> np.ndarray:
-        """Image features of the images at ``indices``, as stored (float32, like the suite's outputs)."""
-        subset = self.id_images.subset(indices)
+    def features(self, set_name: str, indices: np.ndarray) -> np.ndarray:
+        """Image features of the images at ``indices`` of a visited set, as stored (float32, like the suite's)."""
+        subset = self.plan.sets[set_name].dataset.subset(indices)
         return np.concatenate([self.candidate.runtime.image_features(batch)
                                for batch in preprocess_batches(subset, self.preprocess, self.batch_size)]
                               ).astype(np.float32)
 
-    def losses(self, features: np.ndarray, indices: np.ndarray) -> np.ndarray:
-        """The objective's per-image losses, scored as the suite scores stored outputs."""
-        logits = self.logit_scale * cosine_similarities(features, self.embeddings)
-        return self.loss.loss(classification_outcomes(logits, self.id_images.labels[indices]))
+    def _cosine(self, set_name: str, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        if set_name not in features:  # a set whose images ran out: no samples this shard
+            return np.zeros((0, len(self.embeddings[set_name])))
+        return cosine_similarities(features[set_name], self.embeddings[set_name])
+
+    def _ood_score(self, cosine: np.ndarray) -> np.ndarray:
+        return ood_scores(cosine, self.logit_scale, self.plan.config.mcm_temperature)[OOD_SCORE]
+
+    def losses(self, features: Mapping[str, np.ndarray], indices: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The objective's per-sample losses of one shard, per stratum (``features``/``indices``: by visited set),
+        scored as the suite scores stored outputs."""
+        def labels(set_name: str) -> np.ndarray:
+            return self.plan.sets[set_name].dataset.labels[indices.get(set_name, [])]
+
+        if self.loss.feeds == ID_FEED:
+            logits = self.logit_scale * self._cosine(ID_SET, features)
+            return {ONE_STREAM: self.loss.loss(classification_outcomes(logits, labels(ID_SET)))}
+        if self.loss.feeds == GROUPS_FEED:
+            correct = classification_outcomes(self.logit_scale * self._cosine(SPURIOUS_SET, features),
+                                              labels(SPURIOUS_SET))["correct"]
+            groups = self.plan.sets[SPURIOUS_SET].dataset.groups[indices.get(SPURIOUS_SET, [])].astype(str)
+            return {group: 1.0 - correct[groups == group] for group in self.plan.strata}
+        id_cosine = self._cosine(ID_SET, features)
+        id_scores, losses = self._ood_score(id_cosine), {}
+        for stratum in self.plan.strata:
+            if stratum == CLASS_SPLIT:
+                id_classes, _ = split_class_indices(id_cosine.shape[1], self.plan.config.split_seed)
+                split_scores = self._ood_score(id_cosine[:, id_classes])
+                in_id = np.isin(labels(ID_SET), id_classes)
+                losses[stratum] = pair_auroc_losses(split_scores[in_id], split_scores[~in_id])
+            else:
+                losses[stratum] = pair_auroc_losses(id_scores, self._ood_score(self._cosine(ood_set_name(stratum),
+                                                                                           features)))
+        return losses
 
 
-def _resume(path: Path, key: str, names: list[str], scorers: Mapping[str, _Scorer], decision: SettlingDecision,
-            n_images: int, seed: int) -> EvaluationRecord:
-    """The stored record when it was made for the same inputs and its shard features are all there (its
-    shards replayed into ``decision``), else a new one."""
+def class_embeddings_by_set(runtime: Runtime, sets: Mapping[str, EvalSet]) -> dict[str, np.ndarray]:
+    """Each set's zero-shot class embeddings through ``runtime`` (computed once per distinct classifier)."""
+    tokenizer, computed, by_set = build_tokenizer(runtime.model_info), {}, {}
+    for name, eval_set in sets.items():
+        key = (eval_set.classifier.class_names, eval_set.classifier.templates)
+        if key not in computed:
+            computed[key] = class_embeddings(runtime, tokenizer, *key)
+        by_set[name] = computed[key]
+    return by_set
+
+
+def _feed(decision: SettlingDecision, scorers: Mapping[str, _Scorer], evaluated: list[str],
+          features: Mapping[str, Mapping[str, np.ndarray]], indices: Mapping[str, np.ndarray]) -> None:
+    """Update ``decision`` with one shard: ``features[candidate][set]`` of the ``indices[set]`` images."""
+    losses = {name: scorers[name].losses(features[name], indices) for name in evaluated}
+    for stratum in decision.strata:
+        decision.update({name: losses[name][stratum] for name in evaluated}, stratum)
+
+
+def _exhausted(loss: ObjectiveLoss, plan: VisitPlan, indices: Mapping[str, np.ndarray]) -> bool:
+    """Whether the next shard (``indices``: the visited sets that still have images) adds no sample to the decision."""
+    if loss.feeds == GROUPS_FEED:
+        return SPURIOUS_SET not in indices
+    if ID_SET not in indices:
+        return True
+    return loss.feeds == OOD_FEED and not any(stratum == CLASS_SPLIT or ood_set_name(stratum) in indices
+                                              for stratum in plan.strata)
+
+
+def _resume(path: Path, key: str, scorers: Mapping[str, _Scorer], decision: SettlingDecision,
+            fresh: dict[str, EvaluationRecord]) -> dict[str, EvaluationRecord]:
+    """The stored records when they were made for the same inputs and every shard's features are there (their
+    shards replayed into ``decision``), else ``fresh``."""
     if not path.is_file() or read_json(path, "settling record").get("inputs_sha256") != key:
-        return EvaluationRecord(n_images, seed)
-    record = EvaluationRecord.from_json(read_json(path, "settling record")["record"])
-    losses = {name: np.full(n_images, np.nan) for name in names}
-    for shard_number, shard in enumerate(record.shards):
-        indices = np.asarray(shard["indices"])
-        for name in shard["candidates"]:
-            stored = _shard_path(scorers[name].candidate.out_dir, shard_number)
-            if not stored.is_file():
-                return EvaluationRecord(n_images, seed)
-            losses[name][indices] = scorers[name].losses(np.load(stored), indices)
-    replay(decision, record, losses)
-    return record
+        return fresh
+    records = {name: EvaluationRecord.from_json(data)
+               for name, data in read_json(path, "settling record")["records"].items()}
+    if set(records) != set(fresh):
+        return fresh
+    shards = [{name: record.shards[k] for name, record in records.items() if k < len(record.shards)}
+              for k in range(max(len(record.shards) for record in records.values()))]
+    paths = [{name: {set_name: _shard_path(scorers[name].candidate.out_dir, set_name, k) for set_name in shard}
+              for name in next(iter(shard.values()))["candidates"]} for k, shard in enumerate(shards)]
+    if not all(p.is_file() for by in paths for sets in by.values() for p in sets.values()):
+        return fresh
+    for shard, by_candidate in zip(shards, paths):
+        indices = {set_name: np.asarray(part["indices"]) for set_name, part in shard.items()}
+        features = {name: {set_name: np.load(p) for set_name, p in sets.items()} for name, sets in by_candidate.items()}
+        _feed(decision, scorers, list(by_candidate), features, indices)
+    return records
 
 
 def settle(candidates: Mapping[str, Candidate], record_path: Path, settings: EvalSettings, objective: str,
            margin: float, until: SettleSettings, log: Callable[[str], None] = print,
-           progress: Progress | None = None) -> Settled:
-    """Evaluate ``candidates`` shard by shard on the ID set of ``settings``' suite (order seeded by
-    ``settings.seed``) until the decision on ``objective`` is settled, ``until.deadline`` has passed
-    (checked after each shard) or every image was seen; resumes the record at ``record_path`` when it was
-    made for the same candidates, data and rule."""
-    suite = apply_overrides(load_suite(settings.suite), settings)
+           progress: Progress | None = None, suite: Any = None) -> Settled:
+    """Evaluate ``candidates`` shard by shard on the visited sets of the suite (``suite``, else ``settings.suite``;
+    orders seeded by ``settings.seed``) until the decision on ``objective`` is settled, ``until.deadline`` has
+    passed (checked after each shard) or the samples ran out; resumes the record at ``record_path`` when it
+    was made for the same candidates, data and rule."""
+    suite = apply_overrides(suite or load_suite(settings.suite), settings)
     loss = objective_loss(objective)
     names = list(candidates)
-    id_images = id_set(suite, settings.skip_bad_images)
-    scorers = {name: _Scorer(candidate, suite, id_images, settings.batch_size, loss) for name, candidate in candidates.items()}
+    plan = plan_visits(suite, settings, loss)
+    scorers = {name: _Scorer(candidate, suite, plan, settings.batch_size, loss) for name, candidate in candidates.items()}
     key = sha256_json({"candidates": {name: c.runtime.identity for name, c in candidates.items()},
-                       "dataset": id_images.sha256, "loss": loss.name, "margin": margin,
+                       "datasets": {name: s.dataset.sha256 for name, s in plan.sets.items()},
+                       "loss": loss.name, "strata": plan.strata, "combine": loss.combine, "margin": margin,
                        "confidence": until.confidence, "seed": settings.seed,
                        "logit_scale": {name: s.logit_scale for name, s in scorers.items()}})
-    decision = SettlingDecision(names, margin, until.confidence, loss.bound)
-    record = _resume(record_path, key, names, scorers, decision, len(id_images), settings.seed)
-    if record.shards:
-        log(f"  settling: resumed after {len(record.shards)} shard(s), {record.position} images")
+    decision = SettlingDecision(names, margin, until.confidence, loss.bound, strata=plan.strata, combine=loss.combine)
+    records = _resume(record_path, key, scorers, decision,
+                      {name: EvaluationRecord(len(s.dataset), set_seed(settings.seed, name))
+                       for name, s in plan.sets.items()})
+    if records[ID_SET].shards:
+        log(f"  settling: resumed after {len(records[ID_SET].shards)} shard(s), "
+            + ", ".join(f"{name} {record.position}" for name, record in records.items()) + " images")
     stopped = "settled"
-    with progress_task(progress, f"settling on {loss.name}", len(id_images)) as advance:
+    total = sum(record.n_images for record in records.values())
+    with progress_task(progress, f"settling on {loss.name}", total) as advance:
         if advance:
-            advance(record.position)
+            advance(sum(record.position for record in records.values()))
         while not decision.settled:
-            indices = record.next_indices(until.shard_size)
-            if not len(indices):
+            indices = {name: record.next_indices(until.shard_size) for name, record in records.items()}
+            indices = {name: shard for name, shard in indices.items() if len(shard)}
+            if _exhausted(loss, plan, indices):
                 stopped = "images"
                 break
             evaluated = decision.to_evaluate
-            shard_losses = {}
+            features: dict[str, dict[str, np.ndarray]] = {}
             for name in evaluated:
-                features = scorers[name].features(indices)
-                _save_features(_shard_path(candidates[name].out_dir, len(record.shards)), features)
-                shard_losses[name] = scorers[name].losses(features, indices)
-            decision.update(shard_losses)
-            record.add(indices, evaluated)
-            atomic_write_json(record_path, {"inputs_sha256": key, "record": record.to_json(),
+                features[name] = {}
+                for set_name, shard in indices.items():
+                    features[name][set_name] = scorers[name].features(set_name, shard)
+                    _save_features(_shard_path(candidates[name].out_dir, set_name, len(records[set_name].shards)),
+                                   features[name][set_name])
+            _feed(decision, scorers, evaluated, features, indices)
+            for set_name, shard in indices.items():
+                records[set_name].add(shard, evaluated)
+            atomic_write_json(record_path, {"inputs_sha256": key,
+                                            "records": {name: record.to_json() for name, record in records.items()},
                                             "decision": decision.describe()})
             if advance:
-                advance(len(indices))
+                advance(sum(len(shard) for shard in indices.values()))
             if not decision.settled and until.deadline is not None and time.monotonic() >= until.deadline:
                 stopped = "budget"
                 break
-    return Settled(decision, record, stopped, loss, objective)
+    return Settled(decision, records, stopped, loss, objective, plan)
 
 
 def evaluate_seen(settled: Settled, name: str, candidate: Candidate, settings: EvalSettings,
-                  progress: Progress | None = None) -> dict[str, Any]:
-    """Candidate ``name``'s suite over the ID images it saw (its shard features, in visiting order, are
-    stored as its ID outputs first, so they are not recomputed); returns its result (``evaluate``)."""
-    suite = apply_overrides(load_suite(settings.suite), settings)
-    seen = settled.record.seen(name)
-    subset = id_set(suite, settings.skip_bad_images).subset(seen)
-    features = [np.load(_shard_path(candidate.out_dir, number))
-                for number, shard in enumerate(settled.record.shards) if name in shard["candidates"]]
+                  progress: Progress | None = None, suite: Any = None) -> dict[str, Any]:
+    """Candidate ``name``'s suite over the images of each visited set it saw (its shard features, in visiting
+    order, are stored as those sets' outputs first, so they are not recomputed); returns its result
+    (``evaluate``; ``suite`` as for ``settle``)."""
+    assert settled.plan is not None
+    seen = settled.seen(name)
     runtime = candidate.runtime
-    embeddings = class_embeddings(runtime, build_tokenizer(runtime.model_info), subset.class_names, subset.templates)
-    store_outputs(runtime, EvalSet(ID_SET, subset, subset), embeddings, np.concatenate(features), candidate.out_dir)
-    return evaluate(runtime, candidate.out_dir, settings, progress, id_indices=seen, sequential=settled.sequential(name))
+    id_subset = settled.plan.sets[ID_SET].dataset.subset(seen[ID_SET])
+    subsets = {set_name: EvalSet(set_name, id_subset, id_subset) if set_name == ID_SET else
+               EvalSet(set_name, eval_set.dataset.subset(seen[set_name]), eval_set.classifier)
+               for set_name, eval_set in settled.plan.sets.items()}
+    embeddings = class_embeddings_by_set(runtime, subsets)
+    for set_name, eval_set in subsets.items():
+        features = [np.load(_shard_path(candidate.out_dir, set_name, number))
+                    for number, shard in enumerate(settled.records[set_name].shards) if name in shard["candidates"]]
+        store_outputs(runtime, eval_set, embeddings[set_name], np.concatenate(features), candidate.out_dir)
+    return evaluate(runtime, candidate.out_dir, settings, progress, suite, id_indices=seen[ID_SET],
+                    sequential=settled.sequential(name),
+                    subsets={set_name: indices for set_name, indices in seen.items() if set_name != ID_SET})
+
+
+def read_records(path: Path) -> dict[str, EvaluationRecord]:
+    """The records per visited set of a ``settling.json``."""
+    return {name: EvaluationRecord.from_json(data) for name, data in read_json(path, "settling record")["records"].items()}
+
+
+def reference_images(records: Iterable[Mapping[str, EvaluationRecord]]) -> dict[str, Any]:
+    """How to evaluate a reference beside settled evaluations (``records``: each one's records per visited set):
+    ``evaluate``'s keyword arguments covering, per visited set, the images any of their candidates saw (the
+    longest prefix of the set's order), with the reference's ``metrics["sequential"]`` node."""
+    longest: dict[str, EvaluationRecord] = {}
+    for by_set in records:
+        for set_name, record in by_set.items():
+            if set_name not in longest or record.position > longest[set_name].position:
+                longest[set_name] = record
+    seen = {set_name: [i for shard in record.shards for i in shard["indices"]] for set_name, record in longest.items()}
+    node = {"state": "reference", "stopped": "the images any candidate saw", "images": len(seen[ID_SET]),
+            "of": longest[ID_SET].n_images, "seed": longest[ID_SET].seed}
+    subsets = {set_name: indices for set_name, indices in seen.items() if set_name != ID_SET}
+    if subsets:
+        node["sets"] = {set_name: {"images": len(indices), "of": longest[set_name].n_images}
+                        for set_name, indices in subsets.items()}
+    return {"id_indices": seen[ID_SET], "subsets": subsets, "sequential": node}
 
 
 REFERENCE_NAME = "torch-fp32"

@@ -17,11 +17,12 @@ jobs on the same images.
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ class JobTask:
     threads: int
     bench: BenchSettings | None
     cache_bytes: int = 0  # preprocessed images the worker may keep for its next jobs
+    covers: tuple[str, ...] = ()  # settling.json files: evaluate only the images their candidates saw (a reference)
 
 
 def configure_threads(threads: int) -> None:
@@ -200,38 +202,119 @@ def _bench(task: JobTask, runtime: Runtime, results_dir: Path) -> tuple[list[tup
     return metrics, {"machine": report["machine"], "settings": report["settings"], "row": row}
 
 
+def _job_outcome(task: JobTask, runtime: Runtime, clock: _RuntimeClock, evaluate_suite: Callable[[], dict[str, Any]],
+                 start: float, reused: bool, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run a job's suite (``evaluate_suite``) and bench on its open ``runtime``; returns its flattened metrics,
+    manifest (``extra`` added) and timings, counted from ``start`` (``time.perf_counter()``)."""
+    from lpmr_edge.manifest import read_json
+
+    results_dir = Path(task.results_dir)
+    marks = [start, time.perf_counter()]
+    clock_start = clock.seconds
+    result = evaluate_suite()
+    suite_seconds = clock.seconds - clock_start
+    metrics = flatten_metrics(result["metrics"])
+    marks.append(time.perf_counter())
+    bench_rows, bench = _bench(task, runtime, results_dir) if task.bench else ([], None)
+    marks.append(time.perf_counter())
+    runtime_seconds = clock.seconds - clock_start
+    timings = {"open_s": marks[1] - marks[0], "runtime_reused": reused, "suite_s": marks[2] - marks[1],
+               "suite_runtime_s": suite_seconds, "bench_s": marks[3] - marks[2],
+               "bench_runtime_s": runtime_seconds - suite_seconds}  # the bench's calls, warm-up included
+    manifest = {"results": read_json(results_dir / "manifest.json", "results manifest"), "bench": bench,
+                "threads": task.threads, "seed": task.settings.seed, "settings": asdict(task.settings),
+                "worker": {"host": socket.gethostname(), "pid": os.getpid()}, "timings": timings, **(extra or {})}
+    return {"metrics": metrics + bench_rows, "manifest": manifest, "results_dir": str(results_dir),
+            "runtime_seconds": runtime_seconds, "seconds": marks[3] - marks[0],
+            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def _covered(records: tuple[str, ...]) -> dict[str, Any]:
+    """``evaluate``'s arguments restricting a reference to the images the candidates of the settling records
+    saw (``lpmr_edge.suite.settle.reference_images``); none without records (every image)."""
+    from lpmr_edge.suite.settle import read_records, reference_images
+
+    found = [read_records(Path(path)) for path in records if Path(path).is_file()]
+    return reference_images(found) if found else {}
+
+
 def run_job(task: JobTask) -> dict[str, Any]:
     """Run a job's suite (and bench); returns its flattened metrics, manifest and timings."""
     def work() -> dict[str, Any]:
-        from lpmr_edge.manifest import read_json
         from lpmr_edge.suite import evaluate
 
-        marks = [time.perf_counter()]
+        start = time.perf_counter()
         configure_threads(task.threads)
-        results_dir = Path(task.results_dir)
         runtime, clock, reused = _open_or_reuse(task)
-        clock_start = clock.seconds
-        marks.append(time.perf_counter())
         try:
             _preprocessed.resize(task.cache_bytes)
-            result = evaluate(runtime, results_dir, task.settings, suite=task.suite, preprocessed=_preprocessed)
-            suite_seconds = clock.seconds - clock_start
-            metrics = flatten_metrics(result["metrics"])
-            marks.append(time.perf_counter())
-            bench_rows, bench = _bench(task, runtime, results_dir) if task.bench else ([], None)
+            covered = _covered(task.covers)
+            return _job_outcome(task, runtime, clock, lambda: evaluate(
+                runtime, Path(task.results_dir), task.settings, suite=task.suite, preprocessed=_preprocessed,
+                **covered), start, reused)
         except BaseException:
             close_kept_runtime()
             raise
-        marks.append(time.perf_counter())
-        runtime_seconds = clock.seconds - clock_start
-        timings = {"open_s": marks[1] - marks[0], "runtime_reused": reused, "suite_s": marks[2] - marks[1],
-                   "suite_runtime_s": suite_seconds, "bench_s": marks[3] - marks[2],
-                   "bench_runtime_s": runtime_seconds - suite_seconds}  # the bench's calls, warm-up included
-        manifest = {"results": read_json(results_dir / "manifest.json", "results manifest"), "bench": bench,
-                    "threads": task.threads, "seed": task.settings.seed, "settings": asdict(task.settings),
-                    "worker": {"host": socket.gethostname(), "pid": os.getpid()}, "timings": timings}
-        return {"metrics": metrics + bench_rows, "manifest": manifest, "results_dir": str(results_dir),
-                "runtime_seconds": runtime_seconds, "seconds": marks[3] - marks[0],
-                "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+    return _outcome(work)
+
+
+@dataclass(frozen=True)
+class SettleTask:
+    """Run the jobs of one settling group (``lpmr_edge.sweep.spec.settle_groups``) together until settled:
+    ``jobs`` are every member (each artifact a candidate, named by its artifact directory); ``record`` is the
+    group's ``settling.json``; ``ends_at`` the budget's end in epoch seconds (None: no budget)."""
+
+    group: str
+    jobs: tuple[JobTask, ...]
+    record: str
+    objective: str
+    margin: float
+    shard_size: int
+    ends_at: float | None
+
+
+def candidate_name(task: JobTask) -> str:
+    """A job's name in its settling group: its artifact's directory name (``<runtime>-<precision>``)."""
+    assert task.artifact is not None
+    return Path(task.artifact).name
+
+
+def run_settle_group(task: SettleTask) -> dict[str, Any]:
+    """Settle a group's candidates shard by shard (``lpmr_edge.suite.settle``), then run each job's suite over
+    the images it saw, and its bench; returns per job the outcome ``run_job`` returns (``jobs``: job id ->
+    outcome, its manifest with the ``sequential`` node) and the group's decision (``settling``)."""
+    def work() -> dict[str, Any]:
+        import contextlib
+
+        from lpmr_edge.runtimes.factory import open_runtime
+        from lpmr_edge.sequential import SettleSettings
+        from lpmr_edge.suite.settle import Candidate, evaluate_seen, settle
+
+        start = time.perf_counter()
+        close_kept_runtime()
+        first = task.jobs[0]
+        configure_threads(first.threads)
+        with contextlib.ExitStack() as stack:
+            opened = {}
+            for job in task.jobs:
+                runtime = open_runtime(artifact=Path(job.artifact), threads=job.threads)  # type: ignore[arg-type]
+                stack.callback(runtime.close)
+                opened[candidate_name(job)] = (job, runtime, _RuntimeClock(runtime))
+            candidates = {name: Candidate(runtime, Path(job.results_dir)) for name, (job, runtime, _) in opened.items()}
+            deadline = None if task.ends_at is None else time.monotonic() + (task.ends_at - time.time())
+            settled = settle(candidates, Path(task.record), first.settings, task.objective, task.margin,
+                             SettleSettings(shard_size=task.shard_size, deadline=deadline), log=lambda _: None,
+                             suite=first.suite)
+            settle_seconds = time.perf_counter() - start
+            outcomes = {}
+            for name, (job, runtime, clock) in opened.items():
+                outcome = _job_outcome(job, runtime, clock, functools.partial(
+                    evaluate_seen, settled, name, candidates[name], job.settings, suite=job.suite),
+                    time.perf_counter(), False,
+                    {"sequential": settled.sequential(name), "settling": {"group": task.group, "record": task.record,
+                                                                         "settle_s": settle_seconds}})
+                outcomes[job.job_id] = {**outcome, "seconds": outcome["seconds"] + settle_seconds / len(opened)}
+        return {"jobs": outcomes, "settling": settled.describe()}
 
     return _outcome(work)

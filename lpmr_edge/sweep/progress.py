@@ -49,7 +49,8 @@ def live_display(name: str, console: Console) -> Iterator[OnProgress]:
 
 
 def status(path: Path) -> dict[str, Any]:
-    """A sweep database's state: counts, timings, ETA of a running sweep, and the failed jobs."""
+    """A sweep database's state: counts, timings, ETA of a running sweep, the failed jobs, and (``settling``)
+    the jobs run until settled."""
     store = SweepStore.open_existing(path)
     try:
         counts = store.counts()
@@ -76,9 +77,29 @@ def status(path: Path) -> dict[str, Any]:
                              "target": row["target"], "runtime": row["runtime"], "precision": row["precision"],
                              "suite": row["suite"], "seed": row["seed"], "attempts": row["attempts"],
                              "error": row["error"]} for row in store.jobs("failed")],
+            "settling": _settling(store),
         }
     finally:
         store.close()
+
+
+def settling(path: Path) -> list[dict[str, Any]]:
+    """Per done job of a sweep run ``--until-settled`` in a settling group: its group, state against the
+    group's recommendation, why the group stopped (``settled``, ``budget``, ``images``) and the images it saw
+    of the ID set (``images`` of ``of``) and of each other visited set (``sets``)."""
+    store = SweepStore.open_existing(path)
+    try:
+        return _settling(store)
+    finally:
+        store.close()
+
+
+def _settling(store: SweepStore) -> list[dict[str, Any]]:
+    return [{"position": row["position"], "id": row["id"], "model": row["model"], "target": row["target"],
+             "runtime": row["runtime"], "precision": row["precision"], "suite": row["suite"], "seed": row["seed"],
+             "group": manifest["settling"]["group"],
+             **{key: manifest["sequential"].get(key) for key in ("state", "stopped", "images", "of", "sets")}}
+            for row, manifest in store.done_manifests() if "settling" in manifest]
 
 
 def _epoch(iso: str) -> float:

@@ -23,9 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.suite import EvalSettings
+from lpmr_edge.suite.settle import SETTLING_FILE
 from lpmr_edge.sweep import spec as grid
 from lpmr_edge.sweep.engines import Engine, check_engine, open_engine
-from lpmr_edge.sweep.jobs import BuildTask, JobTask, build_artifact, prepare_worker, run_job, runtime_key
+from lpmr_edge.sweep.jobs import (
+    BuildTask,
+    JobTask,
+    SettleTask,
+    build_artifact,
+    prepare_worker,
+    run_job,
+    run_settle_group,
+    runtime_key,
+)
 from lpmr_edge.sweep.spec import Job, Sweep
 from lpmr_edge.sweep.store import SweepStore, driver_lock
 
@@ -33,7 +43,9 @@ if TYPE_CHECKING:
     from lpmr_edge.export import ExportRequest
 
 RESULTS_DIR = "results"
+SETTLING_DIR = "settling"  # <out>/settling/<group>/settling.json with --until-settled
 WORKER_LOG = "workers.log"
+GROUP = "settle:"  # prefix of a settling group's entry in the ready queue (its id and its runtime key)
 
 
 @dataclass
@@ -134,17 +146,42 @@ class Scheduler:
         self.in_flight: dict[Future, tuple[str, str]] = {}
         self.running_runtimes: dict[Future, str] = {}  # the runtime each running job has open
         self.freed_runtimes: deque[str] = deque()  # runtimes of jobs that just finished: their workers are free
+        # --until-settled: groups of jobs settled together, run as one task once every member's artifact is built
+        groups = grid.settle_groups(jobs) if sweep.settle else {}
+        self.groups = {key: [job.id for job in members] for key, members in groups.items()}
+        self.group_of = {job_id: key for key, members in self.groups.items() for job_id in members}
+        # the torch reference of a model, suite and seed covers the images its groups' candidates saw: it waits
+        self.reference_of = grid.reference_groups(jobs, groups) if sweep.settle else {}
+        self.blocked: dict[str, set[str]] = {}  # reference job -> groups it still waits for
+        self.group_unbuilt: dict[str, set[str]] = {}  # group -> members whose artifact is not built yet
+        self.group_pending: dict[str, list[str]] = {}  # group -> the members this invocation runs and stores
+        self.failed_groups: set[str] = set()
 
     def _runtime(self, job_id: str) -> str:
         """The runtime a ready job opens in its worker (its ``runtime_key``)."""
         return runtime_key(self._job_task(self.jobs[job_id]))
 
     def _queue(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            job = self.jobs[job_id]
-            if not job.needs_artifact:
-                self.ready.add(self._runtime(job_id), job_id)
+        for job_id in sorted(job_ids, key=lambda job_id: job_id not in self.group_of):  # groups first
+            group = self.group_of.get(job_id)
+            if group is None:
+                self._queue_job(job_id)
                 continue
+            if group not in self.group_pending:  # every member is a candidate, also those done before a kill
+                self.group_pending[group], self.group_unbuilt[group] = [], set(self.groups[group])
+                for member in self.groups[group]:
+                    self._queue_job(member)
+            self.group_pending[group].append(job_id)
+
+    def _queue_job(self, job_id: str) -> None:
+        """Queue a job: ready if it needs no artifact, else waiting for its artifact's build."""
+        job = self.jobs[job_id]
+        waits = {group for group in self.reference_of.get(job_id, ()) if group in self.group_pending}
+        if waits:
+            self.blocked[job_id] = waits
+        elif not job.needs_artifact:
+            self.ready.add(self._runtime(job_id), job_id)
+        else:
             cell = (job.model, job.target, job.runtime, job.precision, job.calibration)
             if cell not in self.cell_keys:
                 self.cell_keys[cell] = grid.artifact_key(grid.export_request(self.sweep, job))
@@ -155,6 +192,33 @@ class Scheduler:
                 self.builds.append(key)
             self.waiting[key].append(job_id)
 
+    def _release(self, job_id: str) -> None:
+        """A job's artifact is built: the job is ready, or its group once every member's artifact is."""
+        group = self.group_of.get(job_id)
+        if group is None:
+            self.ready.add(self._runtime(job_id), job_id)
+            return
+        self.group_unbuilt[group].discard(job_id)
+        if not self.group_unbuilt[group]:
+            self.ready.add(GROUP + group, GROUP + group)
+
+    def _group_ended(self, group: str) -> None:
+        """A group is done (or failed for good): the references waiting for it may run."""
+        for job_id, waits in list(self.blocked.items()):
+            waits.discard(group)
+            if not waits:
+                del self.blocked[job_id]
+                self.ready.add(self._runtime(job_id), job_id)
+
+    def _record(self, group: str) -> str:
+        return str((self.sweep.out / SETTLING_DIR / group / SETTLING_FILE).resolve())
+
+    def _settle_task(self, group: str) -> SettleTask:
+        settle = self.sweep.settle
+        assert settle is not None
+        return SettleTask(group, tuple(self._job_task(self.jobs[job_id]) for job_id in self.groups[group]),
+                          self._record(group), settle.objective, settle.margin, settle.shard_size, settle.ends_at)
+
     def _job_task(self, job: Job) -> JobTask:
         key = self.job_artifact.get(job.id)
         return JobTask(job_id=job.id, model=job.model, runtime=job.runtime,
@@ -163,7 +227,8 @@ class Scheduler:
                        suite=self.sweep.suites[job.suite],
                        settings=EvalSettings(limit=self.sweep.limit, seed=job.seed, suite=job.suite),
                        threads=self.sweep.job_threads(job), bench=self.sweep.bench_settings(job),
-                       cache_bytes=self.sweep.worker_cache_mb << 20)
+                       cache_bytes=self.sweep.worker_cache_mb << 20,
+                       covers=tuple(self._record(group) for group in self.reference_of.get(job.id, ())))
 
     def _submit_next(self) -> bool:
         """Submit a ready job, else an artifact build (results come early; builds still fill idle slots) —
@@ -174,12 +239,16 @@ class Scheduler:
         if self.ready and not (self.builds and self.ready.only_on(elsewhere, unless=freed)):
             if self.freed_runtimes:
                 self.freed_runtimes.popleft()
-            runtime, job_id = self.ready.take(freed, elsewhere)
-            self.store.job_started(job_id)
-            future = self.engine.submit(run_job, self._job_task(self.jobs[job_id]))
-            self.in_flight[future] = ("job", job_id)
+            runtime, entry = self.ready.take(freed, elsewhere)
+            group = entry.removeprefix(GROUP) if entry.startswith(GROUP) else None
+            started = self.group_pending[group] if group else [entry]
+            for job_id in started:
+                self.store.job_started(job_id)
+            future = self.engine.submit(run_settle_group, self._settle_task(group)) if group else \
+                self.engine.submit(run_job, self._job_task(self.jobs[entry]))
+            self.in_flight[future] = ("group", group) if group else ("job", entry)
             self.running_runtimes[future] = runtime
-            self.progress.running += 1
+            self.progress.running += len(started)
             return True
         if self.builds:
             key = self.builds.popleft()
@@ -197,6 +266,33 @@ class Scheduler:
             self.progress.finished_here += 1
         else:
             self.ready.add(self._runtime(job_id), job_id)
+
+    def _group_failed(self, group: str, error: str, traceback: str | None, max_attempts: int) -> None:
+        """A group's task (or a member's artifact build) failed: each member this invocation runs is failed,
+        and the group is queued again while they have attempts left."""
+        if group in self.failed_groups:
+            return
+        retry = False
+        for job_id in self.group_pending[group]:
+            if self.store.job_failed(job_id, error, traceback, max_attempts):
+                self.progress.failed += 1
+                self.progress.finished_here += 1
+            else:
+                retry = True
+        if retry:
+            self.ready.add(GROUP + group, GROUP + group)
+        else:
+            self.failed_groups.add(group)
+            self._group_ended(group)
+
+    def _finished_group(self, group: str, outcome: dict[str, Any]) -> None:
+        if not outcome["ok"]:
+            self.progress.running -= len(self.group_pending[group])
+            self._group_failed(group, outcome["error"], outcome.get("traceback"), self.sweep.retries + 1)
+            return
+        for job_id in self.group_pending[group]:
+            self._finished_job(job_id, {"ok": True, **outcome["jobs"][job_id]})
+        self._group_ended(group)
 
     def _finished_job(self, job_id: str, outcome: dict[str, Any]) -> None:
         self.progress.running -= 1
@@ -217,14 +313,19 @@ class Scheduler:
         if outcome["ok"]:
             self.artifacts[key] = outcome
             for job_id in self.waiting.pop(key):
-                self.ready.add(self._runtime(job_id), job_id)
+                self._release(job_id)
             return
         self.build_attempts[key] = self.build_attempts.get(key, 0) + 1
         if self.build_attempts[key] <= self.sweep.retries:
             self.builds.append(key)
             return
         for job_id in self.waiting.pop(key):
-            self._job_failed(job_id, f"artifact build failed: {outcome['error']}", outcome.get("traceback"), 0)
+            error = f"artifact build failed: {outcome['error']}"
+            if job_id in self.group_of:
+                self._group_failed(self.group_of[job_id], f"{error} (of {self.jobs[job_id].label()}, a candidate of "
+                                   "this job's settling group)", outcome.get("traceback"), 0)
+            else:
+                self._job_failed(job_id, error, outcome.get("traceback"), 0)
 
     def _collect(self, future: Future) -> dict[str, Any]:
         try:
@@ -251,6 +352,8 @@ class Scheduler:
                 outcome = self._collect(future)
                 if kind == "build":
                     self._finished_build(name, outcome)
+                elif kind == "group":
+                    self._finished_group(name, outcome)
                 else:
                     self._finished_job(name, outcome)
             self.on_progress(self.progress)

@@ -56,6 +56,7 @@ from lpmr_edge.targets import Target
 
 if TYPE_CHECKING:
     from lpmr_edge.export import ExportRequest
+    from lpmr_edge.sequential import SettleSettings
 
 TORCH = "torch"
 HOST_TARGET = "host"
@@ -138,8 +139,20 @@ class Job:
 
 
 @dataclass(frozen=True)
+class SettleRequest:
+    """``sweep --until-settled``: the jobs of one model x target x calibration x suite x seed (its runtimes and
+    precisions) settle together on ``objective`` with ``margin``, ``shard_size`` images of each visited set per
+    shard, until the decision is settled or the wall-clock ``ends_at`` (epoch seconds; None: no budget)."""
+
+    objective: str
+    margin: float
+    shard_size: int = 200
+    ends_at: float | None = None
+
+
+@dataclass(frozen=True)
 class Sweep:
-    """A validated sweep file."""
+    """A validated sweep file (``settle``: with ``--until-settled``)."""
 
     name: str
     source: str
@@ -156,6 +169,7 @@ class Sweep:
     calibrations: tuple[QuantizationOptions, ...]
     bench: BenchSettings | None
     worker_cache_mb: int = DEFAULT_WORKER_CACHE_MB
+    settle: SettleRequest | None = None
 
     @property
     def db_path(self) -> Path:
@@ -191,7 +205,8 @@ class Sweep:
                 "suites": {spec: asdict(suite) for spec, suite in self.suites.items()}, "seeds": list(self.seeds),
                 "limit": self.limit, "threads": self.threads, "retries": self.retries,
                 "calibrations": [options.describe() for options in self.calibrations],
-                "bench": asdict(self.bench) if self.bench else None, "worker_cache_mb": self.worker_cache_mb}
+                "bench": asdict(self.bench) if self.bench else None, "worker_cache_mb": self.worker_cache_mb,
+                "until_settled": _settle_identity(self.settle)}
 
 
 def _fail(source: str, problem: str, fix: str) -> UserError:
@@ -265,6 +280,44 @@ def load_sweep(path: Path, out: Path | None = None) -> Sweep:
     return sweep if out is None else replace(sweep, out=Path(out))
 
 
+def _settle_identity(settle: SettleRequest | None) -> dict[str, Any] | None:
+    """What of ``--until-settled`` shapes a job's numbers (not the shard size or budget: a resumed sweep may
+    change those and continues the same decision)."""
+    return None if settle is None else {"objective": settle.objective, "margin": settle.margin}
+
+
+def with_settling(sweep: Sweep, objective: str, margin: float, until: SettleSettings) -> Sweep:
+    """``sweep`` with ``--until-settled`` (``until``: shard size and a ``time.monotonic()`` deadline) on
+    ``objective`` with an equivalence ``margin``. UserError for an objective that cannot be settled."""
+    import time
+
+    from lpmr_edge.suite.settle import objective_loss
+
+    objective_loss(objective)
+    ends_at = None if until.deadline is None else time.time() + (until.deadline - time.monotonic())
+    return replace(sweep, settle=SettleRequest(objective, margin, until.shard_size, ends_at))
+
+
+def settle_groups(jobs: list[Job]) -> dict[str, list[Job]]:
+    """With ``--until-settled``: the jobs that settle together — one model x target x calibration x suite x
+    seed, over its runtimes and precisions — by a group id, groups of two or more artifacts only (a lone
+    artifact has nothing to decide between and runs in full; see ``reference_groups`` for the torch reference)."""
+    cells: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.needs_artifact:
+            cells.setdefault((job.model, job.target, job.calibration, job.suite, job.seed), []).append(job)
+    return {sha256_json(sorted(job.id for job in members))[:16]: members
+            for members in cells.values() if len(members) > 1}
+
+
+def reference_groups(jobs: list[Job], groups: Mapping[str, list[Job]]) -> dict[str, list[str]]:
+    """With ``--until-settled``: each torch reference job's settling groups (those of its model, suite and
+    seed), whose images it is evaluated on, as ``lpmr-edge run`` evaluates its host reference."""
+    return {job.id: [key for key, members in groups.items()
+                     if (members[0].model, members[0].suite, members[0].seed) == (job.model, job.suite, job.seed)]
+            for job in jobs if not job.needs_artifact}
+
+
 def _job_key(sweep: Sweep, job: Job) -> str:
     target = None if job.target == HOST_TARGET else sweep.target(job.target).describe()
     calibration = None if job.calibration is None else sweep.calibrations[job.calibration].describe()
@@ -272,7 +325,8 @@ def _job_key(sweep: Sweep, job: Job) -> str:
     return sha256_json({"model": job.model, "target": target, "runtime": job.runtime, "precision": job.precision,
                         "calibration": calibration, "suite": asdict(sweep.suites[job.suite]), "seed": job.seed,
                         "limit": sweep.limit, "threads": sweep.job_threads(job),
-                        "bench": asdict(bench) if bench else None})[:16]
+                        "bench": asdict(bench) if bench else None,
+                        **({"until_settled": _settle_identity(sweep.settle)} if sweep.settle else {})})[:16]
 
 
 def expand(sweep: Sweep) -> list[Job]:

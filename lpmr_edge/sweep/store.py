@@ -203,6 +203,12 @@ class SweepStore:
         where, args = ("WHERE status = ?", (status,)) if status else ("", ())
         return self.db.execute(f"SELECT * FROM jobs {where} ORDER BY position", args).fetchall()
 
+    def done_manifests(self) -> list[tuple[sqlite3.Row, dict[str, Any]]]:
+        """Each done job's row and manifest, in grid order."""
+        rows = self.db.execute("SELECT j.*, m.manifest FROM jobs j JOIN manifests m ON m.job_id = j.id "
+                               "WHERE j.status = 'done' ORDER BY j.position").fetchall()
+        return [(row, json.loads(row["manifest"])) for row in rows]
+
     def runs(self) -> list[sqlite3.Row]:
         """Every invocation of the sweep, oldest first."""
         return self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
