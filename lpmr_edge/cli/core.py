@@ -79,12 +79,12 @@ _SETTLE_PARAMETERS = [
                       annotation=Annotated[kind, typer.Option(*flags, **options, help=text)])
     for name, kind, default, flags, options, text in (
         ("until_settled", bool, False, ("--until-settled",), {},
-         ("Visit the ID images in a seeded order, shard by shard, and stop when the paired decision on the "
+         ("Visit the images of each evaluation set (ID, OOD, groups) in seeded orders, shard by shard, and stop when the paired decision on the "
           "objective is settled at 95% (anytime-valid confidence sequences) or the budget is spent")),
         ("budget", float | None, None, ("--budget",), {"parser": DURATION},
          "Wall-time budget of the command with --until-settled, e.g. 90s, 30m, 2h (checked after each shard)"),
         ("shard_size", int, 200, ("--shard-size",), {"parser": POSITIVE_INT},
-         "ID images per shard with --until-settled"),
+         "Images per shard of each evaluation set with --until-settled"),
     )
 ]
 with_settle_options = with_option_group(_SETTLE_PARAMETERS, "until", _settle_settings)
@@ -119,7 +119,8 @@ def eval_command(
     json_output: JsonOption = False,
     device: DeviceOption = "local",
     objective: Annotated[str, typer.Option(parser=OBJECTIVE, help="With --until-settled: what the comparison with the "
-                                           "FP32 reference decides on: accuracy (top-1 error), ece (Brier score), nll")] = "ece",
+                                           "FP32 reference decides on: accuracy (top-1 error), ece (Brier score), nll, auroc, "
+                                           "auroc:SET, auroc:worst, worst-group")] = "ece",
     margin: Annotated[list[str] | None, typer.Option(parser=MARGIN, help="With --until-settled: equivalence margin "
                                                      "METRIC=VALUE, as for pick")] = None,
     *,
