@@ -29,10 +29,10 @@ from lpmr_edge.manifest import machine_info
 def measure(artifact: Path, options: list[str]) -> dict[str, float]:
     """Run one evaluation of ``artifact`` in a child process; returns the manifest's timing and the command's."""
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as scratch:
-        command = [sys.executable, "-m", "lpmr_edge", "eval", "--artifact", str(artifact),
+        command = [sys.executable, "-m", "lpmr_edge", "eval", "--artifact", str(artifact.resolve()),
                    "--out", str(Path(scratch) / "result"), *options]
         start = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL,
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=scratch,  # PYTHONPATH picks lpmr_edge
                        env={**os.environ, "LPMR_EDGE_LOG": str(Path(scratch) / "eval.log")})
         command_s = time.perf_counter() - start
         manifest = json.loads((Path(scratch) / "result" / "manifest.json").read_text())

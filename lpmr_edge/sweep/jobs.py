@@ -121,38 +121,19 @@ def runtime_key(task: JobTask) -> str:
     return f"{task.artifact or 'torch:' + task.model}@{task.threads}"
 
 
-class _RuntimeClock:
-    """Adds up the wall time of a runtime's feature calls."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.seconds = 0.0
-        for name in ("image_features", "text_features"):
-            setattr(runtime, name, self._timed(getattr(runtime, name)))
-
-    def _timed(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def timed(inputs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return call(inputs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        return timed
-
-
-_kept: dict[str, tuple[Runtime, _RuntimeClock]] = {}  # this worker's open runtime (at most one), by runtime_key
+_kept: dict[str, Runtime] = {}  # this worker's open runtime (at most one), by runtime_key
 _preprocessed = PreprocessedSets()  # this worker's preprocessed evaluation sets, for its next jobs
 
 
 def close_kept_runtime() -> None:
     """Close the runtime this worker kept open for its next job (after a failure, or when done)."""
-    for runtime, _ in _kept.values():
+    for runtime in _kept.values():
         runtime.close()
     _kept.clear()
 
 
-def _open_or_reuse(task: JobTask) -> tuple[Runtime, _RuntimeClock, bool]:
-    """The job's runtime and its clock: the one this worker kept open if its key matches (reused: True),
+def _open_or_reuse(task: JobTask) -> tuple[Runtime, bool]:
+    """The job's runtime: the one this worker kept open if its key matches (reused: True),
     else a newly opened one."""
     from lpmr_edge.runtimes.factory import open_runtime
 
@@ -162,8 +143,8 @@ def _open_or_reuse(task: JobTask) -> tuple[Runtime, _RuntimeClock, bool]:
         close_kept_runtime()
         runtime = open_runtime("torch", model=task.model, threads=task.threads) if task.artifact is None \
             else open_runtime(artifact=Path(task.artifact), threads=task.threads)
-        _kept[key] = (runtime, _RuntimeClock(runtime))
-    return (*_kept[key], reused)
+        _kept[key] = runtime
+    return _kept[key], reused
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, float, float | None, float | None]]:
@@ -209,13 +190,13 @@ def run_job(task: JobTask) -> dict[str, Any]:
         marks = [time.perf_counter()]
         configure_threads(task.threads)
         results_dir = Path(task.results_dir)
-        runtime, clock, reused = _open_or_reuse(task)
-        clock_start = clock.seconds
+        runtime, reused = _open_or_reuse(task)
+        clock_start = runtime.call_seconds
         marks.append(time.perf_counter())
         try:
             _preprocessed.resize(task.cache_bytes)
             result = evaluate(runtime, results_dir, task.settings, suite=task.suite, preprocessed=_preprocessed)
-            suite_seconds = clock.seconds - clock_start
+            suite_seconds = runtime.call_seconds - clock_start
             metrics = flatten_metrics(result["metrics"])
             marks.append(time.perf_counter())
             bench_rows, bench = _bench(task, runtime, results_dir) if task.bench else ([], None)
@@ -223,7 +204,7 @@ def run_job(task: JobTask) -> dict[str, Any]:
             close_kept_runtime()
             raise
         marks.append(time.perf_counter())
-        runtime_seconds = clock.seconds - clock_start
+        runtime_seconds = runtime.call_seconds - clock_start
         timings = {"open_s": marks[1] - marks[0], "runtime_reused": reused, "suite_s": marks[2] - marks[1],
                    "suite_runtime_s": suite_seconds, "bench_s": marks[3] - marks[2],
                    "bench_runtime_s": runtime_seconds - suite_seconds}  # the bench's calls, warm-up included
