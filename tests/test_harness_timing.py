@@ -32,11 +32,14 @@ class SteppingRuntime(Runtime):
 
     name = "stepping"
 
+    identity = "stepping"
+
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
 
-    identity = "stepping"
-    model_info: dict[str, Any] = {}
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return {}
 
     @property
     def static_batch(self) -> dict[str, int | None]:
