@@ -108,7 +108,7 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({backend.name: backend for ba
             exporter="lpmr_edge.runtimes.openvino.export", manifest_tools=("openvino",),
             runners=_python_runner("openvino", ("openvino",), ("openvino",)),
             option_types={"performance_hint": str, "num_streams": int, "inference_precision": dict,
-                          "dynamic_quantization_group_size": int},
+                          "dynamic_quantization_group_size": int, "cpu_pinning": bool},
             option_check="lpmr_edge.runtimes.openvino.options:check_options", fused_head=True, arch_warnings={"aarch64": ARM_OPENVINO_INT8}),
     Backend(name="executorch", precisions=("fp32", "int8", "int8-dyn", "int4-w"), file_suffix=".pte",
             runtime_class="lpmr_edge.runtimes.executorch.runtime:ExecuTorchRuntime",

@@ -67,6 +67,8 @@ def test_precision_hints_are_recorded_and_read_back(artifacts: dict[str, Path]):
     fp32 = OpenVinoRuntime(artifacts["fp32"], threads=1)
     assert fp32.describe()["execution"]["image"]["inference_precision"] == "f32"
     assert fp32.describe()["executed_precision"] == "fp32" and fp32.threads == 1
+    assert _manifest(artifacts["fp32"])["runtime_config"]["properties"]["ENABLE_CPU_PINNING"] is False
+    assert not fp32.describe()["execution"]["image"]["cpu_pinning"]  # unpinned unless the target asks
     assert any("pins INFERENCE_PRECISION_HINT=f32" in w for w in _manifest(artifacts["fp32"])["warnings"])
     assert any("cannot execute f16" in w for w in _manifest(artifacts["fp16"])["warnings"])
     executed = {p: OpenVinoRuntime(path).executed_precision for p, path in artifacts.items()}
@@ -186,10 +188,13 @@ def test_target_options_reach_the_runtime(tmp_path: Path, monkeypatch: pytest.Mo
     target_file = tmp_path / "edge.toml"
     target_file.write_text('arch = "x86_64"\nthreads = 1\nimage_batch = 2\ntext_batch = 1\n'
                            '[runtimes.openvino]\nprecisions = ["int8-w"]\noptions = { '
-                           'dynamic_quantization_group_size = 0, inference_precision = { "int8-w" = "bf16" } }\n')
+                           'dynamic_quantization_group_size = 0, inference_precision = { "int8-w" = "bf16" }, '
+                           'cpu_pinning = true }\n')
     (path,) = export_target(MODEL, load_target(target_file), out_root=tmp_path, options=FAST, isolate=False)
     properties = _manifest(path)["runtime_config"]["properties"]
     assert properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == 0 and properties["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert properties["ENABLE_CPU_PINNING"] is True
     runtime = OpenVinoRuntime(path)
+    assert all(facts["cpu_pinning"] for facts in runtime.describe()["execution"].values())
     assert runtime.static_batch == {"image": 2, "text": 1} and runtime.threads == 1
     assert "dynamic" not in runtime.executed_precision and "int8 weights" in runtime.executed_precision

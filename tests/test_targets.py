@@ -65,6 +65,8 @@ def test_user_target_by_path_without_code_changes(tmp_path: Path):
      "performance_hint' is 'FAST'"),
     (('precisions = ["fp32"]', 'precisions = ["fp32"]\noptions = { inference_precision = { fp32 = "f8" } }'),
      "inference_precision' maps 'fp32' to 'f8'"),
+    (('precisions = ["fp32"]', 'precisions = ["fp32"]\noptions = { cpu_pinning = 1 }'),
+     "cpu_pinning must be true or false, got 1"),
     (('precisions = ["fp32"]', 'precisions = ["fp32"]\noptions = { streams = 2 }'),
      "unknown key 'streams' in [runtimes.openvino.options]"),
     (('name = "pi5"', 'name = "../up"'), "not usable as a directory name"),

@@ -1,6 +1,7 @@
 """The one small interface every runtime implements; the suite only ever sees this."""
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -9,9 +10,15 @@ import numpy as np
 
 
 class Runtime(ABC):
-    """Runs the two CLIP towers on numpy batches and says what it actually executed."""
+    """Runs the two CLIP towers on numpy batches and says what it actually executed.
+
+    ``call_seconds`` adds up the wall time spent inside the backend's tower calls (``_image_features`` and
+    ``_text_features``, one per static batch) since the runtime was opened: what the harness around it did
+    (preprocessing, padding, scoring) is not in it.
+    """
 
     name: str = "base"
+    call_seconds: float = 0.0
 
     @property
     @abstractmethod
@@ -42,16 +49,43 @@ class Runtime(ABC):
 
     def image_features(self, images: np.ndarray) -> np.ndarray:
         """Unnormalised image features ``[B,D]`` for float32 images ``[B,3,H,W]`` (any B)."""
-        return run_in_static_batches(self._image_features, np.asarray(images, dtype=np.float32),
+        return run_in_static_batches(self._clocked(self._image_features), np.asarray(images, dtype=np.float32),
                                      self.static_batch["image"])
 
     def text_features(self, tokens: np.ndarray) -> np.ndarray:
         """Unnormalised text features ``[B,D]`` for int64 tokens ``[B,context_length]`` (any B)."""
-        return run_in_static_batches(self._text_features, np.asarray(tokens, dtype=np.int64),
+        return run_in_static_batches(self._clocked(self._text_features), np.asarray(tokens, dtype=np.int64),
                                      self.static_batch["text"])
+
+    def _clocked(self, call: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+        """``call``, adding its wall time to ``call_seconds``."""
+        def clocked(batch: np.ndarray) -> np.ndarray:
+            start = time.perf_counter()
+            try:
+                return call(batch)
+            finally:
+                self.call_seconds += time.perf_counter() - start
+
+        return clocked
 
     def close(self) -> None:
         """Release runtime resources."""
+
+
+class CallTimer:
+    """From its creation on: wall time, and how much of it ``runtime`` spent inside its tower calls."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.started = time.perf_counter()
+        self.calls_before = runtime.call_seconds
+
+    def timing(self) -> dict[str, float]:
+        """``runtime_s`` (inside tower calls), ``wall_s`` and ``overhead`` = 1 - runtime_s / wall_s, in [0, 1]."""
+        wall = time.perf_counter() - self.started
+        inside = self.runtime.call_seconds - self.calls_before
+        return {"runtime_s": round(inside, 3), "wall_s": round(wall, 3),
+                "overhead": round(min(1.0, max(0.0, 1 - inside / wall)), 4) if wall > 0 else 0.0}
 
 
 def run_in_static_batches(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,

@@ -20,7 +20,7 @@ import numpy as np
 from lpmr_edge.data import ImageDataset, PreprocessedSets, load_dataset, preprocess_batches
 from lpmr_edge.manifest import machine_info, now_utc, sha256_json, tool_versions
 from lpmr_edge.models import build_preprocess, build_tokenizer
-from lpmr_edge.runtimes.base import Runtime
+from lpmr_edge.runtimes.base import CallTimer, Runtime
 from lpmr_edge.stats import BCA, CONFIDENCE, JACKKNIFE_GROUPS
 from lpmr_edge.suite.config import load_suite, with_overrides
 from lpmr_edge.suite.families import FAMILIES
@@ -135,8 +135,11 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
     ``preprocessed`` keeps the preprocessed images for later evaluations in this process (sweep workers).
     ``id_indices`` evaluates only those images of the ID set (``plan_sets``; ``subsets`` those of other sets)
     and ``sequential`` (how they were chosen, ``lpmr_edge.suite.settle``) is recorded as ``metrics["sequential"]``.
+    The results manifest's ``timing`` (``CallTimer``) says how much of this call's wall time was spent inside
+    the runtime's calls.
     """
     out_dir = Path(out_dir)
+    timer = CallTimer(runtime)
     suite = apply_overrides(suite or load_suite(settings.suite), settings)
     model_info = runtime.model_info
     available: dict[str, int] = {}
@@ -175,7 +178,8 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
     }
     write_result(out_dir, result, {"runtime": description, "dataset": datasets[ID_SET], "datasets": datasets,
                                    "suite": asdict(suite), "settings": asdict(settings),
-                                   "tool_versions": tool_versions(), "machine": machine_info(), "created": created})
+                                   "tool_versions": tool_versions(), "machine": machine_info(), "created": created,
+                                   "timing": timer.timing()})
     return result
 
 

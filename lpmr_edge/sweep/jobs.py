@@ -123,39 +123,20 @@ def runtime_key(task: JobTask) -> str:
     return f"{task.artifact or 'torch:' + task.model}@{task.threads}"
 
 
-class _RuntimeClock:
-    """Adds up the wall time of a runtime's feature calls."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.seconds = 0.0
-        for name in ("image_features", "text_features"):
-            setattr(runtime, name, self._timed(getattr(runtime, name)))
-
-    def _timed(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def timed(inputs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return call(inputs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-        return timed
-
-
-_kept: dict[str, tuple[Runtime, _RuntimeClock]] = {}  # this worker's open runtime (at most one), by runtime_key
+_kept: dict[str, Runtime] = {}  # this worker's open runtime (at most one), by runtime_key
 _preprocessed = PreprocessedSets()  # this worker's preprocessed evaluation sets, for its next jobs
 
 
 def close_kept_runtime() -> None:
     """Close the runtime this worker kept open for its next job (after a failure, or when done)."""
-    for runtime, _ in _kept.values():
+    for runtime in _kept.values():
         runtime.close()
     _kept.clear()
 
 
-def _open_or_reuse(task: JobTask) -> tuple[Runtime, _RuntimeClock, bool]:
-    """The job's runtime and its clock: the one this worker kept open if its key matches (reused: True),
-    else a newly opened one."""
+def _open_or_reuse(task: JobTask) -> tuple[Runtime, bool]:
+    """The job's runtime: the one this worker kept open if its key matches (reused: True), else a newly
+    opened one."""
     from lpmr_edge.runtimes.factory import open_runtime
 
     key = runtime_key(task)
@@ -164,8 +145,8 @@ def _open_or_reuse(task: JobTask) -> tuple[Runtime, _RuntimeClock, bool]:
         close_kept_runtime()
         runtime = open_runtime("torch", model=task.model, threads=task.threads) if task.artifact is None \
             else open_runtime(artifact=Path(task.artifact), threads=task.threads)
-        _kept[key] = (runtime, _RuntimeClock(runtime))
-    return (*_kept[key], reused)
+        _kept[key] = runtime
+    return _kept[key], reused
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, float, float | None, float | None]]:
@@ -202,22 +183,23 @@ def _bench(task: JobTask, runtime: Runtime, results_dir: Path) -> tuple[list[tup
     return metrics, {"machine": report["machine"], "settings": report["settings"], "row": row}
 
 
-def _job_outcome(task: JobTask, runtime: Runtime, clock: _RuntimeClock, evaluate_suite: Callable[[], dict[str, Any]],
+def _job_outcome(task: JobTask, runtime: Runtime, evaluate_suite: Callable[[], dict[str, Any]],
                  start: float, reused: bool, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run a job's suite (``evaluate_suite``) and bench on its open ``runtime``; returns its flattened metrics,
-    manifest (``extra`` added) and timings, counted from ``start`` (``time.perf_counter()``)."""
+    manifest (``extra`` added) and timings, counted from ``start`` (``time.perf_counter()``); runtime seconds
+    are those inside the runtime's calls (``Runtime.call_seconds``)."""
     from lpmr_edge.manifest import read_json
 
     results_dir = Path(task.results_dir)
     marks = [start, time.perf_counter()]
-    clock_start = clock.seconds
+    clock_start = runtime.call_seconds
     result = evaluate_suite()
-    suite_seconds = clock.seconds - clock_start
+    suite_seconds = runtime.call_seconds - clock_start
     metrics = flatten_metrics(result["metrics"])
     marks.append(time.perf_counter())
     bench_rows, bench = _bench(task, runtime, results_dir) if task.bench else ([], None)
     marks.append(time.perf_counter())
-    runtime_seconds = clock.seconds - clock_start
+    runtime_seconds = runtime.call_seconds - clock_start
     timings = {"open_s": marks[1] - marks[0], "runtime_reused": reused, "suite_s": marks[2] - marks[1],
                "suite_runtime_s": suite_seconds, "bench_s": marks[3] - marks[2],
                "bench_runtime_s": runtime_seconds - suite_seconds}  # the bench's calls, warm-up included
@@ -245,11 +227,11 @@ def run_job(task: JobTask) -> dict[str, Any]:
 
         start = time.perf_counter()
         configure_threads(task.threads)
-        runtime, clock, reused = _open_or_reuse(task)
+        runtime, reused = _open_or_reuse(task)
         try:
             _preprocessed.resize(task.cache_bytes)
             covered = _covered(task.covers)
-            return _job_outcome(task, runtime, clock, lambda: evaluate(
+            return _job_outcome(task, runtime, lambda: evaluate(
                 runtime, Path(task.results_dir), task.settings, suite=task.suite, preprocessed=_preprocessed,
                 **covered), start, reused)
         except BaseException:
@@ -300,16 +282,16 @@ def run_settle_group(task: SettleTask) -> dict[str, Any]:
             for job in task.jobs:
                 runtime = open_runtime(artifact=Path(job.artifact), threads=job.threads)  # type: ignore[arg-type]
                 stack.callback(runtime.close)
-                opened[candidate_name(job)] = (job, runtime, _RuntimeClock(runtime))
-            candidates = {name: Candidate(runtime, Path(job.results_dir)) for name, (job, runtime, _) in opened.items()}
+                opened[candidate_name(job)] = (job, runtime)
+            candidates = {name: Candidate(runtime, Path(job.results_dir)) for name, (job, runtime) in opened.items()}
             deadline = None if task.ends_at is None else time.monotonic() + (task.ends_at - time.time())
             settled = settle(candidates, Path(task.record), first.settings, task.objective, task.margin,
                              SettleSettings(shard_size=task.shard_size, deadline=deadline), log=lambda _: None,
                              suite=first.suite)
             settle_seconds = time.perf_counter() - start
             outcomes = {}
-            for name, (job, runtime, clock) in opened.items():
-                outcome = _job_outcome(job, runtime, clock, functools.partial(
+            for name, (job, runtime) in opened.items():
+                outcome = _job_outcome(job, runtime, functools.partial(
                     evaluate_seen, settled, name, candidates[name], job.settings, suite=job.suite),
                     time.perf_counter(), False,
                     {"sequential": settled.sequential(name), "settling": {"group": task.group, "record": task.record,

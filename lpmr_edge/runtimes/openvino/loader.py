@@ -62,11 +62,13 @@ def summarise_execution(inference_precision: str, layers: dict[str, dict[str, in
 
 
 def tower_execution(compiled: Any) -> dict[str, Any]:
-    """What one compiled tower executes: inference precision, dynamic quantization group, layers, summary."""
+    """What one compiled tower executes: inference precision, dynamic quantization group, thread pinning, layers,
+    summary."""
     hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     group = int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))
     layers = executed_layers(compiled)
-    return {"inference_precision": hint, "dynamic_quantization_group_size": group, "layers": layers,
+    return {"inference_precision": hint, "dynamic_quantization_group_size": group,
+            "cpu_pinning": bool(compiled.get_property("ENABLE_CPU_PINNING")), "layers": layers,
             "executed_precision": summarise_execution(hint, layers, group)}
 
 
