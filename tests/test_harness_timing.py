@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from lpmr_edge.data import load_dataset, preprocess_batches
@@ -67,7 +68,7 @@ def test_call_seconds_add_up_the_backend_calls_only(monkeypatch):
     runtime.image_features(np.zeros((4, 1), dtype=np.float32))  # 6 s
     runtime.text_features(np.zeros((5, 2), dtype=np.int64))  # one dynamic call: 1 s
     assert runtime.call_seconds == 13.0
-    assert timer.timing() == {"runtime_s": 7.0, "wall_s": 17.0, "overhead": round(1 - 7 / 17, 4)}
+    assert timer.timing() == {"runtime_s": 7.0, "wall_s": 17.0, "overhead": pytest.approx(1 - 7 / 17)}
     assert CallTimer(runtime).timing() == {"runtime_s": 0.0, "wall_s": 0.0, "overhead": 0.0}
 
 
@@ -77,7 +78,7 @@ def test_evaluate_records_its_timing_in_the_manifest_only(tiny_random, tmp_path:
     timing = json.loads((tmp_path / "manifest.json").read_text())["timing"]
     assert set(timing) == {"runtime_s", "wall_s", "overhead"}
     assert 0 < timing["runtime_s"] <= timing["wall_s"] and 0 <= timing["overhead"] <= 1
-    assert abs(timing["overhead"] - (1 - timing["runtime_s"] / timing["wall_s"])) < 1e-3
+    assert timing["overhead"] == pytest.approx(1 - timing["runtime_s"] / timing["wall_s"])
     assert "timing" not in json.dumps(json.loads((tmp_path / "metrics.json").read_text()))
     assert runtime.call_seconds >= timing["runtime_s"]
 

@@ -84,8 +84,8 @@ class CallTimer:
         """``runtime_s`` (inside tower calls), ``wall_s`` and ``overhead`` = 1 - runtime_s / wall_s, in [0, 1]."""
         wall = time.perf_counter() - self.started
         inside = self.runtime.call_seconds - self.calls_before
-        return {"runtime_s": round(inside, 3), "wall_s": round(wall, 3),
-                "overhead": round(min(1.0, max(0.0, 1 - inside / wall)), 4) if wall > 0 else 0.0}
+        return {"runtime_s": inside, "wall_s": wall,
+                "overhead": min(1.0, max(0.0, 1 - inside / wall)) if wall > 0 else 0.0}
 
 
 def run_in_static_batches(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
