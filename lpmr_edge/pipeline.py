@@ -390,7 +390,7 @@ def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> Ru
                 for line in outcome.value[0] if outcome.error is None else ():
                     log(f"{prefix}{line.strip()}")
                 if outcome.error is not None:
-                    log(f"{prefix}{finished_step.name}: {'not run' if outcome.skipped else 'failed'}: {outcome.error}")
+                    log(f"{prefix}{finished_step.name}: {'not run, ' if outcome.skipped else 'failed: '}{outcome.error}")
                 done(graph.weights[finished_step.name])
 
             outcomes = run_steps(engine, graph.steps, budget, started, finished)

@@ -2,13 +2,15 @@
 exclusive steps and failures, on an engine whose tasks finish as they are submitted (deterministic, no timings)."""
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
 from lpmr_edge.errors import UserError
-from lpmr_edge.sweep.engines import InlineEngine, Step, StepOutcome, run_steps
+from lpmr_edge.sweep.engines import InlineEngine, LocalEngine, Step, StepOutcome, run_steps
 
 
 class Recorder:
@@ -92,14 +94,14 @@ def test_a_step_wanting_more_threads_than_the_budget_runs_alone():
 
 
 def test_a_failure_skips_only_what_needs_its_output_with_a_one_line_error():
-    steps = _pipeline(failing="export b")
+    steps = [*_pipeline(failing="export b"), Step("plots", _value("plots"), after=("parity",))]
     recorder = Recorder(budget=2, slots=2, steps=steps)
     outcomes = run_steps(_engine(2), steps, 2, recorder.start, recorder.finish)
     assert outcomes["export b"].error == "the export process for openvino-int8 died (out of memory?)"
     assert not outcomes["export b"].skipped
     skipped = {name for name, outcome in outcomes.items() if outcome.skipped}
-    assert skipped == {"parity", "suite b", "bench", "report"}
-    assert outcomes["suite b"].error == "not run: 'export b' failed"
+    assert skipped == {"parity", "suite b", "bench", "report", "plots"}
+    assert outcomes["suite b"].error == "'export b' failed" and outcomes["plots"].error == "'parity' was not run"
     assert all(outcomes[name].error is None for name in ("reference", "export a", "export c", "suite a", "suite c"))
 
 
@@ -107,3 +109,24 @@ def test_a_step_listed_before_what_it_needs_is_refused():
     steps = [Step("suite", _value("suite"), after=("export",)), Step("export", _value("export"))]
     with pytest.raises(ValueError, match="comes after 'export'"):
         run_steps(_engine(2), steps, 2)
+
+
+def _die(inputs: Mapping[str, Any]) -> Any:
+    os._exit(3)
+
+
+def _echo(word: str, inputs: Mapping[str, Any]) -> str:
+    return word
+
+
+def test_a_worker_that_dies_fails_its_step_in_one_line_and_the_next_steps_run_on_a_new_pool(tmp_path):
+    steps = [Step("dies", _die, threads=2), Step("next", functools.partial(_echo, "fine"), threads=1),
+             Step("after", functools.partial(_echo, "also fine"), threads=1, after=("next",))]
+    engine = LocalEngine(1, tmp_path / "workers.log", workers=2)
+    try:
+        outcomes = run_steps(engine, steps, 2)
+    finally:
+        engine.close()
+    assert outcomes["dies"].error is not None and outcomes["dies"].error.startswith("BrokenProcessPool: ")
+    assert "\n" not in outcomes["dies"].error
+    assert (outcomes["next"].value, outcomes["after"].value) == ("fine", "also fine")

@@ -210,9 +210,11 @@ def _call_step(work: tuple[Callable[[Mapping[str, Any]], Any], Mapping[str, Any]
 
 
 def _error_line(error: BaseException) -> str:
+    """The first line of the error's message (after its type's name unless it is a UserError)."""
     lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
-    return text if isinstance(error, UserError) and text else f"{type(error).__name__}: {text}".rstrip(": ")
+    if not lines:
+        return type(error).__name__
+    return lines[0] if isinstance(error, UserError) else f"{type(error).__name__}: {lines[0]}"
 
 
 def _check_graph(steps: Sequence[Step]) -> None:
@@ -263,7 +265,8 @@ def run_steps(engine: Engine, steps: Sequence[Step], budget: int,
             failed = next((name for name in step.after if name in outcomes and outcomes[name].error), None)
             if failed is not None:
                 waiting.remove(step)
-                outcomes[step.name] = StepOutcome(step.name, error=f"not run: '{failed}' failed", skipped=True)
+                reason = "was not run" if outcomes[failed].skipped else "failed"
+                outcomes[step.name] = StepOutcome(step.name, error=f"'{failed}' {reason}", skipped=True)
                 finished(step, outcomes[step.name])
             elif all(name in outcomes for name in step.after) and flight.fits(step):
                 waiting.remove(step)
