@@ -49,7 +49,6 @@ from lpmr_edge.targets import Target, load_target
 Log = Callable[[str], None]
 HOST_ARCH = platform.machine()
 EXPORT_THREADS = 1  # an export is mostly single-threaded Python (tracing, lowering); its process is capped at this
-WORKERS_LOG = "workers.log"  # what the libraries print in concurrent steps' worker processes
 
 
 @dataclass(frozen=True)
@@ -344,15 +343,13 @@ def _bench_work(target: Target, artifacts: Sequence[Path], device: str, out: Pat
     _bench(target, artifacts, device, out, log)
 
 
-def open_step_engine(jobs: int | None, steps: int, log: Path) -> tuple[Engine, int]:
+def open_step_engine(jobs: int | None, steps: int) -> tuple[Engine, int]:
     """The engine a run's steps go to and the thread budget: up to ``jobs`` steps at once (None: one per core,
-    at most one per step) in a spawn process pool, or in this process for one; the budget is the cores."""
+    at most one per step) in a spawn process pool whose output goes where this process's goes (as an export
+    subprocess's does), or in this process for one; the budget is the cores."""
     cores = os.cpu_count() or 1
     workers = min(jobs or cores, steps)
-    if workers <= 1:
-        return InlineEngine(), cores
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return LocalEngine(EXPORT_THREADS, log, workers), cores
+    return (InlineEngine(), cores) if workers <= 1 else (LocalEngine(EXPORT_THREADS, None, workers), cores)
 
 
 def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> RunOutcome:
@@ -370,7 +367,7 @@ def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> Ru
     most_steps = 1 + sum(2 * len(target.runtime(name).precisions) + 2 for target in targets for name in target.runtimes)
     with contextlib.ExitStack() as running:
         graph = _Graph()
-        engine, budget = open_step_engine(plan.jobs, most_steps, plan.out / WORKERS_LOG)
+        engine, budget = open_step_engine(plan.jobs, most_steps)
         running.callback(engine.close)
         graph.progress = progress if isinstance(engine, InlineEngine) else None
         _plan_graph(plan, targets, graph, log)

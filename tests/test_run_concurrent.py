@@ -88,4 +88,3 @@ def test_a_concurrent_run_gives_the_serial_runs_results(tmp_path: Path, monkeypa
     assert choices[0].recommended.variant == serial_choices[0].recommended.variant
     assert json.dumps(choices[0].to_json()["decisions"], sort_keys=True) == \
         json.dumps(serial_choices[0].to_json()["decisions"], sort_keys=True)
-    assert (concurrent / "workers.log").is_file() and not (serial / "workers.log").exists()

@@ -51,16 +51,17 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker(threads: int, parent: int, log: str) -> None:
-    """Pool worker start-up: output to the sweep's log, quiet libraries, cap threads before torch loads,
-    die with the driver."""
+def _init_worker(threads: int, parent: int, log: str | None) -> None:
+    """Pool worker start-up: output to ``log`` (None: the driver's streams, inherited), quiet libraries, cap
+    threads before torch loads, die with the driver."""
     import logging
     import warnings
 
-    output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for stream in (1, 2):  # progress bars and native-library chatter would garble the live display
-        os.dup2(output, stream)
-    os.close(output)
+    if log is not None:
+        output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for stream in (1, 2):  # progress bars and native-library chatter would garble the live display
+            os.dup2(output, stream)
+        os.close(output)
     logging.getLogger().setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -69,11 +70,12 @@ def _init_worker(threads: int, parent: int, log: str) -> None:
 
 
 class LocalEngine:
-    """A spawn process pool sized so that ``slots x threads`` does not exceed the cores."""
+    """A spawn process pool sized so that ``slots x threads`` does not exceed the cores; the workers' output
+    goes to ``log`` (None: wherever the driver's goes)."""
 
     name = "local"
 
-    def __init__(self, threads: int, log: Path, workers: int | None = None) -> None:
+    def __init__(self, threads: int, log: Path | None, workers: int | None = None) -> None:
         cores = os.cpu_count() or 1
         self.threads = threads
         self.log = log
@@ -82,7 +84,7 @@ class LocalEngine:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.slots, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(self.threads, os.getpid(), str(self.log)))
+                                   initargs=(self.threads, os.getpid(), None if self.log is None else str(self.log)))
 
     def submit(self, fn: Task, task: Any) -> Future:
         """Run ``fn(task)`` in a worker."""
