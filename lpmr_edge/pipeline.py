@@ -16,26 +16,39 @@ With ``RunPlan.until`` (``--until-settled``) the artifacts of a target are evalu
 shard, on the ID set until the decision on the objective is settled or the budget is spent
 (``lpmr_edge.suite.settle``; record in ``results/<target>/settling.json``); each artifact's suite then
 covers the ID images it saw, and the host reference (evaluated after the targets) the images any saw.
+
+Steps that do not need each other's output run concurrently (``RunPlan.jobs``): each export, each artifact's
+suite, each target's parity check and the host reference are steps of a dependency graph run on the sweep's
+local engine (``lpmr_edge.sweep.engines.run_steps``) with at most ``os.cpu_count()`` threads in flight; a
+step counts as its target's threads (an export as ``EXPORT_THREADS``, the host reference as the smallest
+target's), caps its process at that many, and a latency benchmark runs alone. Every step computes exactly
+what it computes in a serial run (``jobs=1``, in this process), so results do not depend on ``jobs``.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
 from lpmr_edge.pick import Choice, Constraints
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.sequential import SettleSettings
 from lpmr_edge.suite import METRICS_FILE, EvalSettings, Progress, evaluate, load_suite, progress_task
 from lpmr_edge.suite.settle import Settled, objective_loss, reference_images
+from lpmr_edge.sweep.engines import Engine, InlineEngine, LocalEngine, Step, StepOutcome, run_steps
 from lpmr_edge.targets import Target, load_target
 
 Log = Callable[[str], None]
 HOST_ARCH = platform.machine()
+EXPORT_THREADS = 1  # an export is mostly single-threaded Python (tracing, lowering); its process is capped at this
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class RunPlan:
     parity_images: int = 256
     constraints: Constraints = field(default_factory=Constraints)
     until: SettleSettings | None = None  # evaluate until settled (None: every image)
+    jobs: int | None = None  # steps at once (None: the cores; 1: one after another in this process)
 
     def __post_init__(self) -> None:
         if self.until is not None:
@@ -92,7 +106,7 @@ def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log, progre
     log(f"  suite: done ({out_dir})")
 
 
-def _parity(artifacts: Sequence[Path], out: Path, images: int, log: Log) -> None:
+def _parity(artifacts: Sequence[Path], out: Path, images: int, threads: int, log: Log) -> None:
     from lpmr_edge.manifest import verify_manifest
     from lpmr_edge.parity import check_parity
 
@@ -102,7 +116,7 @@ def _parity(artifacts: Sequence[Path], out: Path, images: int, log: Log) -> None
         return
     checks = []
     for artifact in artifacts:
-        check = check_parity(artifact, n=images)
+        check = check_parity(artifact, n=images, threads=threads)
         log(f"  parity {artifact.name}: image cos min {check['image']['cosine_min']:.5f}, "
             f"top-1 agreement {check['top1_agreement']:.4f}")
         checks.append(check)
@@ -178,51 +192,207 @@ def _evaluate_reference(plan: RunPlan, out_dir: Path, settled: Mapping[str, Sett
                    functools.partial(evaluate, runtime, out_dir, settings, progress, **covered), covered["sequential"])
 
 
+@contextlib.contextmanager
+def _compute_threads(threads: int) -> Iterator[None]:
+    """Cap this process's compute threads (OpenMP, torch, and the export subprocesses it starts) at ``threads``
+    for the block; the previous setting is restored after it."""
+    import torch
+
+    from lpmr_edge.sweep.jobs import configure_threads
+
+    before = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    configure_threads(threads)
+    try:
+        yield
+    finally:
+        if before[0] is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before[0]
+        torch.set_num_threads(before[1])
+
+
+Work = Callable[[Log, "Progress | None", Mapping[str, Any]], Any]
+
+
+def _in_step(work: Work, threads: int, progress: Progress | None, inputs: Mapping[str, Any]) -> tuple[list[str], Any]:
+    """Run one step's ``work`` here (the driver, or a pool worker) at ``threads`` compute threads; returns the
+    lines it logged (printed by the driver when the step finishes) and its value."""
+    lines: list[str] = []
+    with _compute_threads(threads):
+        return lines, work(lines.append, progress, inputs)
+
+
+def _export_work(request: Any, out_root: Path, fingerprint: str, log: Log, progress: Progress | None,
+                 inputs: Mapping[str, Any]) -> Path:
+    from lpmr_edge.export import export_artifact
+
+    path, current = export_artifact(request, out_root, request_sha256=fingerprint)
+    log(f"{request.name}: {'up to date' if current else 'exported'} -> {path}")
+    return path
+
+
+def _suite_work(plan: RunPlan, target: Target, artifact: Path, log: Log, progress: Progress | None,
+                inputs: Mapping[str, Any]) -> None:
+    runtime = _open(artifact, plan.device, target.threads)
+    try:
+        _evaluate_once(runtime, plan.out / "results" / target.name / artifact.name, plan.suite, log, progress)
+    finally:
+        runtime.close()
+
+
+def _portable(settled: Settled) -> Settled:
+    """``settled`` without its loss function (a lambda does not pickle); ``_restored`` puts it back."""
+    return dataclasses.replace(settled, loss=None)  # type: ignore[arg-type]
+
+
+def _restored(settled: Settled) -> Settled:
+    return dataclasses.replace(settled, loss=objective_loss(settled.objective))
+
+
+def _settle_work(plan: RunPlan, target: Target, artifacts: Sequence[Path], log: Log, progress: Progress | None,
+                 inputs: Mapping[str, Any]) -> Settled:
+    return _portable(_settle_target(plan, target, artifacts, plan.out / "results" / target.name, log, progress))
+
+
+def _reference_work(plan: RunPlan, log: Log, progress: Progress | None, inputs: Mapping[str, Any]) -> None:
+    settled = {name.split(" ", 1)[1]: _restored(value[1]) for name, value in inputs.items()
+               if name.startswith("settle ")}
+    _evaluate_reference(plan, plan.out / "results" / "host" / "torch-fp32", settled, log, progress)
+
+
+@dataclass
+class _Graph:
+    """The steps of a run in serial order, with each step's log prefix and its weight in the progress bar."""
+
+    steps: list[Step] = field(default_factory=list)
+    prefixes: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=dict)
+    progress: Progress | None = None  # handed to steps run in this process
+
+    def add(self, name: str, prefix: str, work: Work, threads: int, after: Sequence[str] = (),
+            exclusive: bool = False, weight: int = 1) -> str:
+        call = functools.partial(_in_step, work, threads, self.progress)
+        self.steps.append(Step(name, call, threads, tuple(after), exclusive))
+        self.prefixes[name], self.weights[name] = prefix, weight
+        return name
+
+
+def _host_threads(targets: Sequence[Target]) -> int:
+    """Threads of the host's torch reference: the smallest target's, within the cores."""
+    return max(1, min([os.cpu_count() or 1, *(target.threads for target in targets)]))
+
+
+def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Log) -> None:
+    """Add every step of ``plan`` to ``graph``: the reference (first, or after the targets' settling), then per
+    target its exports, parity, suites (or settling) and bench."""
+    from lpmr_edge.devices.base import in_process
+    from lpmr_edge.export import artifact_path, plan_exports, request_fingerprint
+    from lpmr_edge.models import load_model
+
+    reference = functools.partial(_reference_work, plan)
+    if plan.until is None:
+        graph.add("reference", "reference: ", reference, _host_threads(targets))
+    clip = load_model(plan.model)
+    on_device = not in_process(plan.device)  # what runs on the device runs alone
+    settles = []
+    for target in targets:
+        requests, notes = plan_exports(plan.model, target)
+        log(f"target {target.name} ({target.arch}, {target.threads} threads, device {plan.device}): "
+            f"{len(requests)} artifacts")
+        for note in notes:
+            log(f"  note: {note}")
+        prefix, out_root = f"{target.name}: ", plan.out / "artifacts"
+        artifacts = [artifact_path(out_root, request).resolve() for request in requests]
+        exports = [graph.add(f"export {target.name}/{request.name}", prefix,
+                             functools.partial(_export_work, request, out_root,
+                                               request_fingerprint(request, clip.weights_sha256)), EXPORT_THREADS)
+                   for request in requests]
+        graph.add(f"parity {target.name}", prefix, functools.partial(
+            _parity_work, artifacts, plan.out / "results" / target.name / "parity.json", plan.parity_images,
+            target.threads), target.threads, exports)
+        if plan.until is not None and len(artifacts) > 1:
+            settles.append(graph.add(f"settle {target.name}", prefix,
+                                     functools.partial(_settle_work, plan, target, artifacts), target.threads,
+                                     exports, on_device, weight=len(artifacts)))
+        else:
+            if plan.until is not None:
+                log(f"  {target.name}: settling: one artifact, nothing to decide between; evaluating every image")
+            for export, artifact in zip(exports, artifacts):
+                graph.add(f"suite {target.name}/{artifact.name}", prefix,
+                          functools.partial(_suite_work, plan, target, artifact), target.threads, [export], on_device)
+        graph.add(f"bench {target.name}", prefix,
+                  functools.partial(_bench_work, target, artifacts, plan.device,
+                                    plan.out / "results" / target.name / "bench.json"),
+                  target.threads, exports, exclusive=True)
+    if plan.until is not None:
+        graph.add("reference", "reference: ", reference, _host_threads(targets), settles)
+
+
+def _parity_work(artifacts: Sequence[Path], out: Path, images: int, threads: int, log: Log,
+                 progress: Progress | None, inputs: Mapping[str, Any]) -> None:
+    _parity(artifacts, out, images, threads, log)
+
+
+def _bench_work(target: Target, artifacts: Sequence[Path], device: str, out: Path, log: Log,
+                progress: Progress | None, inputs: Mapping[str, Any]) -> None:
+    _bench(target, artifacts, device, out, log)
+
+
+def open_step_engine(jobs: int | None, steps: int) -> tuple[Engine, int]:
+    """The engine a run's steps go to and the thread budget: up to ``jobs`` steps at once (None: one per core,
+    at most one per step) in a spawn process pool whose output goes where this process's goes (as an export
+    subprocess's does), or in this process for one; the budget is the cores."""
+    cores = os.cpu_count() or 1
+    workers = min(jobs or cores, steps)
+    return (InlineEngine(), cores) if workers <= 1 else (LocalEngine(EXPORT_THREADS, None, workers), cores)
+
+
 def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> RunOutcome:
     """Run the whole pipeline for every target of the plan; returns the picker's choice per target (and
-    where settling ended per target with ``plan.until``). ``progress`` (as the suite's) shows the steps done
-    and each suite's images."""
-    from lpmr_edge.export import export_target, plan_exports
+    where settling ended per target with ``plan.until``). Independent steps run concurrently (``plan.jobs``);
+    each finished step logs its lines, a failed one a one-line error, and a failure stops only the steps
+    that need its output (a UserError after the others naming what failed; a re-run resumes).
+    ``progress`` (as the suite's) shows the steps done, the running ones and, in this process, each suite's images."""
     from lpmr_edge.pick import pick
     from lpmr_edge.report import write_report
     from lpmr_edge.results import load_results
 
     targets = [load_target(name) for name in plan.targets]
     results_root = plan.out / "results"
-    artifacts_per_target = [len(plan_exports(plan.model, target)[0]) for target in targets]
-    steps = 2 + sum(2 * count + 2 for count in artifacts_per_target)  # reference, per target, report
-    settled: dict[str, Settled] = {}
-    with progress_task(progress, f"lpmr-edge run ({steps} steps)", steps) as step:
-        done = step or (lambda n: None)
-        if plan.until is None:
-            log(f"reference: torch FP32 on the host ({plan.model})")
-            _evaluate_reference(plan, results_root / "host" / "torch-fp32", settled, log, progress)
+    most_steps = 1 + sum(2 * len(target.runtime(name).precisions) + 2 for target in targets for name in target.runtimes)
+    with contextlib.ExitStack() as running:
+        graph = _Graph()
+        engine, budget = open_step_engine(plan.jobs, most_steps)
+        running.callback(engine.close)
+        graph.progress = progress if isinstance(engine, InlineEngine) else None
+        _plan_graph(plan, targets, graph, log)
+        log(f"{len(graph.steps)} steps, up to {engine.slots} at once within {budget} threads")
+        total = sum(graph.weights.values()) + 1  # and the report
+        bars: dict[str, contextlib.ExitStack] = {}
+        with progress_task(progress, f"lpmr-edge run ({total} steps)", total) as step:
+            done = step or (lambda n: None)
+
+            def started(started_step: Step) -> None:
+                bars[started_step.name] = contextlib.ExitStack()
+                bars[started_step.name].enter_context(progress_task(progress, started_step.name, 1))
+
+            def finished(finished_step: Step, outcome: StepOutcome) -> None:
+                bars.pop(finished_step.name, contextlib.ExitStack()).close()
+                prefix = graph.prefixes[finished_step.name]
+                for line in outcome.value[0] if outcome.error is None else ():
+                    log(f"{prefix}{line.strip()}")
+                if outcome.error is not None:
+                    log(f"{prefix}{finished_step.name}: {'not run, ' if outcome.skipped else 'failed: '}{outcome.error}")
+                done(graph.weights[finished_step.name])
+
+            outcomes = run_steps(engine, graph.steps, budget, started, finished)
+            failed = [outcome for outcome in outcomes.values() if outcome.error and not outcome.skipped]
+            if failed:
+                raise UserError(f"{len(failed)} step(s) failed ({'; '.join(f'{o.name}: {o.error}' for o in failed)}); "
+                                "fix that and run the same command again: finished steps are kept")
+            write_report([results_root], plan.out / "report", plan.constraints)
             done(1)
-        for target in targets:
-            log(f"target {target.name} ({target.arch}, {target.threads} threads, device {plan.device})")
-            artifacts = export_target(plan.model, target, out_root=plan.out / "artifacts",
-                                      log=lambda m: log(f"  {m}"), advance=done)
-            _parity(artifacts, results_root / target.name / "parity.json", plan.parity_images, log)
-            done(1)
-            if plan.until is not None and len(artifacts) > 1:
-                settled[target.name] = _settle_target(plan, target, artifacts, results_root / target.name, log,
-                                                      progress)
-                done(len(artifacts))
-            elif plan.until is not None:
-                log("  settling: one artifact, nothing to decide between; evaluating every image")
-            for artifact in artifacts if target.name not in settled else ():
-                runtime = _open(artifact, plan.device, target.threads)
-                try:
-                    _evaluate_once(runtime, results_root / target.name / artifact.name, plan.suite, log, progress)
-                finally:
-                    runtime.close()
-                done(1)
-            _bench(target, artifacts, plan.device, results_root / target.name / "bench.json", log)
-            done(1)
-        if plan.until is not None:
-            log(f"reference: torch FP32 on the host ({plan.model})")
-            _evaluate_reference(plan, results_root / "host" / "torch-fp32", settled, log, progress)
-            done(1)
-        write_report([results_root], plan.out / "report", plan.constraints)
-        done(1)
+    settled = {name.split(" ", 1)[1]: _restored(outcome.value[1]) for name, outcome in outcomes.items()
+               if name.startswith("settle ")}
     return RunOutcome(pick(load_results([results_root]), plan.constraints), settled)

@@ -8,7 +8,7 @@ import typer
 
 from lpmr_edge.cli.app import app
 from lpmr_edge.cli.core import DeviceOption, JsonOption, with_settle_options
-from lpmr_edge.cli.params import MODEL_SPEC, OUTPUT_DIR, SUITE, TARGET
+from lpmr_edge.cli.params import MODEL_SPEC, OUTPUT_DIR, POSITIVE_INT, SUITE, TARGET
 from lpmr_edge.cli.report import fail_without_choice, print_choices, with_constraint_options
 from lpmr_edge.cli.ui import LiveProgress, console, print_json
 from lpmr_edge.pick import Constraints
@@ -24,17 +24,19 @@ def run_command(
     suite: Annotated[str, typer.Option(parser=SUITE, help="quick | full | basic | path to a suite .toml")] = "quick",
     device: DeviceOption = "local",
     out: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Run directory (re-running resumes it)")] = Path("lpmr-results/run"),
+    jobs: Annotated[int | None, typer.Option(parser=POSITIVE_INT, help="Steps run at once (default: one per core); steps share the cores by their threads, benches run alone; 1: one after another")] = None,
     json_output: JsonOption = False,
     *,
     constraints: Constraints,
     until: SettleSettings | None,
 ) -> None:
     """From model to decision in one command; every finished, verified step is skipped on a re-run.
-    With --until-settled, each target's artifacts are evaluated together until the decision is settled."""
+    With --until-settled, each target's artifacts are evaluated together until the decision is settled.
+    Independent steps (exports, suites of different artifacts, the host reference) run concurrently."""
     from lpmr_edge.pipeline import RunPlan, run
 
     plan = RunPlan(model=model, targets=tuple(target or ["x86"]), out=out, suite=suite, device=device,
-                   constraints=constraints, until=until)
+                   constraints=constraints, until=until, jobs=jobs)
     with LiveProgress() as progress:
         outcome = run(plan, log=progress.log, progress=progress.task)
     choices = outcome.choices

@@ -10,14 +10,18 @@ means running). ``fn`` is ``build_artifact`` or ``run_job`` from ``lpmr_edge.swe
   With an address it joins that cluster (``ray start --head`` ...); without, it starts a private one on
   this machine. Workers must be able to import lpmr_edge (same install on every node) and read and write
   the sweep's ``out`` and ``artifacts`` directories (a shared filesystem on a real cluster).
+* ``InlineEngine``: each task runs in this process when submitted (one slot): the serial case.
+
+``run_steps`` runs a dependency graph of ``Step``s on an engine within a thread budget (``lpmr-edge run``).
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,16 +51,17 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker(threads: int, parent: int, log: str) -> None:
-    """Pool worker start-up: output to the sweep's log, quiet libraries, cap threads before torch loads,
-    die with the driver."""
+def _init_worker(threads: int, parent: int, log: str | None) -> None:
+    """Pool worker start-up: output to ``log`` (None: the driver's streams, inherited), quiet libraries, cap
+    threads before torch loads, die with the driver."""
     import logging
     import warnings
 
-    output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for stream in (1, 2):  # progress bars and native-library chatter would garble the live display
-        os.dup2(output, stream)
-    os.close(output)
+    if log is not None:
+        output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for stream in (1, 2):  # progress bars and native-library chatter would garble the live display
+            os.dup2(output, stream)
+        os.close(output)
     logging.getLogger().setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -65,11 +70,12 @@ def _init_worker(threads: int, parent: int, log: str) -> None:
 
 
 class LocalEngine:
-    """A spawn process pool sized so that ``slots x threads`` does not exceed the cores."""
+    """A spawn process pool sized so that ``slots x threads`` does not exceed the cores; the workers' output
+    goes to ``log`` (None: wherever the driver's goes)."""
 
     name = "local"
 
-    def __init__(self, threads: int, log: Path, workers: int | None = None) -> None:
+    def __init__(self, threads: int, log: Path | None, workers: int | None = None) -> None:
         cores = os.cpu_count() or 1
         self.threads = threads
         self.log = log
@@ -78,7 +84,7 @@ class LocalEngine:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.slots, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(self.threads, os.getpid(), str(self.log)))
+                                   initargs=(self.threads, os.getpid(), None if self.log is None else str(self.log)))
 
     def submit(self, fn: Task, task: Any) -> Future:
         """Run ``fn(task)`` in a worker."""
@@ -96,6 +102,28 @@ class LocalEngine:
     def close(self) -> None:
         """Stop the workers."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class InlineEngine:
+    """Runs each task in this process as it is submitted: one slot, nothing to start or stop."""
+
+    name = "inline"
+    slots = 1
+
+    def submit(self, fn: Task, task: Any) -> Future:
+        """Run ``fn(task)`` now; its value or exception is in the returned (finished) future."""
+        future: Future = Future()
+        try:
+            future.set_result(fn(task))
+        except Exception as error:  # noqa: BLE001 - handed over like a worker's failure
+            future.set_exception(error)
+        return future
+
+    def recover(self, failed: Future) -> None:
+        """Nothing to do: no worker can die."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
 
 class RayEngine:
@@ -153,3 +181,110 @@ def open_engine(name: str, threads: int, log: Path, address: str | None = None, 
     """The engine called ``name`` (local or ray); local workers write their output to ``log``."""
     check_engine(name, address)
     return LocalEngine(threads, log, workers) if name == "local" else RayEngine(threads, address)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of a dependency graph: ``call(inputs)`` runs once every step named in ``after`` has succeeded,
+    with ``inputs`` their values by name. It counts as ``threads`` threads; an ``exclusive`` step runs with
+    nothing else in flight (e.g. a latency benchmark). ``call`` and the values must pickle for a process pool."""
+
+    name: str
+    call: Callable[[Mapping[str, Any]], Any]
+    threads: int = 1
+    after: tuple[str, ...] = ()
+    exclusive: bool = False
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """A finished step: its value, or a one-line ``error`` (None: it succeeded)."""
+
+    name: str
+    value: Any = None
+    error: str | None = None
+    skipped: bool = False  # not run because a step it comes after failed
+
+
+def _call_step(work: tuple[Callable[[Mapping[str, Any]], Any], Mapping[str, Any]]) -> Any:
+    call, inputs = work
+    return call(inputs)
+
+
+def _error_line(error: BaseException) -> str:
+    """The first line of the error's message (after its type's name unless it is a UserError)."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return lines[0] if isinstance(error, UserError) else f"{type(error).__name__}: {lines[0]}"
+
+
+def _check_graph(steps: Sequence[Step]) -> None:
+    """A ValueError for a repeated name, an unknown dependency or a step that comes after a later one (the
+    order given must be one in which every step follows what it needs: no cycle can hide in it)."""
+    seen: set[str] = set()
+    for step in steps:
+        if step.name in seen:
+            raise ValueError(f"step '{step.name}' is listed twice")
+        missing = [name for name in step.after if name not in seen]
+        if missing:
+            raise ValueError(f"step '{step.name}' comes after '{missing[0]}', which is not listed before it")
+        seen.add(step.name)
+
+
+@dataclass
+class _Flight:
+    """The steps running now and the threads they hold."""
+
+    budget: int
+    slots: int
+    steps: dict[Future, Step] = field(default_factory=dict)
+
+    def cost(self, step: Step) -> int:
+        return self.budget if step.exclusive else min(step.threads, self.budget)
+
+    def fits(self, step: Step) -> bool:
+        used = sum(self.cost(running) for running in self.steps.values())
+        return len(self.steps) < self.slots and used + self.cost(step) <= self.budget
+
+
+def run_steps(engine: Engine, steps: Sequence[Step], budget: int,
+              on_start: Callable[[Step], None] | None = None,
+              on_finish: Callable[[Step, StepOutcome], None] | None = None) -> dict[str, StepOutcome]:
+    """Run every step on ``engine`` once the steps it comes after have succeeded: at most ``engine.slots`` at
+    once, with the threads in flight at most ``budget`` (a step wanting more than the budget runs alone, and
+    so does an exclusive step). Ready steps start in the order given; a later one that fits starts while an
+    earlier one waits for threads. A failed step (its worker dying included) gets a one-line error and the
+    steps after it are skipped; every other step still runs. Returns every step's outcome by name, in the
+    order they finished; ``on_start``/``on_finish`` are called in the driver as steps start and finish."""
+    _check_graph(steps)
+    started, finished = on_start or (lambda step: None), on_finish or (lambda step, outcome: None)
+    outcomes: dict[str, StepOutcome] = {}
+    waiting = list(steps)
+    flight = _Flight(budget=max(1, budget), slots=engine.slots)
+    while waiting or flight.steps:
+        for step in list(waiting):
+            failed = next((name for name in step.after if name in outcomes and outcomes[name].error), None)
+            if failed is not None:
+                waiting.remove(step)
+                reason = "was not run" if outcomes[failed].skipped else "failed"
+                outcomes[step.name] = StepOutcome(step.name, error=f"'{failed}' {reason}", skipped=True)
+                finished(step, outcomes[step.name])
+            elif all(name in outcomes for name in step.after) and flight.fits(step):
+                waiting.remove(step)
+                started(step)
+                inputs = {name: outcomes[name].value for name in step.after}
+                flight.steps[engine.submit(_call_step, (step.call, inputs))] = step
+        if not flight.steps:
+            continue  # only skipped steps were left this round
+        done, _ = wait(list(flight.steps), return_when=FIRST_COMPLETED)
+        for future in [future for future in flight.steps if future in done]:  # in the order they started
+            step = flight.steps.pop(future)
+            try:
+                outcome = StepOutcome(step.name, value=future.result())
+            except Exception as error:  # noqa: BLE001 - the step failed or its worker died: one line, go on
+                engine.recover(future)
+                outcome = StepOutcome(step.name, error=_error_line(error))
+            outcomes[step.name] = outcome
+            finished(step, outcome)
+    return outcomes
