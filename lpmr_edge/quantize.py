@@ -136,24 +136,48 @@ def _nncf() -> Any:
     return nncf
 
 
-def quantize_openvino(model: ov.Model, samples: np.ndarray, options: QuantizationOptions) -> ov.Model:
-    """Static W8A8 post-training quantization of an OpenVINO model (inputs: one sample per batch)."""
+def _ptq_settings(options: QuantizationOptions) -> dict[str, Any]:
+    """The keyword arguments ``nncf.quantize`` and ``nncf.quantize_with_accuracy_control`` share."""
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
     )
 
-    dataset = nncf.Dataset([sample[None] for sample in samples])
-    advanced = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=options.smooth_quant_alpha))
     patterns = list(options.openvino_ignored_patterns)
+    return {"preset": nncf.QuantizationPreset(options.preset), "fast_bias_correction": options.fast_bias_correction,
+            "model_type": nncf.ModelType.TRANSFORMER if options.transformer else None,
+            "ignored_scope": nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None,
+            "advanced": AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=options.smooth_quant_alpha))}
+
+
+def quantize_openvino(model: ov.Model, samples: np.ndarray, options: QuantizationOptions) -> ov.Model:
+    """Static W8A8 post-training quantization of an OpenVINO model (inputs: one sample per batch)."""
+    nncf = _nncf()
+    settings = _ptq_settings(options)
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars must not pollute --json output
-        return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset(options.preset),
-                             subset_size=len(samples), fast_bias_correction=options.fast_bias_correction,
-                             model_type=nncf.ModelType.TRANSFORMER if options.transformer else None,
-                             ignored_scope=nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None,
-                             advanced_parameters=advanced)
+        return nncf.quantize(model, nncf.Dataset([sample[None] for sample in samples]), subset_size=len(samples),
+                             advanced_parameters=settings.pop("advanced"), **settings)
+
+
+def quantize_openvino_with_control(model: ov.Model, samples: np.ndarray, options: QuantizationOptions,
+                                   validation: list[Any], validation_fn: Any, max_drop: float,
+                                   max_iterations: int) -> ov.Model:
+    """``nncf.quantize_with_accuracy_control``: W8A8 PTQ as ``quantize_openvino``, then quantized operations
+    reverted to floating point (at most ``max_iterations`` rounds) until ``validation_fn(compiled, items)``
+    (higher is better) is within ``max_drop`` of the FP32 model's; ``validation`` items are ``(input, label)``."""
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    settings = _ptq_settings(options)
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset([sample[None] for sample in samples]),
+            nncf.Dataset(validation, lambda item: item[0]), validation_fn, max_drop=max_drop,
+            subset_size=len(samples), advanced_quantization_parameters=settings.pop("advanced"),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations),
+            **settings)
 
 
 def compress_openvino_weights(model: ov.Model, bits: int, options: QuantizationOptions) -> ov.Model:

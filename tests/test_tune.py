@@ -100,21 +100,39 @@ def test_selection_rule_respects_constraints():
 
 
 SMALL_SPACE = SearchSpace(knobs={"openvino": (("int8", {}), ("int8", {"smooth_quant_alpha": -1.0})),
-                                 "executorch": (("int8", {}), ("int8-dyn", {}))}, sensitivity=False)
+                                 "executorch": (("int8", {}), ("int8-dyn", {}))},
+                          accuracy_control=False, sensitivity=False)
+
+
+SHALLOW = "lpmr-tiny-tune-shallow"  # the stand-in's architecture with one block per tower: lowers in seconds
+
+
+@pytest.fixture(scope="session")
+def shallow_architecture(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Register ``SHALLOW`` with open_clip in this process (trials run inline here)."""
+    from lpmr_edge._compat import import_open_clip
+    from lpmr_edge.models.bundled import CONFIG_DIR
+
+    config = json.loads((CONFIG_DIR / "lpmr-tiny-fmnist.json").read_text())
+    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 1
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / f"{SHALLOW}.json").write_text(json.dumps(config))
+    import_open_clip().add_model_config(folder)
+    return f"random:{SHALLOW}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("runtime", "model"), [("openvino", "lpmr-tiny-fmnist"),
-                                                ("executorch", "random:lpmr-tiny-1layer-device")])
-def test_small_tune_resumes_keeps_the_split_and_reproduces(runtime, model, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("runtime", "model"), [("openvino", "lpmr-tiny-fmnist"), ("executorch", "shallow")])
+def test_small_tune_resumes_keeps_the_split_and_reproduces(runtime, model, tmp_path, monkeypatch, request):
     from lpmr_edge.runtimes.factory import open_runtime
     from lpmr_edge.targets import load_target
     from lpmr_edge.tune import TuneRequest, reproduce, tune
     from lpmr_edge.tune.search import TUNE_FILE
 
-    request = TuneRequest(model=model, target=load_target("x86"), runtime=runtime, objective="ece",
-                          out=tmp_path / "tune", limit=120, space=SMALL_SPACE, bench_repeats=5, bench_seconds=1)
-    first = tune(request, log=lambda message: None)
+    model = request.getfixturevalue("shallow_architecture") if model == "shallow" else model
+    tune_request = TuneRequest(model=model, target=load_target("x86"), runtime=runtime, objective="ece",
+                               out=tmp_path / "tune", limit=120, space=SMALL_SPACE, bench_repeats=5, bench_seconds=1)
+    first = tune(tune_request, log=lambda message: None)
     records = first["trials"]["records"]
     assert first["trials"]["resumed"] == 0 and len(records) == 4 and not any(r.get("error") for r in records)
     assert all(r["latency"]["ratio_to_int8"] > 0 for r in records)
@@ -133,7 +151,7 @@ def test_small_tune_resumes_keeps_the_split_and_reproduces(runtime, model, tmp_p
 
     # resume: nothing runs again, the same figures come back
     manifests = {r["key"]: (Path(r["artifact"]) / "manifest.json").stat().st_mtime_ns for r in records}
-    again = tune(request, log=lambda message: None)
+    again = tune(tune_request, log=lambda message: None)
     assert again["trials"]["resumed"] == 4
     assert {r["key"]: r["validation"] for r in again["trials"]["records"]} == {r["key"]: r["validation"] for r in records}
     assert manifests == {r["key"]: (Path(r["artifact"]) / "manifest.json").stat().st_mtime_ns

@@ -51,6 +51,8 @@ def tune_command(
     validation_fraction: Annotated[float, typer.Option(parser=FRACTION, help="Share of each set used for "
                                                        "tuning decisions; the rest is the test split")] = 0.5,
     seed: Annotated[int, typer.Option(parser=SEED, help="Split and bootstrap seed")] = 0,
+    accuracy_control: Annotated[bool, typer.Option(help="OpenVINO: run NNCF's accuracy control with the objective "
+                                                   "(ece, nll, top1) as its validation function")] = True,
     sensitivity: Annotated[bool, typer.Option(help="Run the per-block FP sensitivity and combined stages")] = True,
     engine: Annotated[str, typer.Option(parser=ENGINE, help="Where trials run: local (process pool) | ray")] = "local",
     workers: Annotated[int, typer.Option(parser=POSITIVE_INT, help="Trials at once (1: in this process)")] = 1,
@@ -69,7 +71,7 @@ def tune_command(
     request = TuneRequest(model=model, target=loaded, runtime=runtime, objective=objective,
                           constraints=TuneConstraints(max_latency_ratio, max_latency_ms, max_accuracy_drop),
                           budget_seconds=budget, out=directory, suite=suite, limit=limit,
-                          splits=Splits(validation_fraction, seed), space=SearchSpace(sensitivity=sensitivity),
+                          splits=Splits(validation_fraction, seed), space=SearchSpace(accuracy_control=accuracy_control, sensitivity=sensitivity),
                           engine=engine, workers=workers, address=address)
     record = tune(request, log=(lambda message: None) if json_output else console.print)
     if json_output:

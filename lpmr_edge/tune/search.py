@@ -4,7 +4,8 @@
    worker): export, validation-split suite;
 2. every trial without a latency is timed in one interleaved benchmark run with uniform INT8 (image tower,
    the target's batch and threads): ``latency.median_ms`` and ``latency.ratio_to_int8``;
-3. the per-block sensitivity and combined stages start from the best feasible knob configuration;
+3. the accuracy-control (OpenVINO; ece, nll, top1), per-block sensitivity and combined stages start from
+   the best feasible knob configuration;
 4. the chosen configuration and the uniform baselines are evaluated on the test split, and the chosen one is
    decided against uniform INT8 there (``verdict.test_decision``).
 
@@ -27,6 +28,7 @@ from lpmr_edge.suite.config import load_suite
 from lpmr_edge.suite.families import FAMILIES, MetricSpec
 from lpmr_edge.suite.run import EvalSettings
 from lpmr_edge.targets import Target
+from lpmr_edge.tune.control import SCORES, controlled_config
 from lpmr_edge.tune.space import SearchSpace, TrialConfig, block_configs, sensitivity_blocks, uniform_configs
 from lpmr_edge.tune.splits import TEST, Splits, describe_splits, evaluate_split
 from lpmr_edge.tune.trials import TrialStore, TrialTask, figures, run_trial, trial_dir
@@ -216,9 +218,16 @@ def tune(request: TuneRequest, log: Log = print) -> dict[str, Any]:
         measure_latency(trials, uniform["int8"], request, log)
         fp32_top1 = value(uniform["fp32"], TOP1)
         best_knob = best_trial(_candidates([trials.records[r["key"]] for r in knob_records], request, fp32_top1), spec)
+        base = TrialConfig.from_json(best_knob["config"]) if best_knob else None
+        if base and request.space.accuracy_control and request.runtime == "openvino" and spec.key in SCORES \
+                and not _over(start, request):
+            log("accuracy-control: nncf.quantize_with_accuracy_control on the validation split's "
+                f"{spec.label}")
+            trials.run([controlled_config(out, request.model, base, suite, request.splits, settings, spec.key,
+                                          DEFAULT_MARGINS[spec.key])], "accuracy-control")
+            stages.append("accuracy-control")
         blocks = sensitivity_blocks(load_model(request.model)) if request.space.sensitivity else []
-        if best_knob and blocks and not _over(start, request):
-            base = TrialConfig.from_json(best_knob["config"])
+        if base and blocks and not _over(start, request):
             sensitivity = trials.run(block_configs(base, blocks), "sensitivity")
             stages.append("sensitivity")
             helpful = sorted((record for record in sensitivity if value(record, spec) is not None

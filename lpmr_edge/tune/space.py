@@ -5,6 +5,8 @@ the defaults (the *knobs*). The search has three stages:
 
   knobs        ``SearchSpace.knobs[runtime]``: one knob changed at a time from the uniform INT8 defaults
                (the defaults themselves are the uniform INT8 configuration);
+  accuracy-control  (OpenVINO) NNCF's accuracy control with the objective as its validation function
+               reverts operations of the best knob configuration to FP (``lpmr_edge.tune.control``);
   sensitivity  the best knob configuration on validation with one image-tower block kept in floating point
                each (per-block sensitivity of the objective);
   combined     the best knob configuration with the ``combine`` blocks whose FP version helped most.
@@ -116,11 +118,12 @@ def _executorch_knobs() -> tuple[tuple[str, Knobs], ...]:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Per runtime: the knob configurations of stage 1 as (precision, knobs); ``sensitivity`` turns the
-    per-block stages on; ``combine`` is how many helpful blocks the combined stage keeps in FP."""
+    """Per runtime: the knob configurations of stage 1 as (precision, knobs); ``accuracy_control`` and
+    ``sensitivity`` turn those stages on; ``combine`` is how many helpful blocks the combined stage keeps in FP."""
 
     knobs: Mapping[str, Sequence[tuple[str, Knobs]]] = field(default_factory=lambda: {
         "openvino": _openvino_knobs(), "executorch": _executorch_knobs()})
+    accuracy_control: bool = True
     sensitivity: bool = True
     combine: int = 2
 
@@ -134,7 +137,7 @@ class SearchSpace:
         """JSON form for the tune manifest."""
         return {"knobs": {runtime: [TrialConfig.make(runtime, p, k).describe() for p, k in entries]
                           for runtime, entries in self.knobs.items()},
-                "sensitivity": self.sensitivity, "combine": self.combine}
+                "accuracy_control": self.accuracy_control, "sensitivity": self.sensitivity, "combine": self.combine}
 
 
 def uniform_configs(runtime: str) -> list[TrialConfig]:
