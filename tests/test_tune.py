@@ -167,3 +167,25 @@ def test_small_tune_resumes_keeps_the_split_and_reproduces(runtime, model, tmp_p
     size = runtime.model_info["image_size"]
     images = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
     np.testing.assert_allclose(reproduced.image_features(images), runtime.image_features(images), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_kept_modules_and_ignored_patterns_leave_exactly_those_operations_unquantized(standin):
+    """What the FP knobs do in OpenVINO, read back the way accuracy control's reverted operations are."""
+    from lpmr_edge.quantize import QuantizationOptions, load_calibration_inputs, quantize_openvino
+    from lpmr_edge.runtimes.openvino.export import convert_tower
+    from lpmr_edge.tune.control import quantized_operations
+    from lpmr_edge.tune.space import IMAGE_PROJECTION
+
+    samples = load_calibration_inputs(standin, QuantizationOptions(subset_size=32)).images
+
+    def quantized(**knobs) -> set[str]:
+        return quantized_operations(quantize_openvino(convert_tower(standin, "image"), samples,
+                                                      TrialConfig.make("openvino", "int8", {"subset_size": 32, **knobs}).options))
+
+    everything = quantized()
+    block = quantized(keep_fp=("clip.visual.transformer.resblocks.3",))
+    projection = quantized(ignored_patterns=(IMAGE_PROJECTION,))
+    assert everything - block and all(".resblocks.3." in name for name in everything - block)
+    assert everything - projection == {"__module.clip.visual/aten::matmul/MatMul"}
+    assert block < everything

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -118,18 +119,22 @@ class _Trials:
                                          self.suite, self.request.splits, self.settings, self.metrics))
         if pending:
             self.log(f"{stage}: {len(pending)} trial(s) to run, {len(configs) - len(pending)} stored")
-        for task, outcome in zip(pending, self._execute(pending)):
+        for outcome in self._execute(pending):  # stored as each finishes: a killed tune loses only running trials
             record = {**outcome, "context": self.context}
             self.store.put(record)
             self.records[record["key"]] = record
             self.log(f"  {record['label']}: {self._summary(record)}")
         return [self.refreshed(self.records[config.key]) for config in configs]
 
-    def _execute(self, tasks: Sequence[TrialTask]) -> list[dict[str, Any]]:
+    def _execute(self, tasks: Sequence[TrialTask]) -> Iterator[dict[str, Any]]:
+        """Each task's outcome as it finishes."""
         if self.engine is None:
-            return [self._guarded(lambda task=task: run_trial(task), task) for task in tasks]
-        futures = [self.engine.submit(run_trial, task) for task in tasks]
-        return [self._guarded(future.result, task) for future, task in zip(futures, tasks)]
+            for task in tasks:
+                yield self._guarded(lambda task=task: run_trial(task), task)
+            return
+        futures = {self.engine.submit(run_trial, task): task for task in tasks}
+        for future in as_completed(futures):
+            yield self._guarded(future.result, futures[future])
 
     @staticmethod
     def _guarded(call: Callable[[], dict[str, Any]], task: TrialTask) -> dict[str, Any]:
