@@ -33,6 +33,7 @@ TUNED_PRECISION = {"openvino": "int8", "executorch": "int8"}
 # NNCF ignored-scope patterns over OpenVINO node names of converted open_clip towers
 IMAGE_PROJECTION = r"^__module\.clip\.visual/aten::matmul/"  # the image tower's final projection
 ATTENTION_MATMULS = r".*/aten::_native_multi_head_attention/MatMul(_\d+)?$"  # every MatMul inside attention
+PATTERN_NAMES = {IMAGE_PROJECTION: "image-projection", ATTENTION_MATMULS: "attention-matmuls"}
 BLOCK_PATTERN = r"clip\.visual\.transformer\.resblocks\.\d+"  # image-tower transformer blocks (open_clip ViTs)
 KNOBS = ("calibration", "subset_size", "preset", "transformer", "smooth_quant_alpha", "fast_bias_correction",
          "keep_fp", "ignored_patterns", "observer")
@@ -91,12 +92,15 @@ class TrialConfig:
     @property
     def label(self) -> str:
         """Short human label, e.g. ``openvino-int8 smooth_quant_alpha=-1``."""
-        def short(value: Any) -> str:
+        def short(name: str, value: Any) -> str:
+            if name == "ignored_patterns":
+                named = [PATTERN_NAMES[pattern] for pattern in value if pattern in PATTERN_NAMES]
+                return "+".join([*named, *([f"{len(value) - len(named)}-ops"] if len(value) > len(named) else [])])
             if isinstance(value, tuple):
                 return "+".join(re.sub(r"^clip\.visual\.transformer\.resblocks\.", "block", str(v)) for v in value)
             return f"{value:g}" if isinstance(value, float) else str(value)
 
-        knobs = " ".join(f"{name}={short(value)}" for name, value in self.knobs)
+        knobs = " ".join(f"{name}={short(name, value)}" for name, value in self.knobs)
         return f"{self.runtime}-{self.precision}{' ' + knobs if knobs else ''}"
 
     @property
