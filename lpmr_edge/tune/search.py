@@ -33,7 +33,15 @@ from lpmr_edge.tune.control import SCORES, controlled_config
 from lpmr_edge.tune.space import SearchSpace, TrialConfig, block_configs, sensitivity_blocks, uniform_configs
 from lpmr_edge.tune.splits import TEST, Splits, describe_splits, evaluate_split
 from lpmr_edge.tune.trials import TrialStore, TrialTask, figures, run_trial, trial_dir
-from lpmr_edge.tune.verdict import TOP1, TuneConstraints, best_trial, pareto_plot, test_decision, value, verdict_text
+from lpmr_edge.tune.verdict import (
+    TOP1,
+    TuneConstraints,
+    best_trial,
+    pareto_plot,
+    test_decision,
+    value,
+    verdict_text,
+)
 
 TUNE_FILE, PLOT_FILE = "tune.json", "pareto.png"
 # issue-style objective names -> the picker's
@@ -68,12 +76,12 @@ class TuneRequest:
     target: Target
     runtime: str
     objective: str = "ece"
-    constraints: TuneConstraints = TuneConstraints()
+    constraints: TuneConstraints = field(default_factory=TuneConstraints)
     budget_seconds: float | None = None
     out: Path = Path("lpmr-results/tune")
     suite: str = "basic"
     limit: int | None = 2000
-    splits: Splits = Splits()
+    splits: Splits = field(default_factory=Splits)
     space: SearchSpace = field(default_factory=SearchSpace)
     engine: str = "local"
     workers: int = 1

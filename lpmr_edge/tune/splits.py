@@ -50,7 +50,7 @@ class Splits:
         if split not in SPLITS:
             raise UserError(f"unknown split '{split}'; use {' or '.join(SPLITS)}")
         order = np.random.default_rng(self.seed).permutation(count)
-        cut = int(round(count * self.validation_fraction))
+        cut = round(count * self.validation_fraction)
         if cut == 0 or cut == count:
             raise UserError(f"a set of {count} images cannot be split {self.validation_fraction:g} : "
                             f"{1 - self.validation_fraction:g}; use more images (--limit) or another --validation-fraction")
