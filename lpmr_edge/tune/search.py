@@ -251,7 +251,7 @@ def tune(request: TuneRequest, log: Log = print) -> dict[str, Any]:
             if len(helpful) >= 2 and request.space.combine >= 2 and not _over(start, request):
                 trials.run([base.with_knobs(keep_fp=tuple(sorted(set(kept))))], "combined")
                 stages.append("combined")
-            measure_latency(trials, uniform["int8"], request, log)
+        measure_latency(trials, uniform["int8"], request, log)  # the later stages' trials
         records = [trials.refreshed(record) for record in trials.records.values()]
     finally:
         trials.close()
