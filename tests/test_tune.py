@@ -97,6 +97,9 @@ def test_selection_rule_respects_constraints():
     assert best_trial(trials, spec)["key"] == "slow"
     assert constraints.violations(trials[1], 0.90, spec) == ["latency 1.50x int8 > 1.1x"]
     assert TuneConstraints(max_latency_ms=10.2).violations(trials[3], None, spec) == ["latency 10.80 ms > 10.2 ms"]
+    flagged = {**trials[3], "validation": {"ece": {"value": 0.0, "status": "not enough data"}}}
+    assert constraints.violations(flagged, None, spec) == ["no usable validation ECE (not enough data)"]
+    assert best_trial([flagged], spec) is None
 
 
 SMALL_SPACE = SearchSpace(knobs={"openvino": (("int8", {}), ("int8", {"smooth_quant_alpha": -1.0})),

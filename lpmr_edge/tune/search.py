@@ -168,8 +168,10 @@ class _Trials:
     def _summary(self, record: dict[str, Any]) -> str:
         if record.get("error"):
             return f"failed ({record['error']})"
-        spec = self.request.spec
-        return f"validation {spec.label} {value(record, spec):.4g}, top-1 {value(record, TOP1):.4f}"
+        shown = record["validation"]
+        return ", ".join(f"validation {spec.label} {shown[spec.key]['value']:.4g}"
+                         + (f" ({shown[spec.key]['status']})" if shown[spec.key].get("status") else "")
+                         for spec in self.metrics if shown.get(spec.key))
 
     def close(self) -> None:
         if self.engine is not None:
@@ -260,7 +262,8 @@ def tune(request: TuneRequest, log: Log = print) -> dict[str, Any]:
     test = _test_phase(request, suite, settings, chosen, uniform, log)
     decision = test.pop("decision")
     beat = chosen is not None and chosen["key"] != uniform["int8"]["key"]
-    verdict = verdict_text(spec, chosen, decision if beat else None, len(records))
+    verdict = verdict_text(spec, chosen, decision if beat else None, len(records),
+                           request.constraints.violations(trials.records[uniform["int8"]["key"]], fp32_top1, spec))
     plot = pareto_plot(records, spec, chosen["key"] if chosen else None, out / PLOT_FILE,
                        f"{request.model} on {request.target.name} ({request.runtime}): {spec.label}")
     record = {

@@ -41,7 +41,8 @@ class TuneConstraints:
         """Why a trial cannot be chosen (empty when it can)."""
         found = []
         if value(trial, spec) is None:
-            found.append(f"no validation {spec.label}")
+            status = ((trial.get("validation") or {}).get(spec.key) or {}).get("status")
+            found.append(f"no usable validation {spec.label}{f' ({status})' if status else ''}")
         top1 = value(trial, TOP1)
         if self.max_accuracy_drop is not None and fp32_top1 is not None and top1 is not None and \
                 100 * (fp32_top1 - top1) > self.max_accuracy_drop:
@@ -55,9 +56,10 @@ class TuneConstraints:
 
 
 def value(trial: Mapping[str, Any], spec: MetricSpec) -> float | None:
-    """A trial's validation value of a metric (None when missing)."""
+    """A trial's validation value of a metric (None when missing, or flagged unusable by the suite, e.g.
+    a worst-group accuracy over groups below the suite's minimum size)."""
     figure = (trial.get("validation") or {}).get(spec.key)
-    return None if figure is None else float(figure["value"])
+    return None if figure is None or figure.get("status") else float(figure["value"])
 
 
 def best_trial(trials: Sequence[Mapping[str, Any]], spec: MetricSpec) -> Mapping[str, Any] | None:
@@ -78,10 +80,11 @@ def test_decision(spec: MetricSpec, tuned_dir: Path, int8_dir: Path, margin: flo
 
 
 def verdict_text(spec: MetricSpec, chosen: Mapping[str, Any] | None, decision: PairedDecision | None,
-                 tried: int) -> str:
-    """The one-sentence verdict."""
+                 tried: int, int8_violations: Sequence[str] = ()) -> str:
+    """The one-sentence verdict (``int8_violations``: why uniform INT8 itself was not eligible, if it was not)."""
     if chosen is None:
-        return f"no configuration met the constraints on the validation split ({tried} tried)"
+        why = f"; uniform INT8: {', '.join(int8_violations)}" if int8_violations else ""
+        return f"no configuration met the constraints on the validation split ({tried} tried{why})"
     if decision is None:
         return (f"no configuration beat uniform INT8 on {spec.label}: uniform INT8 was the best of {tried} "
                 "configurations on the validation split")
