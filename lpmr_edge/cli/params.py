@@ -254,7 +254,7 @@ DATASET = Checked("dataset", _dataset)
 
 
 def _tune_objective(value: Any) -> str:
-    from lpmr_edge.tune.search import objective_spec
+    from lpmr_edge.tune.verdict import objective_spec
 
     objective_spec(str(value))
     return str(value)

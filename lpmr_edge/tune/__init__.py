@@ -7,10 +7,10 @@ configuration from its artifact manifest with ``reproduce(artifact, out_root)``.
 """
 from __future__ import annotations
 
-from lpmr_edge.tune.search import TuneRequest, objective_spec, tune
+from lpmr_edge.tune.search import TuneRequest, tune
 from lpmr_edge.tune.space import SearchSpace, TrialConfig
 from lpmr_edge.tune.splits import Splits
 from lpmr_edge.tune.trials import reproduce
-from lpmr_edge.tune.verdict import TuneConstraints
+from lpmr_edge.tune.verdict import TuneConstraints, objective_spec
 
 __all__ = ["SearchSpace", "Splits", "TrialConfig", "TuneConstraints", "TuneRequest", "objective_spec", "reproduce", "tune"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_json, machine_info, now_utc, sha256_json, tool_versions
-from lpmr_edge.pick import DEFAULT_MARGINS, objective_metric
+from lpmr_edge.pick import DEFAULT_MARGINS
 from lpmr_edge.suite.config import load_suite
 from lpmr_edge.suite.families import FAMILIES, MetricSpec
 from lpmr_edge.suite.run import EvalSettings
@@ -34,9 +34,11 @@ from lpmr_edge.tune.space import SearchSpace, TrialConfig, block_configs, sensit
 from lpmr_edge.tune.splits import TEST, Splits, describe_splits, evaluate_split
 from lpmr_edge.tune.trials import TrialStore, TrialTask, figures, run_trial, trial_dir
 from lpmr_edge.tune.verdict import (
+    OBJECTIVE_ALIASES,
     TOP1,
     TuneConstraints,
     best_trial,
+    objective_spec,
     pareto_plot,
     test_decision,
     value,
@@ -44,16 +46,8 @@ from lpmr_edge.tune.verdict import (
 )
 
 TUNE_FILE, PLOT_FILE = "tune.json", "pareto.png"
-# issue-style objective names -> the picker's
-OBJECTIVE_ALIASES = {"top1": "accuracy", "worst_group": "worst-group"}
 OBJECTIVE_TABLES = {"auroc": "ood", "worst-group": "spurious"}  # suite tables an objective needs besides the ID set
 Log = Callable[[str], None]
-
-
-def objective_spec(objective: str) -> MetricSpec:
-    """The metric of a tune objective (ece, nll, top1, auroc:SET, auroc:worst, worst_group)."""
-    name, colon, instance = objective.partition(":")
-    return objective_metric(OBJECTIVE_ALIASES.get(name, name) + colon + instance)
 
 
 def tune_suite(suite_name: str, objective: str, limit: int | None) -> Any:
@@ -106,6 +100,7 @@ class _Trials:
         self.records: dict[str, dict[str, Any]] = {}
         self.skipped = 0
         self.metrics = tuple({spec.key: spec for spec in (request.spec, TOP1)}.values())
+        request.out.mkdir(parents=True, exist_ok=True)
         self.engine = None
         if request.workers > 1 or request.engine != "local":
             from lpmr_edge.sweep.engines import open_engine
@@ -124,7 +119,7 @@ class _Trials:
                 self.records[config.key] = stored
             else:
                 pending.append(TrialTask(self.request.model, self.request.target, config, stage, self.request.out,
-                                         self.suite, self.request.splits, self.settings, self.metrics))
+                                         self.suite, self.request.splits, self.settings, self.request.objective))
         if pending:
             self.log(f"{stage}: {len(pending)} trial(s) to run, {len(configs) - len(pending)} stored")
         for outcome in self._execute(pending):  # stored as each finishes: a killed tune loses only running trials

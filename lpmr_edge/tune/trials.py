@@ -26,6 +26,7 @@ from lpmr_edge.suite.run import EvalSettings
 from lpmr_edge.targets import Target, load_target
 from lpmr_edge.tune.space import TrialConfig
 from lpmr_edge.tune.splits import VALIDATION, Splits, evaluate_split
+from lpmr_edge.tune.verdict import TOP1, objective_spec
 
 TRIALS_DIR = "trials"
 
@@ -42,7 +43,7 @@ class TrialTask:
     suite: Any
     splits: Splits
     settings: EvalSettings
-    metrics: tuple[MetricSpec, ...]  # what to read from the validation result (objective, top-1)
+    objective: str  # the tune objective (its figures and top-1 are read from the validation result)
 
 
 def trial_dir(root: Path, config: TrialConfig) -> Path:
@@ -69,7 +70,8 @@ def run_trial(task: TrialTask) -> dict[str, Any]:
     result = evaluate_split(runtime, directory / VALIDATION, task.suite, task.splits, VALIDATION, task.settings)
     return {"key": config.key, "config": config.describe(), "label": config.label, "uniform": config.uniform,
             "stage": task.stage, "artifact": str(artifact), "validation_dir": str(directory / VALIDATION),
-            "validation": figures(task.metrics, result["metrics"]), "n_validation": result["n"],
+            "validation": figures((objective_spec(task.objective), TOP1), result["metrics"]),
+            "n_validation": result["n"],
             "executed_precision": result["executed_precision"]}
 
 

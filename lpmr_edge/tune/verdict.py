@@ -19,14 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from lpmr_edge.manifest import atomic_write_bytes
-from lpmr_edge.pick import pareto_front
+from lpmr_edge.pick import objective_metric, pareto_front
 from lpmr_edge.results import read_result
 from lpmr_edge.samples import metric_samples
 from lpmr_edge.stats import BETTER, PairedDecision, paired_decisions
 from lpmr_edge.suite.families import METRIC_BY_KEY, MetricSpec
 
 TOP1 = METRIC_BY_KEY["top1"]
+OBJECTIVE_ALIASES = {"top1": "accuracy", "worst_group": "worst-group"}  # tune objective names -> the picker's
 TUNED, INT8 = "tuned", "uniform int8"
+
+
+def objective_spec(objective: str) -> MetricSpec:
+    """The metric of a tune objective (ece, nll, top1, auroc:SET, auroc:worst, worst_group)."""
+    name, colon, instance = objective.partition(":")
+    return objective_metric(OBJECTIVE_ALIASES.get(name, name) + colon + instance)
 
 
 @dataclass(frozen=True)
