@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from lpmr_edge.models import ClipModel
 
 PRESETS = ("mixed", "performance")
+OBSERVERS = ("histogram", "minmax")
 PREPROCESS_BATCH = 64
 
 
@@ -31,7 +33,11 @@ class QuantizationOptions:
 
     ``smooth_quant_alpha`` applies to MatMuls (a negative value disables SmoothQuant);
     ``group_size`` and ``ratio`` apply to INT4 weight-only compression (``ratio`` of the layers get INT4,
-    the rest INT8).
+    the rest INT8). ``keep_fp`` names modules of a tower (``named_modules`` paths of the exported tower, e.g.
+    ``clip.visual.transformer.resblocks.3``) left in floating point with everything inside them (OpenVINO: an
+    NNCF ignored scope; ExecuTorch: the XNNPACK quantizer's module-name setting); ``ignored_patterns`` are
+    further NNCF ignored-scope regular expressions over OpenVINO node names; ``observer`` is the activation
+    observer of ExecuTorch's static INT8 (histogram or min/max).
     """
 
     calibration: str = "calib:fmnist-train-300"
@@ -43,6 +49,9 @@ class QuantizationOptions:
     group_size: int = 128
     ratio: float = 1.0
     seed: int = 0
+    keep_fp: tuple[str, ...] = ()
+    ignored_patterns: tuple[str, ...] = ()
+    observer: str = "histogram"
 
     def __post_init__(self) -> None:
         if self.subset_size < 1:
@@ -55,6 +64,19 @@ class QuantizationOptions:
             raise UserError(f"group size {self.group_size} must be positive (or -1 for per-channel)")
         if not 0 < self.ratio <= 1:
             raise UserError(f"ratio {self.ratio} must be in (0, 1]: the share of layers compressed to INT4")
+        if self.observer not in OBSERVERS:
+            raise UserError(f"unknown activation observer '{self.observer}'; use one of {', '.join(OBSERVERS)}")
+        for pattern in self.ignored_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise UserError(f"ignored-scope pattern '{pattern}' is not a regular expression ({error})") from None
+
+    @property
+    def openvino_ignored_patterns(self) -> tuple[str, ...]:
+        """NNCF ignored-scope patterns over OpenVINO node names (``__module.<path>/...`` after conversion):
+        every node inside a ``keep_fp`` module, then ``ignored_patterns``."""
+        return (*(rf"^__module\.{re.escape(path)}[./]" for path in self.keep_fp), *self.ignored_patterns)
 
     def describe(self) -> dict[str, Any]:
         """Manifest entry."""
@@ -114,22 +136,48 @@ def _nncf() -> Any:
     return nncf
 
 
-def quantize_openvino(model: ov.Model, samples: np.ndarray, options: QuantizationOptions) -> ov.Model:
-    """Static W8A8 post-training quantization of an OpenVINO model (inputs: one sample per batch)."""
+def _ptq_settings(options: QuantizationOptions) -> dict[str, Any]:
+    """The keyword arguments ``nncf.quantize`` and ``nncf.quantize_with_accuracy_control`` share."""
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
     )
 
-    dataset = nncf.Dataset([sample[None] for sample in samples])
-    advanced = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=options.smooth_quant_alpha))
+    patterns = list(options.openvino_ignored_patterns)
+    return {"preset": nncf.QuantizationPreset(options.preset), "fast_bias_correction": options.fast_bias_correction,
+            "model_type": nncf.ModelType.TRANSFORMER if options.transformer else None,
+            "ignored_scope": nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None,
+            "advanced": AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=options.smooth_quant_alpha))}
+
+
+def quantize_openvino(model: ov.Model, samples: np.ndarray, options: QuantizationOptions) -> ov.Model:
+    """Static W8A8 post-training quantization of an OpenVINO model (inputs: one sample per batch)."""
+    nncf = _nncf()
+    settings = _ptq_settings(options)
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars must not pollute --json output
-        return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset(options.preset),
-                             subset_size=len(samples), fast_bias_correction=options.fast_bias_correction,
-                             model_type=nncf.ModelType.TRANSFORMER if options.transformer else None,
-                             advanced_parameters=advanced)
+        return nncf.quantize(model, nncf.Dataset([sample[None] for sample in samples]), subset_size=len(samples),
+                             advanced_parameters=settings.pop("advanced"), **settings)
+
+
+def quantize_openvino_with_control(model: ov.Model, samples: np.ndarray, options: QuantizationOptions,
+                                   validation: list[Any], validation_fn: Any, max_drop: float,
+                                   max_iterations: int) -> ov.Model:
+    """``nncf.quantize_with_accuracy_control``: W8A8 PTQ as ``quantize_openvino``, then quantized operations
+    reverted to floating point (at most ``max_iterations`` rounds) until ``validation_fn(compiled, items)``
+    (higher is better) is within ``max_drop`` of the FP32 model's; ``validation`` items are ``(input, label)``."""
+    nncf = _nncf()
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    settings = _ptq_settings(options)
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset([sample[None] for sample in samples]),
+            nncf.Dataset(validation, lambda item: item[0]), validation_fn, max_drop=max_drop,
+            subset_size=len(samples), advanced_quantization_parameters=settings.pop("advanced"),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_iterations),
+            **settings)
 
 
 def compress_openvino_weights(model: ov.Model, bits: int, options: QuantizationOptions) -> ov.Model:
@@ -150,7 +198,8 @@ def openvino_quantization_record(precision: str, options: QuantizationOptions) -
         return {"method": "nncf.quantize (static post-training, W8A8)", "preset": options.preset,
                 "model_type": "transformer" if options.transformer else None, "subset_size": options.subset_size,
                 "smooth_quant_alpha": options.smooth_quant_alpha,
-                "bias_correction": "fast" if options.fast_bias_correction else "full", "seed": options.seed}
+                "bias_correction": "fast" if options.fast_bias_correction else "full", "seed": options.seed,
+                "ignored_scope_patterns": list(options.openvino_ignored_patterns)}
     if precision == "int8-w":
         return {"method": "nncf.compress_weights (weight-only, data-free)", "mode": "int8_asym",
                 "granularity": "per-channel"}

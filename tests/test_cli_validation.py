@@ -25,6 +25,7 @@ BAD_VALUES = {  # parser -> values it must refuse ({dir}, {file}: an existing di
     p.TARGET: ["nope", "{dir}/absent.toml"], p.DEVICE: ["foo://x", "ssh://", "ssh://h:99999"],
     p.DATASET: ["nope", "folder:{dir}/absent", "calib:nope", "waterbirds:"], p.RAY_ADDRESS: ["foo", "h:port"],
     p.OBJECTIVE: ["nope", "", "ece:textiles"], p.ARCHITECTURE: ["", ":tag", "random:"],
+    p.TUNE_OBJECTIVE: ["nope", "", "ece:textiles", "worst_group:x"], p.LATENCY_RATIO: ["0", "-1", "inf", "x"],
     p.SUPPORT_CELL: ["openvino", "openvino:int3", "tflite:fp32"], support_cli.PARITY_IMAGES: ["0", "10001", "x"], p.MARGIN: ["ece", "ece=x", "speed=1", "top1=-1pp"],
     **{choice: ["nope", ""] for choice in (p.RUNTIME, p.EXPORT_RUNTIME, p.PRESET, p.PRECISION, p.TOWER,
                                           p.RUNNER, p.ENGINE, p.EXPORT_FORMAT, p.STANDIN)},

@@ -9,4 +9,5 @@ from lpmr_edge.cli import (
     suite,  # noqa: F401
     support,  # noqa: F401
     sweep,  # noqa: F401
+    tune,  # noqa: F401
 )

@@ -251,3 +251,14 @@ SUITE = Checked("suite", _suite)
 TARGET = Checked("target", _target)
 DEVICE = Checked("device", _device)
 DATASET = Checked("dataset", _dataset)
+
+
+def _tune_objective(value: Any) -> str:
+    from lpmr_edge.tune.verdict import objective_spec
+
+    objective_spec(str(value))
+    return str(value)
+
+
+TUNE_OBJECTIVE = Checked("objective", _tune_objective)
+LATENCY_RATIO = real_number(0, 1e6, 1.1, low_open=True)

@@ -171,32 +171,50 @@ def _batches(samples: np.ndarray, batch: int) -> list[torch.Tensor]:
     return [torch.from_numpy(np.ascontiguousarray(wrapped[start:start + batch])) for start in range(0, count, batch)]
 
 
-def _xnnpack_quantizer(dynamic: bool, weight_bits: int = 8) -> Any:
-    """The XNNPACK quantizer: symmetric per-channel weights (INT4 = [-8, 7], XNNPACK's qc4w, on linears only)."""
+def _xnnpack_quantizer(dynamic: bool, weight_bits: int = 8, keep_fp: tuple[str, ...] = (),
+                       observer: str = "histogram") -> Any:
+    """The XNNPACK quantizer: symmetric per-channel weights (INT4 = [-8, 7], XNNPACK's qc4w, on linears only);
+    the modules named in ``keep_fp`` stay in fp32; static activations use a histogram or min/max observer."""
+    import dataclasses
+
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
+    from torchao.quantization.pt2e import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
     if weight_bits == 8:
-        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
-                                                                               is_dynamic=dynamic))
-    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic, weight_qmin=-8, weight_qmax=7)
-    return XNNPACKQuantizer().set_operator_type(torch.ops.aten.linear.default, config)
+        config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+        if observer == "minmax" and not dynamic:
+            spec = dataclasses.replace(config.input_activation,
+                                       observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+            config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
+        quantizer = XNNPACKQuantizer().set_global(config)
+    else:
+        config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic, weight_qmin=-8,
+                                                   weight_qmax=7)
+        quantizer = XNNPACKQuantizer().set_operator_type(torch.ops.aten.linear.default, config)
+    if keep_fp:  # set_module_name(name, None) is "not supported yet": a filter skips those modules' nodes
+        inside = [get_module_name_filter(name) for name in keep_fp]
+        quantizer.set_filter_function(lambda node: not any(test(node) for test in inside))
+    return quantizer
 
 
-def _calibrate_pt2e(graph: torch.fx.GraphModule, batches: list[torch.Tensor]) -> tuple[Any, dict[str, Any]]:
-    """torchao prepare_pt2e / convert_pt2e; activation ranges from streaming histogram observers."""
+def _calibrate_pt2e(graph: torch.fx.GraphModule, batches: list[torch.Tensor],
+                    options: QuantizationOptions) -> tuple[Any, dict[str, Any]]:
+    """torchao prepare_pt2e / convert_pt2e; activation ranges from streaming histogram (or min/max) observers."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(graph, _xnnpack_quantizer(dynamic=False))
+    prepared = prepare_pt2e(graph, _xnnpack_quantizer(dynamic=False, keep_fp=options.keep_fp,
+                                                      observer=options.observer))
     for batch in batches:
         prepared(batch)
     return convert_pt2e(prepared), {
         "method": "PT2E static W8A8: torchao prepare_pt2e/convert_pt2e with the XNNPACK quantizer",
-        "activation_ranges": "HistogramObserver (streaming, constant memory)",
-        "smooth_quant_alpha": None, "bias_correction": None}
+        "activation_ranges": "HistogramObserver (streaming, constant memory)" if options.observer == "histogram"
+        else "MinMaxObserver", "smooth_quant_alpha": None, "bias_correction": None}
 
 
 def _calibrate_nncf(graph: torch.fx.GraphModule, batches: list[torch.Tensor],
@@ -209,7 +227,8 @@ def _calibrate_nncf(graph: torch.fx.GraphModule, batches: list[torch.Tensor],
     smooth_quant = options.smooth_quant_alpha >= 0
     nncf.set_log_level(logging.ERROR)
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars must not pollute --json output
-        quantized = quantize_pt2e(graph, _xnnpack_quantizer(dynamic=False), nncf.Dataset(batches),
+        quantized = quantize_pt2e(graph, _xnnpack_quantizer(dynamic=False, keep_fp=options.keep_fp),
+                                  nncf.Dataset(batches),
                                   subset_size=len(batches), smooth_quant=smooth_quant,
                                   smooth_quant_params=AdvancedSmoothQuantParameters(
                                       matmul=options.smooth_quant_alpha) if smooth_quant else None,
@@ -231,28 +250,28 @@ def quantize_static(module: torch.nn.Module, example: torch.Tensor, samples: np.
     if int8_method == "nncf":
         quantized, record = _calibrate_nncf(graph, batches, options)
     else:
-        quantized, record = _calibrate_pt2e(graph, batches)
+        quantized, record = _calibrate_pt2e(graph, batches, options)
     return quantized, {
-        **record, "int8_method": int8_method, "weights": "int8 symmetric per-channel",
+        **record, "int8_method": int8_method, "weights": "int8 symmetric per-channel", "kept_fp": list(options.keep_fp),
         "activations": "int8 per-tensor, calibrated",
         "quantized_ops": "linear, conv2d, add (XNNPACK quantizer patterns); the rest fp32",
         "samples": len(samples), "calibration_batches": len(batches)}
 
 
-def quantize_dynamic(module: torch.nn.Module, example: torch.Tensor,
-                     weight_bits: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+def quantize_dynamic(module: torch.nn.Module, example: torch.Tensor, weight_bits: int,
+                     keep_fp: tuple[str, ...] = ()) -> tuple[torch.nn.Module, dict[str, Any]]:
     """INT8 or INT4 weights, activations quantized at run time (torchao PT2E, XNNPACK quantizer)."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     prepared = prepare_pt2e(torch.export.export(module, (example,)).module(),
-                            _xnnpack_quantizer(dynamic=True, weight_bits=weight_bits))
+                            _xnnpack_quantizer(dynamic=True, weight_bits=weight_bits, keep_fp=keep_fp))
     prepared(example)
     return convert_pt2e(prepared), {
         "method": "PT2E dynamic: torchao prepare_pt2e/convert_pt2e with the XNNPACK quantizer",
         "weights": "int8 symmetric per-channel" if weight_bits == 8 else
         "int4 symmetric per-channel ([-8, 7]: XNNPACK qc4w; the PT2E XNNPACK quantizer has no group-wise mode)",
-        "activations": "int8, quantization parameters computed at run time",
+        "activations": "int8, quantization parameters computed at run time", "kept_fp": list(keep_fp),
         "quantized_ops": "linear, conv2d; the rest fp32" if weight_bits == 8 else "linear; the rest fp32"}
 
 
@@ -263,7 +282,8 @@ def prepare_module(module: torch.nn.Module, example: torch.Tensor, precision: st
     if precision == "int8":
         return quantize_static(module, example, samples, options, int8_method)
     if precision in ("int8-dyn", "int4-w"):
-        return quantize_dynamic(module, example, weight_bits=4 if precision == "int4-w" else 8)
+        return quantize_dynamic(module, example, weight_bits=4 if precision == "int4-w" else 8,
+                                keep_fp=options.keep_fp)
     return module, {"method": "none (fp32 weights and activations)"}
 
 
