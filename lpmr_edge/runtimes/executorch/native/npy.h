@@ -75,18 +75,25 @@ std::string encode_npy_float32(const std::vector<float>& values, const std::vect
   return out;
 }
 
-// Row `row` of `array` converted into `out` as `target` (float32 or int64), `width` elements.
+// Row `row` of `array` converted into `out` as `target` (float32 or int64), `width` elements: one copy when the
+// array already holds that type, else element by element.
 void convert_row(const Array& array, int64_t row, size_t width, ScalarType target, uint8_t* out) {
   const uint8_t* source = array.data + row * width * array.item_size;
+  const bool to_float = target == ScalarType::Float;
+  if (array.descr == (to_float ? "<f4" : "<i8")) {
+    std::memcpy(out, source, width * array.item_size);
+    return;
+  }
+  const char kind = array.descr[1];  // 'f' or 'i'
   for (size_t i = 0; i < width; ++i) {
     const uint8_t* item = source + i * array.item_size;
     double as_double = 0;
     int64_t as_int = 0;
-    if (array.descr == "<f4") { float v; std::memcpy(&v, item, 4); as_double = v; as_int = static_cast<int64_t>(v); }
-    if (array.descr == "<f8") { std::memcpy(&as_double, item, 8); as_int = static_cast<int64_t>(as_double); }
-    if (array.descr == "<i4") { int32_t v; std::memcpy(&v, item, 4); as_int = v; as_double = v; }
-    if (array.descr == "<i8") { std::memcpy(&as_int, item, 8); as_double = static_cast<double>(as_int); }
-    if (target == ScalarType::Float) {
+    if (kind == 'f' && array.item_size == 4) { float v; std::memcpy(&v, item, 4); as_double = v; as_int = static_cast<int64_t>(v); }
+    if (kind == 'f' && array.item_size == 8) { std::memcpy(&as_double, item, 8); as_int = static_cast<int64_t>(as_double); }
+    if (kind == 'i' && array.item_size == 4) { int32_t v; std::memcpy(&v, item, 4); as_int = v; as_double = v; }
+    if (kind == 'i' && array.item_size == 8) { std::memcpy(&as_int, item, 8); as_double = static_cast<double>(as_int); }
+    if (to_float) {
       float v = static_cast<float>(as_double);
       std::memcpy(out + i * 4, &v, 4);
     } else {
