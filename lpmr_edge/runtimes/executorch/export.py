@@ -62,6 +62,7 @@ BOOKKEEPING_OPS = ("getitem",)  # picks a delegate's outputs apart; no computati
 # correction. On the stand-in both give top-1 within 0.01 point; NNCF's min/max ranges lose 3-5x more feature
 # cosine, and its histogram ranges (as good as torchao's) keep every sample's activations (>13 GB for ViT-B-32).
 INT8_METHODS = ("histogram", "nncf")
+CALIBRATION_BATCH = 32  # rows per histogram-calibration call where the batch dim can be dynamic
 DEFAULT_INT8_METHOD = "histogram"
 EXECUTED = {"fp32": "fp32", "int8": "int8+fp32", "int8-dyn": "int8-dyn+fp32",
             "int4-w": "int8-dyn+fp32 (int4 weights)"}  # when XNNPACK runs the quantized ops
@@ -138,22 +139,44 @@ def _calibrate_nncf(graph: torch.fx.GraphModule, batches: list[torch.Tensor],
         "bias_correction": "fast" if options.fast_bias_correction else "full"}
 
 
+def _calibration_graph(module: torch.nn.Module, example: torch.Tensor,
+                       samples: np.ndarray) -> tuple[torch.fx.GraphModule, int]:
+    """The module exported for calibration and the rows per calibration batch.
+
+    Histogram observers cost per call, not per row: a graph with a dynamic batch dim calibrates in batches of
+    ``CALIBRATION_BATCH`` (300 samples: 10 calls instead of 300 at batch 1). A module whose batch dim cannot
+    stay dynamic is calibrated at the export batch.
+    """
+    import torch
+    from torch._dynamo.exc import UserError as ExportConstraintError
+
+    rows = min(CALIBRATION_BATCH, len(samples))
+    if rows > len(example) and rows >= 2:
+        batch = torch.export.Dim("batch", min=1)  # the converted graph is re-exported at the export batch
+        wider = torch.from_numpy(np.ascontiguousarray(samples[:rows]))
+        with contextlib.suppress(ExportConstraintError):
+            return torch.export.export(module, (wider,), dynamic_shapes=({0: batch},)).module(), rows
+    return torch.export.export(module, (example,)).module(), len(example)
+
+
 def quantize_static(module: torch.nn.Module, example: torch.Tensor, samples: np.ndarray, options: QuantizationOptions,
                     int8_method: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Static W8A8 with the XNNPACK quantizer, calibrated on ``samples``; returns the module and its record."""
     import torch
 
-    batches = _batches(samples, len(example))
-    graph = torch.export.export(module, (example,)).module()
-    if int8_method == "nncf":
-        quantized, record = _calibrate_nncf(graph, batches, options)
+    if int8_method == "nncf":  # NNCF's quantize_pt2e needs static shapes
+        batches = _batches(samples, len(example))
+        quantized, record = _calibrate_nncf(torch.export.export(module, (example,)).module(), batches, options)
     else:
+        graph, rows = _calibration_graph(module, example, samples)
+        batches = _batches(samples, rows)
         quantized, record = _calibrate_pt2e(graph, batches)
     return quantized, {
         **record, "int8_method": int8_method, "weights": "int8 symmetric per-channel",
         "activations": "int8 per-tensor, calibrated",
         "quantized_ops": "linear, conv2d, add (XNNPACK quantizer patterns); the rest fp32",
-        "samples": len(samples), "calibration_batches": len(batches)}
+        "samples": len(samples), "calibration_batches": len(batches),
+        "calibration_batch_rows": len(batches[0])}
 
 
 def quantize_dynamic(module: torch.nn.Module, example: torch.Tensor,
