@@ -21,7 +21,7 @@ class Projection(torch.nn.Module):
 
 
 class SingleImagePath(Projection):
-    """Branches on the batch size (as code special-casing one image does): export cannot keep the dim dynamic."""
+    """Branches on the batch size (as code special-casing small batches does): export cannot keep the dim dynamic."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x) if x.shape[0] > 4 else self.linear(x[:1]).expand(x.shape[0], -1)
