@@ -1,8 +1,9 @@
 """ExecuTorch export: both CLIP towers as XNNPACK-delegated ``.pte`` programs.
 
 Per tower: ``torch.export`` at static shapes -> quantization (below) -> rewrite of the ops XNNPACK has no
-kernel for into equivalent ones it has (``xnnpack_decompositions``) -> ``to_edge_transform_and_lower`` with
-the ``XnnpackPartitioner`` -> ``to_executorch``. Precisions:
+kernel for into equivalent ones it has (``rewrites.xnnpack_decompositions``) -> ``to_edge_transform_and_lower``
+folding constant subgraphs (``rewrites.fold_constants_pass``) and partitioning with the ``XnnpackPartitioner``
+-> ``to_executorch``. Precisions:
 
   fp32      no quantization
   int8      static W8A8 PT2E with the XNNPACK quantizer (symmetric; INT8 per-channel weights, INT8 per-tensor
@@ -29,7 +30,6 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest
 from lpmr_edge.manifest import atomic_write_bytes, tool_versions
 from lpmr_edge.runtimes.executorch.loader import method_runner
+from lpmr_edge.runtimes.executorch.rewrites import fold_constants_pass, xnnpack_decompositions
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +62,7 @@ BOOKKEEPING_OPS = ("getitem",)  # picks a delegate's outputs apart; no computati
 # correction. On the stand-in both give top-1 within 0.01 point; NNCF's min/max ranges lose 3-5x more feature
 # cosine, and its histogram ranges (as good as torchao's) keep every sample's activations (>13 GB for ViT-B-32).
 INT8_METHODS = ("histogram", "nncf")
+CALIBRATION_BATCH = 32  # rows per histogram-calibration call where the batch dim can be dynamic
 DEFAULT_INT8_METHOD = "histogram"
 EXECUTED = {"fp32": "fp32", "int8": "int8+fp32", "int8-dyn": "int8-dyn+fp32",
             "int4-w": "int8-dyn+fp32 (int4 weights)"}  # when XNNPACK runs the quantized ops
@@ -74,90 +76,6 @@ class LoweredTower:
     delegation: dict[str, Any]
     quantization: dict[str, Any]
     seconds: float
-
-
-# --- rewrites into ops XNNPACK takes (all exact up to float rounding) -----------------------------------
-
-def _layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None, eps: float = 1e-5, cudnn_enable: bool = True) -> Any:
-    """LayerNorm over the last dim as 4D mean/sub/mul/rsqrt (XNNPACK has no layer norm; its mean is 4D only)."""
-    import torch
-
-    aten = torch.ops.aten
-    if len(normalized_shape) != 1:
-        return NotImplemented
-    rows = aten.reshape.default(x, [1, -1, x.shape[-1], 1])
-    centred = aten.sub.Tensor(rows, aten.mean.dim(rows, [2, 3], True))
-    variance = aten.mean.dim(aten.mul.Tensor(centred, centred), [2, 3], True)
-    normalised = aten.reshape.default(aten.mul.Tensor(centred, aten.rsqrt.default(aten.add.Tensor(variance, eps))),
-                                      list(x.shape))
-    if weight is not None:
-        normalised = aten.mul.Tensor(normalised, weight)
-    return normalised if bias is None else aten.add.Tensor(normalised, bias)
-
-
-def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
-               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-               enable_gqa: bool = False) -> Any:
-    """SDPA as bmm/softmax/bmm on 3D views with a tensor scale.
-
-    The default decomposition uses ``_safe_softmax`` (zeros for fully masked rows: eq/any/where, not in
-    XNNPACK) and ``mul.Scalar`` (not in XNNPACK). CLIP never masks a whole row (no mask, or a causal one).
-    """
-    import torch
-
-    aten = torch.ops.aten
-    if dropout_p or is_causal or enable_gqa or query.dim() != 4 or (
-            attn_mask is not None and attn_mask.dtype == torch.bool):
-        return NotImplemented
-    batch, heads, length, width = query.shape
-    keys, out_width = key.shape[2], value.shape[3]
-    factor = scale if scale is not None else 1.0 / math.sqrt(width)
-    scores = aten.bmm.default(aten.mul.Tensor(aten.reshape.default(query, [batch * heads, length, width]), factor),
-                              aten.permute.default(aten.reshape.default(key, [batch * heads, keys, width]), [0, 2, 1]))
-    if attn_mask is not None:
-        scores = aten.reshape.default(
-            aten.add.Tensor(aten.reshape.default(scores, [batch, heads, length, keys]), attn_mask),
-            [batch * heads, length, keys])
-    probabilities = aten._softmax.default(scores, -1, False)
-    context = aten.bmm.default(probabilities, aten.reshape.default(value, [batch * heads, keys, out_width]))
-    return aten.reshape.default(context, [batch, heads, length, out_width])
-
-
-def _select(x: torch.Tensor, dim: int, index: int) -> Any:
-    """select as slice + reshape (XNNPACK has slice and reshape, not select)."""
-    import torch
-
-    dim, index = dim % x.dim(), index % x.shape[dim]
-    sliced = torch.ops.aten.slice.Tensor(x, dim, index, index + 1)
-    return torch.ops.aten.reshape.default(sliced, [size for axis, size in enumerate(x.shape) if axis != dim])
-
-
-def _squeeze(x: torch.Tensor, dim: int) -> Any:
-    """squeeze of one dim as reshape."""
-    import torch
-
-    dim = dim % x.dim()
-    shape = [size for axis, size in enumerate(x.shape) if axis != dim or size != 1]
-    return torch.ops.aten.reshape.default(x, shape)
-
-
-def _unsqueeze(x: torch.Tensor, dim: int) -> Any:
-    """unsqueeze as reshape."""
-    import torch
-
-    shape = list(x.shape)
-    shape.insert(dim % (x.dim() + 1), 1)
-    return torch.ops.aten.reshape.default(x, shape)
-
-
-def xnnpack_decompositions() -> dict[Any, Callable[..., Any]]:
-    """Decomposition table for ``ExportedProgram.run_decompositions``: ops XNNPACK lacks -> ops it has."""
-    import torch
-
-    aten = torch.ops.aten
-    return {aten.layer_norm.default: _layer_norm, aten.scaled_dot_product_attention.default: _attention,
-            aten.select.int: _select, aten.squeeze.dim: _squeeze, aten.unsqueeze.default: _unsqueeze}
 
 
 # --- quantization -------------------------------------------------------------------------------------
@@ -240,22 +158,44 @@ def _calibrate_nncf(graph: torch.fx.GraphModule, batches: list[torch.Tensor],
         "bias_correction": "fast" if options.fast_bias_correction else "full"}
 
 
+def _calibration_graph(module: torch.nn.Module, example: torch.Tensor,
+                       samples: np.ndarray) -> tuple[torch.fx.GraphModule, int]:
+    """The module exported for calibration and the rows per calibration batch.
+
+    Histogram observers cost per call, not per row: a graph with a dynamic batch dim calibrates in batches of
+    ``CALIBRATION_BATCH`` (300 samples: 10 calls instead of 300 at batch 1). A module whose batch dim cannot
+    stay dynamic is calibrated at the export batch.
+    """
+    import torch
+    from torch._dynamo.exc import UserError as ExportConstraintError
+
+    rows = min(CALIBRATION_BATCH, len(samples))
+    if rows > len(example) and rows >= 2:
+        batch = torch.export.Dim("batch", min=1)  # the converted graph is re-exported at the export batch
+        wider = torch.from_numpy(np.ascontiguousarray(samples[:rows]))
+        with contextlib.suppress(ExportConstraintError):
+            return torch.export.export(module, (wider,), dynamic_shapes=({0: batch},)).module(), rows
+    return torch.export.export(module, (example,)).module(), len(example)
+
+
 def quantize_static(module: torch.nn.Module, example: torch.Tensor, samples: np.ndarray, options: QuantizationOptions,
                     int8_method: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Static W8A8 with the XNNPACK quantizer, calibrated on ``samples``; returns the module and its record."""
     import torch
 
-    batches = _batches(samples, len(example))
-    graph = torch.export.export(module, (example,)).module()
-    if int8_method == "nncf":
-        quantized, record = _calibrate_nncf(graph, batches, options)
+    if int8_method == "nncf":  # NNCF's quantize_pt2e needs static shapes
+        batches = _batches(samples, len(example))
+        quantized, record = _calibrate_nncf(torch.export.export(module, (example,)).module(), batches, options)
     else:
+        graph, rows = _calibration_graph(module, example, samples)
+        batches = _batches(samples, rows)
         quantized, record = _calibrate_pt2e(graph, batches, options)
     return quantized, {
         **record, "int8_method": int8_method, "weights": "int8 symmetric per-channel", "kept_fp": list(options.keep_fp),
         "activations": "int8 per-tensor, calibrated",
         "quantized_ops": "linear, conv2d, add (XNNPACK quantizer patterns); the rest fp32",
-        "samples": len(samples), "calibration_batches": len(batches)}
+        "samples": len(samples), "calibration_batches": len(batches),
+        "calibration_batch_rows": len(batches[0])}
 
 
 def quantize_dynamic(module: torch.nn.Module, example: torch.Tensor, weight_bits: int,
@@ -327,7 +267,8 @@ def lower_tower(module: torch.nn.Module, example: torch.Tensor, precision: str, 
     with torch.no_grad():
         prepared, quantization = prepare_module(module.eval(), example, precision, samples, options, int8_method)
         exported = torch.export.export(prepared, (example,)).run_decompositions(xnnpack_decompositions())
-        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
+        edge = to_edge_transform_and_lower(exported, transform_passes=fold_constants_pass(),
+                                           partitioner=[XnnpackPartitioner()],
                                            compile_config=get_xnnpack_edge_compile_config())
         delegation = delegation_coverage(edge.exported_program().graph_module)
         program = edge.to_executorch(get_xnnpack_executorch_backend_config()).buffer
