@@ -41,7 +41,11 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest
 from lpmr_edge.manifest import atomic_write_bytes, tool_versions
 from lpmr_edge.runtimes.executorch.loader import method_runner
-from lpmr_edge.runtimes.executorch.rewrites import fold_constants_pass, xnnpack_decompositions
+from lpmr_edge.runtimes.executorch.rewrites import (
+    drop_concat_split_round_trips,
+    fold_constants_pass,
+    xnnpack_decompositions,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -87,6 +91,15 @@ def _batches(samples: np.ndarray, batch: int) -> list[torch.Tensor]:
     count = math.ceil(len(samples) / batch) * batch
     wrapped = samples[np.arange(count) % len(samples)]
     return [torch.from_numpy(np.ascontiguousarray(wrapped[start:start + batch])) for start in range(0, count, batch)]
+
+
+def exported_graph(module: torch.nn.Module, example: torch.Tensor,
+                   dynamic_shapes: tuple[dict[int, Any], ...] | None = None) -> torch.fx.GraphModule:
+    """``module`` exported for the quantizer, with concatenations split straight back removed (see rewrites)."""
+    import torch
+
+    return drop_concat_split_round_trips(
+        torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes).module())
 
 
 def _xnnpack_quantizer(dynamic: bool, weight_bits: int = 8, keep_fp: tuple[str, ...] = (),
@@ -174,18 +187,16 @@ def _calibration_graph(module: torch.nn.Module, example: torch.Tensor,
         batch = torch.export.Dim("batch", min=1)  # the converted graph is re-exported at the export batch
         wider = torch.from_numpy(np.ascontiguousarray(samples[:rows]))
         with contextlib.suppress(ExportConstraintError):
-            return torch.export.export(module, (wider,), dynamic_shapes=({0: batch},)).module(), rows
-    return torch.export.export(module, (example,)).module(), len(example)
+            return exported_graph(module, wider, dynamic_shapes=({0: batch},)), rows
+    return exported_graph(module, example), len(example)
 
 
 def quantize_static(module: torch.nn.Module, example: torch.Tensor, samples: np.ndarray, options: QuantizationOptions,
                     int8_method: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Static W8A8 with the XNNPACK quantizer, calibrated on ``samples``; returns the module and its record."""
-    import torch
-
     if int8_method == "nncf":  # NNCF's quantize_pt2e needs static shapes
         batches = _batches(samples, len(example))
-        quantized, record = _calibrate_nncf(torch.export.export(module, (example,)).module(), batches, options)
+        quantized, record = _calibrate_nncf(exported_graph(module, example), batches, options)
     else:
         graph, rows = _calibration_graph(module, example, samples)
         batches = _batches(samples, rows)
@@ -201,10 +212,9 @@ def quantize_static(module: torch.nn.Module, example: torch.Tensor, samples: np.
 def quantize_dynamic(module: torch.nn.Module, example: torch.Tensor, weight_bits: int,
                      keep_fp: tuple[str, ...] = ()) -> tuple[torch.nn.Module, dict[str, Any]]:
     """INT8 or INT4 weights, activations quantized at run time (torchao PT2E, XNNPACK quantizer)."""
-    import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(torch.export.export(module, (example,)).module(),
+    prepared = prepare_pt2e(exported_graph(module, example),
                             _xnnpack_quantizer(dynamic=True, weight_bits=weight_bits, keep_fp=keep_fp))
     prepared(example)
     return convert_pt2e(prepared), {

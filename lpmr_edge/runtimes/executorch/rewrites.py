@@ -6,6 +6,12 @@ Two stages, both applied by ``export.lower_tower``:
   edge dialect): layer norm, attention, select/unbind, squeeze/unsqueeze, means over any dims, and
   arithmetic with a Python int operand (which the edge dialect turns into an int64 constant plus a cast that
   XNNPACK refuses).
+* ``drop_concat_split_round_trips``: a graph pass run before quantization (applied by ``export.exported_graph``):
+  a ``cat`` split back into the same pieces (open_clip's attention pool concatenates the q/k/v biases for
+  ``multi_head_attention_forward``, which chunks them again) is replaced by the pieces themselves, so each
+  projection is a plain linear on a weight and a bias. Otherwise the quantizer quantizes the concatenated bias,
+  the linears' bias is a computed tensor, the edge dialect turns them into ``addmm`` on per-channel INT8 weights,
+  and XNNPACK refuses them (and ExecuTorch has no portable ``dequantize_per_channel``).
 * ``FoldConstants``: an edge-dialect pass that evaluates every op whose inputs are all constants (weights,
   buffers, lifted constants) once at export time, so nothing computed only from weights (a class token
   broadcast to the batch, biases concatenated and split again, constant casts) is left outside XNNPACK.
@@ -149,6 +155,51 @@ def xnnpack_decompositions() -> dict[Any, Callable[..., Any]]:
             aten.sub.Tensor: _with_float_operand(aten.sub.Tensor, 0),
             aten.mul.Tensor: _with_float_operand(aten.mul.Tensor, 1),
             aten.div.Tensor: _with_float_operand(aten.div.Tensor, 1)}
+
+
+def _split_sizes(node: torch.fx.Node) -> tuple[int, list[int]] | None:
+    """(dim, size of each piece) of a chunk/split node, from its traced outputs; None for any other node."""
+    import torch
+
+    aten = torch.ops.aten
+    splits = {aten.chunk.default: 2, aten.split.Tensor: 2, aten.split_with_sizes.default: 2}
+    if node.op != "call_function" or node.target not in splits:
+        return None
+    pieces = node.meta.get("val")
+    if not pieces:
+        return None
+    rank = pieces[0].dim()
+    dim = node.args[splits[node.target]] if len(node.args) > splits[node.target] else node.kwargs.get("dim", 0)
+    return dim % rank, [piece.shape[dim % rank] for piece in pieces]
+
+
+def drop_concat_split_round_trips(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Replace each piece of a ``cat`` that a chunk/split cuts back into the very tensors concatenated (same dim,
+    same sizes) by the tensor that went in (exact: no value changes). Edits ``graph_module`` in place."""
+    import operator
+
+    import torch
+
+    graph = graph_module.graph
+    for node in list(graph.nodes):
+        split = _split_sizes(node)
+        source = node.args[0] if split else None
+        if not isinstance(source, torch.fx.Node) or source.target != torch.ops.aten.cat.default:
+            continue
+        parts = source.args[0]
+        rank = source.meta["val"].dim()
+        dim = (source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)) % rank
+        if (dim, [part.meta["val"].shape[dim] for part in parts]) != split:
+            continue
+        for user in list(node.users):
+            if user.target is operator.getitem:
+                user.replace_all_uses_with(parts[user.args[1]])
+                graph.erase_node(user)
+        for unused in (node, source):
+            if not unused.users:
+                graph.erase_node(unused)
+    graph_module.recompile()
+    return graph_module
 
 
 def fold_constants_pass() -> Any:
