@@ -1,6 +1,7 @@
 """ExecuTorch export: both CLIP towers as XNNPACK-delegated ``.pte`` programs.
 
-Per tower: ``torch.export`` at static shapes -> quantization (below) -> rewrite of the ops XNNPACK has no
+Per tower: ``torch.export`` at static shapes (for the quantizer: with concatenations split straight back
+dropped, ``rewrites.drop_concat_split_round_trips``) -> quantization (below) -> rewrite of the ops XNNPACK has no
 kernel for into equivalent ones it has (``rewrites.xnnpack_decompositions``) -> ``to_edge_transform_and_lower``
 folding constant subgraphs (``rewrites.fold_constants_pass``) and partitioning with the ``XnnpackPartitioner``
 -> ``to_executorch``. Precisions:

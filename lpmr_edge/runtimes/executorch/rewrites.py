@@ -1,17 +1,17 @@
 """Rewrites of ops XNNPACK has no kernel for into equivalent ones it has (all exact up to float rounding).
 
-Two stages, both applied by ``export.lower_tower``:
+Three stages: the first before quantization, the others applied by ``export.lower_tower``:
 
-* ``xnnpack_decompositions()``: a table for ``ExportedProgram.run_decompositions`` (ATen level, before the
-  edge dialect): layer norm, attention, select/unbind, squeeze/unsqueeze, means over any dims, and
-  arithmetic with a Python int operand (which the edge dialect turns into an int64 constant plus a cast that
-  XNNPACK refuses).
-* ``drop_concat_split_round_trips``: a graph pass run before quantization (applied by ``export.exported_graph``):
-  a ``cat`` split back into the same pieces (open_clip's attention pool concatenates the q/k/v biases for
+* ``drop_concat_split_round_trips``: a pass on the graph handed to the quantizer (``export.exported_graph``): a
+  ``cat`` split back into the same pieces (open_clip's attention pool concatenates the q/k/v biases for
   ``multi_head_attention_forward``, which chunks them again) is replaced by the pieces themselves, so each
   projection is a plain linear on a weight and a bias. Otherwise the quantizer quantizes the concatenated bias,
   the linears' bias is a computed tensor, the edge dialect turns them into ``addmm`` on per-channel INT8 weights,
   and XNNPACK refuses them (and ExecuTorch has no portable ``dequantize_per_channel``).
+* ``xnnpack_decompositions()``: a table for ``ExportedProgram.run_decompositions`` (ATen level, before the
+  edge dialect): layer norm, attention, select/unbind, squeeze/unsqueeze, means over any dims, and
+  arithmetic with a Python int operand (which the edge dialect turns into an int64 constant plus a cast that
+  XNNPACK refuses).
 * ``FoldConstants``: an edge-dialect pass that evaluates every op whose inputs are all constants (weights,
   buffers, lifted constants) once at export time, so nothing computed only from weights (a class token
   broadcast to the batch, biases concatenated and split again, constant casts) is left outside XNNPACK.
@@ -157,20 +157,11 @@ def xnnpack_decompositions() -> dict[Any, Callable[..., Any]]:
             aten.div.Tensor: _with_float_operand(aten.div.Tensor, 1)}
 
 
-def _split_sizes(node: torch.fx.Node) -> tuple[int, list[int]] | None:
-    """(dim, size of each piece) of a chunk/split node, from its traced outputs; None for any other node."""
-    import torch
-
-    aten = torch.ops.aten
-    splits = {aten.chunk.default: 2, aten.split.Tensor: 2, aten.split_with_sizes.default: 2}
-    if node.op != "call_function" or node.target not in splits:
-        return None
-    pieces = node.meta.get("val")
-    if not pieces:
-        return None
-    rank = pieces[0].dim()
-    dim = node.args[splits[node.target]] if len(node.args) > splits[node.target] else node.kwargs.get("dim", 0)
-    return dim % rank, [piece.shape[dim % rank] for piece in pieces]
+def _pieces(node: torch.fx.Node, tensors: list[Any], position: int) -> tuple[int, list[int]]:
+    """(dim, size of each tensor along it) for a cat/chunk/split ``node`` whose dim argument is at ``position``."""
+    dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", 0)
+    dim %= tensors[0].dim()
+    return dim, [tensor.shape[dim] for tensor in tensors]
 
 
 def drop_concat_split_round_trips(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -180,16 +171,15 @@ def drop_concat_split_round_trips(graph_module: torch.fx.GraphModule) -> torch.f
 
     import torch
 
+    aten = torch.ops.aten
     graph = graph_module.graph
     for node in list(graph.nodes):
-        split = _split_sizes(node)
-        source = node.args[0] if split else None
-        if not isinstance(source, torch.fx.Node) or source.target != torch.ops.aten.cat.default:
+        source = node.args[0] if node.op == "call_function" and node.args else None
+        if (node.target not in (aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default)
+                or not isinstance(source, torch.fx.Node) or source.target != aten.cat.default):
             continue
         parts = source.args[0]
-        rank = source.meta["val"].dim()
-        dim = (source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)) % rank
-        if (dim, [part.meta["val"].shape[dim] for part in parts]) != split:
+        if _pieces(source, [part.meta["val"] for part in parts], 1) != _pieces(node, list(node.meta["val"]), 2):
             continue
         for user in list(node.users):
             if user.target is operator.getitem:
