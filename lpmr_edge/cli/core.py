@@ -37,6 +37,10 @@ ModelOption = Annotated[str | None, typer.Option("--model", "-m", parser=MODEL_S
                                                     "random:ARCH, ARCH:TAG, hf-hub:ORG/NAME or ARCH:/path/to/weights")]
 ArtifactOption = Annotated[Path | None, typer.Option("--artifact", "-a", parser=EXISTING_DIR,
                                                      help="Exported artifact directory")]
+SETTLE_OBJECTIVES = ("accuracy (top-1 error) | ece (decided on the Brier score) | nll | auroc | auroc:SET | auroc:worst "
+                     "| worst-group")
+SettleMarginOption = Annotated[list[str] | None, typer.Option(parser=MARGIN, help="With --until-settled: equivalence "
+                                                              "margin METRIC=VALUE, as for pick")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout")]
 DeviceOption = Annotated[str, typer.Option("--device", "-d", parser=DEVICE, help="Where the artifact runs: local (in process), "
                                            "local?python=PATH, ssh://user@host:port?python=PATH&workdir=DIR&"
@@ -119,10 +123,8 @@ def eval_command(
     json_output: JsonOption = False,
     device: DeviceOption = "local",
     objective: Annotated[str, typer.Option(parser=OBJECTIVE, help="With --until-settled: what the comparison with the "
-                                           "FP32 reference decides on: accuracy (top-1 error), ece (Brier score), nll, auroc, "
-                                           "auroc:SET, auroc:worst, worst-group")] = "ece",
-    margin: Annotated[list[str] | None, typer.Option(parser=MARGIN, help="With --until-settled: equivalence margin "
-                                                     "METRIC=VALUE, as for pick")] = None,
+                                           f"FP32 reference decides on: {SETTLE_OBJECTIVES}")] = "ece",
+    margin: SettleMarginOption = None,
     *,
     until: SettleSettings | None,
 ) -> None:

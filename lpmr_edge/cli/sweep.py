@@ -10,12 +10,11 @@ import typer
 from typer.core import TyperGroup
 
 from lpmr_edge.cli.app import app
-from lpmr_edge.cli.core import JsonOption, with_settle_options
+from lpmr_edge.cli.core import SETTLE_OBJECTIVES, JsonOption, SettleMarginOption, with_settle_options
 from lpmr_edge.cli.params import (
     ENGINE,
     EXISTING_FILE,
     EXPORT_FORMAT,
-    MARGIN,
     OBJECTIVE,
     OUTPUT_DIR,
     POSITIVE_INT,
@@ -58,10 +57,8 @@ def run_command(
     out: Annotated[Path | None, typer.Option(parser=OUTPUT_DIR, help="Output directory (default: the sweep file's 'out')")] = None,
     json_output: JsonOption = False,
     objective: Annotated[str, typer.Option(parser=OBJECTIVE, help="With --until-settled: what each group's decision is "
-                                           "on: accuracy | ece | nll | auroc | auroc:SET | auroc:worst | "
-                                           "worst-group")] = "ece",
-    margin: Annotated[list[str] | None, typer.Option(parser=MARGIN, help="With --until-settled: equivalence margin "
-                                                     "METRIC=VALUE, as for pick")] = None,
+                                           f"on: {SETTLE_OBJECTIVES}")] = "ece",
+    margin: SettleMarginOption = None,
     *,
     until: SettleSettings | None,
 ) -> None:
