@@ -27,7 +27,6 @@ what it computes in a serial run (``jobs=1``, in this process), so results do no
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import platform
@@ -241,22 +240,13 @@ def _suite_work(plan: RunPlan, target: Target, artifact: Path, log: Log, progres
         runtime.close()
 
 
-def _portable(settled: Settled) -> Settled:
-    """``settled`` without its loss function (a lambda does not pickle); ``_restored`` puts it back."""
-    return dataclasses.replace(settled, loss=None)  # type: ignore[arg-type]
-
-
-def _restored(settled: Settled) -> Settled:
-    return dataclasses.replace(settled, loss=objective_loss(settled.objective))
-
-
 def _settle_work(plan: RunPlan, target: Target, artifacts: Sequence[Path], log: Log, progress: Progress | None,
                  inputs: Mapping[str, Any]) -> Settled:
-    return _portable(_settle_target(plan, target, artifacts, plan.out / "results" / target.name, log, progress))
+    return _settle_target(plan, target, artifacts, plan.out / "results" / target.name, log, progress)
 
 
 def _reference_work(plan: RunPlan, log: Log, progress: Progress | None, inputs: Mapping[str, Any]) -> None:
-    settled = {name.split(" ", 1)[1]: _restored(value[1]) for name, value in inputs.items()
+    settled = {name.split(" ", 1)[1]: value[1] for name, value in inputs.items()
                if name.startswith("settle ")}
     _evaluate_reference(plan, plan.out / "results" / "host" / "torch-fp32", settled, log, progress)
 
@@ -393,6 +383,6 @@ def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> Ru
                                 "fix that and run the same command again: finished steps are kept")
             write_report([results_root], plan.out / "report", plan.constraints)
             done(1)
-    settled = {name.split(" ", 1)[1]: _restored(outcome.value[1]) for name, outcome in outcomes.items()
+    settled = {name.split(" ", 1)[1]: outcome.value[1] for name, outcome in outcomes.items()
                if name.startswith("settle ")}
     return RunOutcome(pick(load_results([results_root]), plan.constraints), settled)

@@ -170,9 +170,13 @@ class Settled:
     decision: SettlingDecision
     records: dict[str, EvaluationRecord]
     stopped: str
-    loss: ObjectiveLoss
     objective: str
     plan: VisitPlan | None = field(default=None, compare=False)
+
+    @property
+    def loss(self) -> ObjectiveLoss:
+        """The per-sample loss the objective is settled on (derived, so a Settled pickles: no function held)."""
+        return objective_loss(self.objective)
 
     @property
     def record(self) -> EvaluationRecord:
@@ -390,7 +394,7 @@ def settle(candidates: Mapping[str, Candidate], record_path: Path, settings: Eva
             if not decision.settled and until.deadline is not None and time.monotonic() >= until.deadline:
                 stopped = "budget"
                 break
-    return Settled(decision, records, stopped, loss, objective, plan)
+    return Settled(decision, records, stopped, objective, plan)
 
 
 def evaluate_seen(settled: Settled, name: str, candidate: Candidate, settings: EvalSettings,
