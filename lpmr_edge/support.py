@@ -8,6 +8,7 @@ a finished cell is read back, not redone. A failing step is recorded as a one-li
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -106,6 +107,24 @@ def _latency(artifact: Path, fp32_artifact: Path | None, settings: SupportSettin
     return latency
 
 
+def _load() -> float:
+    """The 1-minute load average (the machine may be shared: every figure carries it)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def _measurements(artifact: Path, fp32_artifact: Path | None, settings: SupportSettings) -> dict[str, Any]:
+    """Parity and latency of an exported cell, with when they were taken and the load average around them."""
+    measured: dict[str, Any] = {"measured": now_utc()}
+    load_before = _load()
+    for name, measure in (("parity", lambda: _parity(artifact, settings)),
+                          ("latency", lambda: _latency(artifact, fp32_artifact, settings))):
+        try:
+            measured[name] = measure()
+        except Exception as error:  # noqa: BLE001 — any failure is this cell's result, reported in one line
+            measured[f"{name}_error"] = one_line(error)
+    return {**measured, "measured_load": [load_before, _load()]}
+
+
 def measure_cell(architecture: str, runtime: str, precision: str, settings: SupportSettings,
                  out_root: Path, fp32_artifact: Path | None = None) -> dict[str, Any]:
     """Export one cell and measure it; every failing step is a one-line reason, never an exception."""
@@ -113,44 +132,51 @@ def measure_cell(architecture: str, runtime: str, precision: str, settings: Supp
     from lpmr_edge.targets import load_target
 
     cell: dict[str, Any] = {"architecture": architecture, "model": model_spec(architecture), "runtime": runtime,
-                            "precision": precision, "created": now_utc()}
+                            "precision": precision, "created": now_utc(), "export_load": _load()}
     started = time.perf_counter()
     try:
         request = ExportRequest(model=cell["model"], target=load_target(settings.target), runtime=runtime,
                                 precision=precision)
         artifact, reused = export_artifact(request, out_root)
-    except Exception as error:  # noqa: BLE001 — any failure is this cell's result, reported in one line
+    except Exception as error:  # noqa: BLE001 — as above
         return {**cell, "exports": False, "error": one_line(error),
                 "export_seconds": round(time.perf_counter() - started, 1)}
     cell.update(exports=True, export_seconds=None if reused else round(time.perf_counter() - started, 1),
                 artifact=str(artifact),
                 delegation=_delegation(read_json(artifact / MANIFEST_NAME, "artifact manifest")))
-    for name, measure in (("parity", lambda: _parity(artifact, settings)),
-                          ("latency", lambda: _latency(artifact, fp32_artifact, settings))):
-        try:
-            cell[name] = measure()
-        except Exception as error:  # noqa: BLE001 — as above
-            cell[f"{name}_error"] = one_line(error)
-    return cell
+    return {**cell, **_measurements(artifact, fp32_artifact, settings)}
+
+
+def remeasure_cell(cell: dict[str, Any], settings: SupportSettings, fp32_artifact: Path | None) -> dict[str, Any]:
+    """A stored, exported cell with parity and latency measured again; its export record is kept as it was."""
+    kept = {key: value for key, value in cell.items()
+            if key not in ("parity", "latency", "parity_error", "latency_error", "measured", "measured_load")}
+    return {**kept, **_measurements(Path(cell["artifact"]), fp32_artifact, settings)}
 
 
 def run_support(architectures: Sequence[str] = ARCHITECTURES, cells: Sequence[tuple[str, str]] = CELLS,
                 settings: SupportSettings = SupportSettings(), root: Path = DEFAULT_ROOT,
-                log: Log | None = None) -> dict[str, Any]:
+                log: Log | None = None, remeasure_before: str | None = None) -> dict[str, Any]:
     """Measure every (cell, architecture) not yet stored under ``root`` (cell by cell across architectures, so
     the cheap columns finish first) and return the matrix. Quantized cells time against their runtime's FP32
-    artifact when that cell exported."""
+    artifact when that cell exported. With ``remeasure_before`` (an ISO UTC time), stored cells that exported
+    and were measured before it get parity and latency measured again (e.g. on a quieter machine), exports
+    kept; an interrupted re-measurement resumes with the same time."""
     report = log or (lambda message: None)
     for runtime, precision in cells:
         for architecture in architectures:
             path = cell_path(root, architecture, runtime, precision)
-            if path.is_file():
+            stored = read_cell(root, architecture, runtime, precision)
+            stale = (stored is not None and remeasure_before is not None and stored.get("exports")
+                     and stored.get("measured", stored["created"]) < remeasure_before)
+            if stored is not None and not stale:
                 continue
-            report(f"{architecture}: {runtime} {precision}")
+            report(f"{architecture}: {runtime} {precision}" + (" (re-measured)" if stale else ""))
             fp32 = read_cell(root, architecture, runtime, "fp32")
             fp32_artifact = Path(fp32["artifact"]) if fp32 and fp32.get("exports") else None
-            atomic_write_json(path, measure_cell(architecture, runtime, precision, settings,
-                                                 artifacts_root(root, architecture), fp32_artifact))
+            atomic_write_json(path, remeasure_cell(stored, settings, fp32_artifact) if stale else
+                              measure_cell(architecture, runtime, precision, settings,
+                                           artifacts_root(root, architecture), fp32_artifact))
     return support_matrix(architectures, cells, settings, root)
 
 
@@ -172,7 +198,7 @@ def support_matrix(architectures: Sequence[str], cells: Sequence[tuple[str, str]
 
 
 TABLE_COLUMNS = ("architecture", "runtime", "precision", "exports", "export s", "image cos min", "top-1 agr.",
-                 "delegated", "not delegated", "image b1 ms", "vs fp32", "note")
+                 "delegated", "not delegated", "image b1 ms", "vs fp32", "load", "note")
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -191,7 +217,8 @@ def table_rows(matrix: dict[str, Any]) -> list[list[str]]:
                      _number(cell.get("export_seconds"), 0), _number(parity.get("image_cosine_min"), 4),
                      _number(parity.get("top1_agreement"), 3),
                      "—" if delegation is None else f"{delegation['fraction']:.1%}", left_out or "—",
-                     _number(latency.get("image_b1_ms"), 1), _number(latency.get("ratio_to_fp32"), 2), note or ""])
+                     _number(latency.get("image_b1_ms"), 1), _number(latency.get("ratio_to_fp32"), 2),
+                     _number(max(cell["measured_load"]) if "measured_load" in cell else None, 1), note or ""])
     return rows
 
 
@@ -200,7 +227,8 @@ def markdown_table(matrix: dict[str, Any]) -> str:
     machine, settings = matrix["machine"], matrix["settings"]
     heading = (f"Measured {matrix['created'][:10]} on {machine['cpu']} ({machine['arch']}, {machine['cores']} "
                f"cores), {settings['threads']} threads, target `{settings['target']}`; parity on "
-               f"{settings['parity_images']} `{settings['dataset']}` images; random weights (`random:ARCH`).")
+               f"{settings['parity_images']} `{settings['dataset']}` images; random weights (`random:ARCH`); `load`: "
+               "the 1-minute load average around the cell's parity and latency (the higher of before and after).")
     lines = [heading, "",
              "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(matrix)]

@@ -25,11 +25,14 @@ def support_command(
     root: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Where cells (JSON) and artifacts are stored; finished cells are "
                                             "not redone")] = Path("lpmr-results/support"),
     stored: Annotated[bool, typer.Option("--stored", help="Only show the stored cells; measure nothing")] = False,
+    remeasure: Annotated[bool, typer.Option("--remeasure", help="Measure parity and latency of the stored cells again "
+                                            "(exports kept), e.g. on a quieter machine")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the matrix as a Markdown table")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Export each architecture at each runtime-precision, check parity with torch FP32, report ExecuTorch
     delegation and batch-1 image latency against FP32; failing cells show a one-line reason."""
+    from lpmr_edge.manifest import now_utc
     from lpmr_edge.support import (
         ARCHITECTURES,
         CELLS,
@@ -47,7 +50,7 @@ def support_command(
     settings = SupportSettings(target=target, parity_images=parity_images)
     log = (lambda message: console.print(message, highlight=False))
     matrix = support_matrix(architectures, cells, settings, root) if stored else \
-        run_support(architectures, cells, settings, root, log)
+        run_support(architectures, cells, settings, root, log, remeasure_before=now_utc() if remeasure else None)
     if json_output:
         print_json(matrix)
     elif markdown:
