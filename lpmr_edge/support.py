@@ -112,17 +112,14 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def _measurements(artifact: Path, fp32_artifact: Path | None, settings: SupportSettings) -> dict[str, Any]:
-    """Parity and latency of an exported cell, with when they were taken and the load average around them."""
-    measured: dict[str, Any] = {"measured": now_utc()}
-    load_before = _load()
-    for name, measure in (("parity", lambda: _parity(artifact, settings)),
-                          ("latency", lambda: _latency(artifact, fp32_artifact, settings))):
-        try:
-            measured[name] = measure()
-        except Exception as error:  # noqa: BLE001 — any failure is this cell's result, reported in one line
-            measured[f"{name}_error"] = one_line(error)
-    return {**measured, "measured_load": [load_before, _load()]}
+def _measured(name: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``{name: measure()}`` with when and at which load average it ran, or ``{name_error: reason}``."""
+    load_before, measured = _load(), now_utc()
+    try:
+        result: dict[str, Any] = {name: measure()}
+    except Exception as error:  # noqa: BLE001 — any failure is this cell's result, reported in one line
+        result = {f"{name}_error": one_line(error)}
+    return {**result, f"{name}_measured": measured, f"{name}_load": [load_before, _load()]}
 
 
 def measure_cell(architecture: str, runtime: str, precision: str, settings: SupportSettings,
@@ -144,14 +141,14 @@ def measure_cell(architecture: str, runtime: str, precision: str, settings: Supp
     cell.update(exports=True, export_seconds=None if reused else round(time.perf_counter() - started, 1),
                 artifact=str(artifact),
                 delegation=_delegation(read_json(artifact / MANIFEST_NAME, "artifact manifest")))
-    return {**cell, **_measurements(artifact, fp32_artifact, settings)}
+    return {**cell, **_measured("parity", lambda: _parity(artifact, settings)),
+            **_measured("latency", lambda: _latency(artifact, fp32_artifact, settings))}
 
 
-def remeasure_cell(cell: dict[str, Any], settings: SupportSettings, fp32_artifact: Path | None) -> dict[str, Any]:
-    """A stored, exported cell with parity and latency measured again; its export record is kept as it was."""
-    kept = {key: value for key, value in cell.items()
-            if key not in ("parity", "latency", "parity_error", "latency_error", "measured", "measured_load")}
-    return {**kept, **_measurements(Path(cell["artifact"]), fp32_artifact, settings)}
+def remeasure_latency(cell: dict[str, Any], settings: SupportSettings, fp32_artifact: Path | None) -> dict[str, Any]:
+    """A stored, exported cell with its latency timed again (parity is deterministic and the export is kept)."""
+    kept = {key: value for key, value in cell.items() if not key.startswith("latency")}
+    return {**kept, **_measured("latency", lambda: _latency(Path(cell["artifact"]), fp32_artifact, settings))}
 
 
 def run_support(architectures: Sequence[str] = ARCHITECTURES, cells: Sequence[tuple[str, str]] = CELLS,
@@ -160,21 +157,21 @@ def run_support(architectures: Sequence[str] = ARCHITECTURES, cells: Sequence[tu
     """Measure every (cell, architecture) not yet stored under ``root`` (cell by cell across architectures, so
     the cheap columns finish first) and return the matrix. Quantized cells time against their runtime's FP32
     artifact when that cell exported. With ``remeasure_before`` (an ISO UTC time), stored cells that exported
-    and were measured before it get parity and latency measured again (e.g. on a quieter machine), exports
-    kept; an interrupted re-measurement resumes with the same time."""
+    and were timed before it are timed again (e.g. on a quieter machine); an interrupted re-timing resumes
+    when given the same time."""
     report = log or (lambda message: None)
     for runtime, precision in cells:
         for architecture in architectures:
             path = cell_path(root, architecture, runtime, precision)
             stored = read_cell(root, architecture, runtime, precision)
             stale = (stored is not None and remeasure_before is not None and stored.get("exports")
-                     and stored.get("measured", stored["created"]) < remeasure_before)
+                     and stored.get("latency_measured", stored["created"]) < remeasure_before)
             if stored is not None and not stale:
                 continue
-            report(f"{architecture}: {runtime} {precision}" + (" (re-measured)" if stale else ""))
+            report(f"{architecture}: {runtime} {precision}" + (" (latency re-timed)" if stale else ""))
             fp32 = read_cell(root, architecture, runtime, "fp32")
             fp32_artifact = Path(fp32["artifact"]) if fp32 and fp32.get("exports") else None
-            atomic_write_json(path, remeasure_cell(stored, settings, fp32_artifact) if stale else
+            atomic_write_json(path, remeasure_latency(stored, settings, fp32_artifact) if stale else
                               measure_cell(architecture, runtime, precision, settings,
                                            artifacts_root(root, architecture), fp32_artifact))
     return support_matrix(architectures, cells, settings, root)
@@ -218,7 +215,7 @@ def table_rows(matrix: dict[str, Any]) -> list[list[str]]:
                      _number(parity.get("top1_agreement"), 3),
                      "—" if delegation is None else f"{delegation['fraction']:.1%}", left_out or "—",
                      _number(latency.get("image_b1_ms"), 1), _number(latency.get("ratio_to_fp32"), 2),
-                     _number(max(cell["measured_load"]) if "measured_load" in cell else None, 1), note or ""])
+                     _number(max(cell["latency_load"]) if "latency_load" in cell else None, 1), note or ""])
     return rows
 
 
@@ -228,7 +225,7 @@ def markdown_table(matrix: dict[str, Any]) -> str:
     heading = (f"Measured {matrix['created'][:10]} on {machine['cpu']} ({machine['arch']}, {machine['cores']} "
                f"cores), {settings['threads']} threads, target `{settings['target']}`; parity on "
                f"{settings['parity_images']} `{settings['dataset']}` images; random weights (`random:ARCH`); `load`: "
-               "the 1-minute load average around the cell's parity and latency (the higher of before and after).")
+               "the 1-minute load average around the cell's latency (the higher of before and after).")
     lines = [heading, "",
              "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(matrix)]

@@ -66,25 +66,27 @@ def test_stored_cells_are_not_redone(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "| " + " | ".join(TABLE_COLUMNS) + " |" in table and "Not run: RN50 (openvino int8)." in table
 
 
-def test_remeasure_redoes_parity_and_latency_of_older_cells_and_keeps_their_export(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_remeasure_retimes_older_cells_and_keeps_their_export_and_parity(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
     exported = {"architecture": "RN50", "model": "random:RN50", "runtime": "openvino", "precision": "fp32",
                 "exports": True, "export_seconds": 51.6, "artifact": str(tmp_path / "art"), "delegation": None,
-                "created": "2026-12-01T19:00:00+00:00", "latency": {"image_b1_ms": 350.0, "threads": 2}}
+                "created": "2026-12-01T19:00:00+00:00", "parity": {"image_cosine_min": 1.0},
+                "latency": {"image_b1_ms": 350.0, "threads": 2}}
     failed = {**exported, "precision": "int8", "exports": False, "error": "stored earlier"}
-    recent = {**exported, "precision": "int4-w", "measured": "2026-12-01T23:00:00+00:00"}
+    recent = {**exported, "precision": "int4-w", "latency_measured": "2026-12-01T23:00:00+00:00"}
     for cell in (exported, failed, recent):
         atomic_write_json(cell_path(tmp_path, "RN50", "openvino", cell["precision"]), cell)
-    monkeypatch.setattr(support, "_parity", lambda artifact, settings: {"image_cosine_min": 1.0})
-    monkeypatch.setattr(support, "_latency", lambda artifact, fp32, settings: {"image_b1_ms": 50.0, "fp32": fp32})
+    monkeypatch.setattr(support, "_parity", lambda artifact, settings: pytest.fail("parity was redone"))
+    monkeypatch.setattr(support, "_latency", lambda artifact, fp32, settings: {"image_b1_ms": 50.0, "fp32": str(fp32)})
     cells = [("openvino", "fp32"), ("openvino", "int8"), ("openvino", "int4-w")]
     matrix = run_support(["RN50"], cells, FAST, tmp_path, remeasure_before="2026-12-01T22:00:00+00:00")
-    remeasured, still_failed, untouched = matrix["cells"]
-    assert remeasured["latency"] == {"image_b1_ms": 50.0, "fp32": str(tmp_path / "art")}  # timed against its FP32
-    assert remeasured["parity"] == {"image_cosine_min": 1.0} and len(remeasured["measured_load"]) == 2
-    assert {key: remeasured[key] for key in exported if key != "latency"} == {
+    retimed, still_failed, untouched = matrix["cells"]
+    assert retimed["latency"] == {"image_b1_ms": 50.0, "fp32": str(tmp_path / "art")}  # timed against its FP32
+    assert retimed["latency_measured"] > "2026-12-01T22:00" and len(retimed["latency_load"]) == 2
+    assert {key: value for key, value in retimed.items() if not key.startswith("latency")} == {
         key: value for key, value in exported.items() if key != "latency"}
     assert still_failed == failed and untouched == recent
+    assert table_rows(matrix)[0][TABLE_COLUMNS.index("load")] == f"{max(retimed['latency_load']):.1f}"
 
 
 @pytest.mark.slow

@@ -25,8 +25,8 @@ def support_command(
     root: Annotated[Path, typer.Option(parser=OUTPUT_DIR, help="Where cells (JSON) and artifacts are stored; finished cells are "
                                             "not redone")] = Path("lpmr-results/support"),
     stored: Annotated[bool, typer.Option("--stored", help="Only show the stored cells; measure nothing")] = False,
-    remeasure: Annotated[bool, typer.Option("--remeasure", help="Measure parity and latency of the stored cells again "
-                                            "(exports kept), e.g. on a quieter machine")] = False,
+    remeasure: Annotated[bool, typer.Option("--remeasure", help="Time the stored cells' latency again (exports and "
+                                            "parity kept), e.g. on a quieter machine")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the matrix as a Markdown table")] = False,
     json_output: JsonOption = False,
 ) -> None:
