@@ -130,7 +130,7 @@ def measure_cell(architecture: str, runtime: str, precision: str, settings: Supp
 
     cell: dict[str, Any] = {"architecture": architecture, "model": model_spec(architecture), "runtime": runtime,
                             "precision": precision, "created": now_utc(), "export_load": _load()}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         request = ExportRequest(model=cell["model"], target=load_target(settings.target), runtime=runtime,
                                 precision=precision)
@@ -139,6 +139,7 @@ def measure_cell(architecture: str, runtime: str, precision: str, settings: Supp
         return {**cell, "exports": False, "error": one_line(error),
                 "export_seconds": round(time.perf_counter() - started, 1)}
     cell.update(exports=True, export_seconds=None if reused else round(time.perf_counter() - started, 1),
+                export_cpu_seconds=None if reused else round(time.process_time() - cpu_started, 1),
                 artifact=str(artifact),
                 delegation=_delegation(read_json(artifact / MANIFEST_NAME, "artifact manifest")))
     return {**cell, **_measured("parity", lambda: _parity(artifact, settings)),
@@ -194,7 +195,7 @@ def support_matrix(architectures: Sequence[str], cells: Sequence[tuple[str, str]
                         for key, cell in stored.items() if cell is None]}
 
 
-TABLE_COLUMNS = ("architecture", "runtime", "precision", "exports", "export s", "image cos min", "top-1 agr.",
+TABLE_COLUMNS = ("architecture", "runtime", "precision", "exports", "export s (CPU s)", "image cos min", "top-1 agr.",
                  "delegated", "not delegated", "image b1 ms", "vs fp32", "load", "note")
 
 
@@ -211,7 +212,9 @@ def table_rows(matrix: dict[str, Any]) -> list[list[str]]:
                              for op, count in (delegation or {}).get("non_delegated", {}).items())
         note = cell.get("error") or "; ".join(cell[key] for key in ("parity_error", "latency_error") if key in cell)
         rows.append([cell["architecture"], cell["runtime"], cell["precision"], "yes" if cell["exports"] else "no",
-                     _number(cell.get("export_seconds"), 0), _number(parity.get("image_cosine_min"), 4),
+                     _number(cell.get("export_seconds"), 0) + (f" ({cell['export_cpu_seconds']:.0f})"
+                                                               if cell.get("export_cpu_seconds") else ""),
+                     _number(parity.get("image_cosine_min"), 4),
                      _number(parity.get("top1_agreement"), 3),
                      "—" if delegation is None else f"{delegation['fraction']:.1%}", left_out or "—",
                      _number(latency.get("image_b1_ms"), 1), _number(latency.get("ratio_to_fp32"), 2),
