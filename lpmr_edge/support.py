@@ -9,6 +9,7 @@ a finished cell is read back, not redone. A failing step is recorded as a one-li
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -107,6 +108,13 @@ def _latency(artifact: Path, fp32_artifact: Path | None, settings: SupportSettin
     return latency
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (exports lower towers in child
+    processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _load() -> float:
     """The 1-minute load average (the machine may be shared: every figure carries it)."""
     return round(os.getloadavg()[0], 2)
@@ -130,7 +138,7 @@ def measure_cell(architecture: str, runtime: str, precision: str, settings: Supp
 
     cell: dict[str, Any] = {"architecture": architecture, "model": model_spec(architecture), "runtime": runtime,
                             "precision": precision, "created": now_utc(), "export_load": _load()}
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     try:
         request = ExportRequest(model=cell["model"], target=load_target(settings.target), runtime=runtime,
                                 precision=precision)
@@ -139,7 +147,7 @@ def measure_cell(architecture: str, runtime: str, precision: str, settings: Supp
         return {**cell, "exports": False, "error": one_line(error),
                 "export_seconds": round(time.perf_counter() - started, 1)}
     cell.update(exports=True, export_seconds=None if reused else round(time.perf_counter() - started, 1),
-                export_cpu_seconds=None if reused else round(time.process_time() - cpu_started, 1),
+                export_cpu_seconds=None if reused else round(_cpu_seconds() - cpu_started, 1),
                 artifact=str(artifact),
                 delegation=_delegation(read_json(artifact / MANIFEST_NAME, "artifact manifest")))
     return {**cell, **_measured("parity", lambda: _parity(artifact, settings)),
