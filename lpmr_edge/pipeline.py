@@ -106,14 +106,13 @@ def _preprocessed() -> PreprocessedSets:
 
 def _holds_result(out_dir: Path, identity: str, suite: str, sequential: dict | None = None) -> bool:
     """True if ``out_dir`` holds a finished result of a runtime of this ``identity`` with ``suite``'s settings
-    and ``metrics["sequential"]`` (None: a full evaluation)."""
+    (by content) and ``metrics["sequential"]`` (None: a full evaluation)."""
     metrics, manifest = out_dir / METRICS_FILE, out_dir / MANIFEST_NAME
     if not (metrics.is_file() and manifest.is_file()):
         return False
     stored = read_json(metrics, "metrics")
     return read_json(manifest, "results manifest").get("runtime", {}).get("identity") == identity \
         and sha256_json(stored.get("suite")) == sha256_json(asdict(load_suite(suite))) \
-        and stored.get("settings") == asdict(EvalSettings(suite=suite)) \
         and stored["metrics"].get("sequential") == sequential
 
 
