@@ -137,10 +137,14 @@ def same_outputs_result(results_root: Path, identity: str, suite: str, out_dir: 
     machine = machine_info()
     for candidate in sorted(results_root.glob(f"*/*/{METRICS_FILE}")):
         directory = candidate.parent  # not a staging directory (hidden) of a result being written
-        if not directory.name.startswith(".") and directory.resolve() != out_dir.resolve() \
-                and _holds_result(directory, identity, suite) \
-                and read_json(directory / MANIFEST_NAME, "results manifest").get("machine") == machine:
-            return directory
+        if directory.name.startswith(".") or directory.resolve() == out_dir.resolve():
+            continue
+        try:  # another step may be replacing it right now: then it is not a source
+            if _holds_result(directory, identity, suite) \
+                    and read_json(directory / MANIFEST_NAME, "results manifest").get("machine") == machine:
+                return directory
+        except UserError:
+            continue
     return None
 
 
