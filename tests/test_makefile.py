@@ -1,0 +1,47 @@
+"""The Makefile's set-up split: `make demo` installs only what the demo uses, `make test` everything."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+DEBIAN_PACKAGES = {"dataset-fashion-mnist", "chromium", "openssh-server", "g++-aarch64-linux-gnu"}
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+
+
+def _dry_run(target: str, tmp_path: Path) -> str:
+    """``make -n target`` in a copy of the project's Makefile with an up-to-date virtualenv and every system
+    file it checks pointed at a missing path, so each install it would make shows in the commands."""
+    project = tmp_path / target
+    project.mkdir()
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / name, project / name)
+    stamp = project / ".venv" / ".installed"
+    stamp.parent.mkdir()
+    stamp.touch()
+    later = stamp.stat().st_mtime + 10
+    os.utime(stamp, (later, later))
+    missing = {name: str(tmp_path / "missing" / name.lower()) for name in ("FMNIST", "CHROMIUM", "SSHD", "CROSS_CXX")}
+    done = subprocess.run(["make", "-n", target, *(f"{name}={path}" for name, path in missing.items())],
+                          cwd=project, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def _installed(commands: str) -> set[str]:
+    return {package for package in DEBIAN_PACKAGES if f"apt-get install -y -qq {package}" in commands}
+
+
+def test_demo_installs_only_what_the_run_uses(tmp_path: Path):
+    commands = _dry_run("demo", tmp_path)
+    assert _installed(commands) == {"dataset-fashion-mnist"}
+    assert "lpmr-edge run --model lpmr-tiny-fmnist --target x86 --target arm" in commands
+
+
+def test_test_and_setup_install_every_system_package(tmp_path: Path):
+    assert _installed(_dry_run("test", tmp_path)) == DEBIAN_PACKAGES
+    assert _installed(_dry_run("setup", tmp_path)) == DEBIAN_PACKAGES

@@ -1,0 +1,54 @@
+"""`lpmr-edge run` does not run the same images twice through a runtime of the same identity: a second result
+directory takes the first's per-sample outputs (byte for byte), scores the same metrics and says so."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lpmr_edge.models import load_model
+from lpmr_edge.pipeline import evaluate_reusing, same_outputs_result
+from lpmr_edge.runtimes.torch_runtime import TorchRuntime
+from lpmr_edge.suite import EvalSettings, evaluate
+
+SUITE = """
+limit = 120
+bootstrap_resamples = 50
+
+[ood]
+sets = ["digits"]
+
+[corruptions]
+kinds = ["gaussian_noise"]
+severities = [3]
+images = 20
+"""
+
+
+def test_a_result_of_the_same_identity_gives_its_outputs(tmp_path: Path):
+    (tmp_path / "small.toml").write_text(SUITE)
+    suite = str(tmp_path / "small.toml")
+    results = tmp_path / "run" / "results"
+    first, second = results / "x86" / "torch-fp32", results / "arm" / "torch-fp32"
+    runtime = TorchRuntime(load_model("lpmr-tiny-fmnist"))
+    evaluate(runtime, first, EvalSettings(suite=suite))
+
+    assert same_outputs_result(results, runtime.identity, suite, first) is None  # not its own source
+    assert same_outputs_result(results, "another identity", suite, second) is None
+    assert same_outputs_result(results, runtime.identity, "quick", second) is None  # another suite
+    assert same_outputs_result(results, runtime.identity, suite, second) == first
+
+    ran, lines = runtime.call_seconds, []
+    evaluate_reusing(runtime, second, first, suite, lines.append, None)
+    assert runtime.call_seconds == ran, "the runtime ran again"
+    assert lines == ["  suite: per-sample outputs of results/x86/torch-fp32 reused (same runtime identity)"]
+    outputs = sorted(path.name for path in (first / "outputs").glob("*.npz"))
+    assert outputs == sorted(path.name for path in (second / "outputs").glob("*.npz")) and len(outputs) == 3  # id, ood-digits, one corruption
+    for name in outputs:
+        assert (second / "outputs" / name).read_bytes() == (first / "outputs" / name).read_bytes(), name
+    scored = [json.loads((directory / "metrics.json").read_text()) for directory in (first, second)]
+    assert [{k: v for k, v in metrics.items() if k != "created"} for metrics in scored] == \
+        [{k: v for k, v in scored[0].items() if k != "created"}] * 2
+    reused = json.loads((second / "manifest.json").read_text())["reused_outputs"]
+    assert reused["from"] == "results/x86/torch-fp32" and reused["sets"] == [name[:-4] for name in outputs]
+    assert "reused_outputs" not in json.loads((first / "manifest.json").read_text())
+    assert not [path for path in second.parent.iterdir() if path.name.startswith(".")], "staging left behind"
