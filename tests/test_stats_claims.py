@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-from lpmr_edge.stats import HOLDS, Evidence, MetricRule, bca_estimates, claim_verdicts, paired_metric_decisions
+from lpmr_edge.stats import (
+    HOLDS,
+    Evidence,
+    MetricRule,
+    bca_estimates,
+    claim_verdicts,
+    paired_metric_decisions,
+)
 from lpmr_edge.suite.families.ood import CLASS_SPLIT, OodProbes
 
 ALPHA, DRAWS = 0.05, 200
