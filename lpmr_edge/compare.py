@@ -5,6 +5,9 @@ rows (samples) of both results are resampled together, with the same stratificat
 (``lpmr_edge.stats.paired_metric_decisions``); its ``p_value`` is the two-sided paired bootstrap test
 that inverts that interval. A change is significant when the interval excludes 0 (p < 5%); "improved"
 respects each metric's direction (each family's ``MetricSpec``). Accuracy also gets an exact McNemar test.
+Given a practical margin m per metric (``margins``, by metric key; default 0), each delta also carries
+``p_beyond_margin`` (two-sided test that |delta| > m: p < 5% iff the interval lies wholly beyond ±m) and
+``p_equivalence`` (TOST within ±m; None at m = 0), and its verdict is "equivalent within ±m" when TOST rejects.
 """
 from __future__ import annotations
 
@@ -19,9 +22,8 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.results import read_result
 from lpmr_edge.stats import (
     BCA,
-    BETTER,
     CONFIDENCE,
-    WORSE,
+    EQUIVALENT,
     MetricRule,
     PairedDecision,
     mcnemar_exact,
@@ -35,22 +37,26 @@ from lpmr_edge.suite.run import load_suite_outputs, suite_probes
 
 def _delta(label: str, spec: MetricSpec, decision: PairedDecision) -> dict[str, Any]:
     delta, ci = decision.difference, list(decision.ci) if decision.ci else [None, None]
-    significant = decision.decision in (BETTER, WORSE)
+    significant = decision.p_superiority < 1.0 - CONFIDENCE
     lower_is_better = not spec.higher_is_better
-    verdict = ("no significant change" if not significant
-               else "improved" if decision.decision == BETTER else "worsened")
+    verdict = (f"equivalent within ±{decision.margin:g}" if decision.decision == EQUIVALENT
+               else "no significant change" if not significant
+               else "improved" if spec.better(delta, 0.0) else "worsened")
     interval = "undefined" if ci[0] is None else f"{ci[0]:+.4f} to {ci[1]:+.4f}"
     amount = f" by {abs(delta):.4f}" if significant else ""
     return {"label": label, "metric": spec.key, "result": decision.value, "reference": decision.reference_value, "delta": delta,
             "ci": ci, "ci_method": BCA, "p_value": decision.p_superiority, "n": decision.n,
             "significant": significant, "lower_is_better": lower_is_better, "verdict": verdict,
+            "margin": decision.margin, "p_beyond_margin": decision.p_beyond_margin,
+            "p_equivalence": decision.p_equivalence,
             "statement": f"{label}: {verdict}{amount} (delta {delta:+.4f}, {CONFIDENCE:.0%} CI {interval}, "
                          f"p={decision.p_superiority:.3g})"}
 
 
-def _compare_probe(compared: Compared, n_resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+def _compare_probe(compared: Compared, n_resamples: int, seed: int,
+                   margins: Mapping[str, float]) -> dict[str, dict[str, Any]]:
     """Deltas of the compared values of one probe, keyed ``<prefix>.<value name with dots>``."""
-    rules = {name: MetricRule(spec.higher_is_better) for name, _, spec in compared.values}
+    rules = {name: MetricRule(spec.higher_is_better, margins.get(spec.key, 0.0)) for name, _, spec in compared.values}
     decisions = paired_metric_decisions(compared.result.summary, compared.result.tables, compared.reference.tables,
                                         rules, n_resamples=n_resamples, seed=seed)
     return {f"{compared.prefix}.{name.replace('/', '.')}": _delta(label, spec, decisions[name])
@@ -70,8 +76,9 @@ def _check_comparable(result_dir: Path, reference_dir: Path, suite: Any, referen
 
 
 def compare(result_dir: Path, reference_dir: Path, n_resamples: int | None = None, seed: int | None = None,
-            head_fraction: float = DEFAULT_HEAD_FRACTION) -> dict[str, Any]:
-    """Paired deltas (result - reference) with CIs, McNemar tests and the spectral summary."""
+            head_fraction: float = DEFAULT_HEAD_FRACTION, margins: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Paired deltas (result - reference) with CIs, McNemar tests and the spectral summary; ``margins``
+    (metric key -> practical margin in the metric's unit) add the margin tests to each delta."""
     result_dir, reference_dir = Path(result_dir), Path(reference_dir)
     result_meta, reference_meta = read_result(result_dir).raw, read_result(reference_dir).raw
     suite = stored_suite(result_meta, result_dir)
@@ -86,7 +93,7 @@ def compare(result_dir: Path, reference_dir: Path, n_resamples: int | None = Non
     mcnemar: dict[str, Any] = {}
     for family, config in suite.families():
         for compared in family.comparisons(config, mine[family.name], theirs[family.name]):
-            comparison.update(_compare_probe(compared, n_resamples, seed))
+            comparison.update(_compare_probe(compared, n_resamples, seed, margins or {}))
         mcnemar.update({name: mcnemar_exact(*correct)
                         for name, correct in family.mcnemar(mine[family.name], theirs[family.name]).items()})
     spectrum = spectrum_of_results(result_dir, reference_dir, head_fraction)
@@ -95,7 +102,8 @@ def compare(result_dir: Path, reference_dir: Path, n_resamples: int | None = Non
         "suite": suite.name, "resamples": n_resamples, "seed": seed,
         "convention": f"delta = result - reference; {CONFIDENCE:.0%} paired BCa bootstrap interval "
                       f"({n_resamples} resamples, seed {seed}) and the two-sided paired bootstrap test inverting "
-                      "it (p_value); significant when the interval excludes 0",
+                      "it (p_value); significant when the interval excludes 0; p_beyond_margin and p_equivalence "
+                      "test the change against each metric's margin",
         "deltas": comparison, "mcnemar": mcnemar,
         "spectrum": {name: value for name, value in spectrum.items() if name != "per_rank"},
     }

@@ -28,7 +28,7 @@ from scipy.special import ndtr, ndtri
 from lpmr_edge import plots
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_bytes, now_utc
-from lpmr_edge.pick import Constraints, pick
+from lpmr_edge.pick import Constraints, margin_text, pick
 from lpmr_edge.report_document import (
     NOT_MEASURED,
     PLOTS_DIR,
@@ -37,29 +37,32 @@ from lpmr_edge.report_document import (
     render_markdown,
 )
 from lpmr_edge.results import (
-    Estimate,
     Result,
     comparable,
     group_results,
     load_results,
-    mean_estimate,
     reference_for,
 )
 from lpmr_edge.samples import outputs_digest
 from lpmr_edge.stats import Evidence, claim_verdicts
 from lpmr_edge.suite.families import CLAIMS, COMPARISON_METRICS, FAMILIES, METRIC_BY_KEY, METRICS, MetricSpec
+from lpmr_edge.suite.families.base import MEAN
 from lpmr_edge.suite.families.classification import ID_SET
+from lpmr_edge.suite.families.ood import MEAN_OF_SETS
 from lpmr_edge.suite.families.spectrum import spectrum_of_results
 from lpmr_edge.suite.outputs import outputs_path
 
 FORMAT = "lpmr-edge-report/1"
+ALPHA = 0.05  # claim verdicts: family-wise error within a claim
 HTML_FILE, MARKDOWN_FILE, JSON_FILE = "report.html", "report.md", "report.json"
 
 
 @dataclass(frozen=True)
 class Delta:
     """``result - reference`` for one metric, with its 95% CI, whether the change is significant (the CI
-    excludes 0), the two-sided p-value of that test and, for an accuracy, the exact McNemar p."""
+    excludes 0), the two-sided p-value of that test and, for an accuracy, the exact McNemar p. Against the
+    metric's practical ``margin`` m: ``p_beyond_margin`` (two-sided test that |change| > m, p < 5% iff the CI
+    lies wholly beyond ±m) and ``p_equivalence`` (TOST within ±m; None at m = 0)."""
 
     value: float
     ci: tuple[float, float] | None
@@ -68,33 +71,44 @@ class Delta:
     method: str
     p_value: float | None = None
     mcnemar_p: float | None = None
+    margin: float = 0.0
+    p_beyond_margin: float | None = None
+    p_equivalence: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
         return {"value": self.value, "ci": list(self.ci) if self.ci else None, "significant": self.significant,
-                "better": self.better, "method": self.method, "p_value": self.p_value, "mcnemar_p": self.mcnemar_p}
-
-    @property
-    def claim_p(self) -> float | None:
-        """The p-value a claim uses: the exact McNemar p where there is one, else the delta's test."""
-        return self.mcnemar_p if self.mcnemar_p is not None else self.p_value
+                "better": self.better, "method": self.method, "p_value": self.p_value, "mcnemar_p": self.mcnemar_p,
+                "margin": self.margin, "p_beyond_margin": self.p_beyond_margin, "p_equivalence": self.p_equivalence}
 
 
-Comparator = Callable[[Result, Result, MetricSpec], "Delta | None"]
+Comparator = Callable[[Result, Result, MetricSpec, Mapping[str, float]], "Delta | None"]  # margins by metric key
 
 
 def delta_from_interval(spec: MetricSpec, value: float, ci: tuple[float, float] | None, method: str,
-                        p_value: float | None = None, mcnemar_p: float | None = None) -> Delta:
-    """A Delta whose significance is "the CI excludes zero"; without a p-value, the normal approximation
-    of the CI's (two-sided) test."""
+                        p_value: float | None = None, mcnemar_p: float | None = None, margin: float = 0.0,
+                        p_beyond_margin: float | None = None, p_equivalence: float | None = None) -> Delta:
+    """A Delta whose significance is "the CI excludes zero"; p-values not given come from the normal
+    approximation of the CI (its half-width / 1.96 as the standard error): the two-sided test of 0, the
+    two one-sided tests against ±``margin`` (``p_beyond_margin`` = 2 x the smaller) and TOST."""
     significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
-    if p_value is None and ci is not None:
+    if ci is not None and None in (p_value, p_beyond_margin):
         spread = (ci[1] - ci[0]) / (2 * float(ndtri(0.975)))
-        p_value = float(2 * ndtr(-abs(value) / spread)) if spread > 0 else (1.0 if value == 0 else 0.0)
-    return Delta(value, ci, significant, spec.better(value, 0.0), method, p_value, mcnemar_p)
+
+        def p_above(null: float) -> float:  # one-sided p of H0: change <= null
+            return float(ndtr((null - value) / spread)) if spread > 0 else float(value <= null)
+
+        def p_below(null: float) -> float:  # one-sided p of H0: change >= null
+            return float(ndtr((value - null) / spread)) if spread > 0 else float(value >= null)
+
+        p_value = p_value if p_value is not None else min(1.0, 2 * min(p_above(0.0), p_below(0.0)))
+        p_beyond_margin = min(1.0, 2 * min(p_above(margin), p_below(-margin)))
+        p_equivalence = max(p_below(margin), p_above(-margin)) if margin > 0 else None
+    return Delta(value, ci, significant, spec.better(value, 0.0), method, p_value, mcnemar_p, margin,
+                 p_beyond_margin, p_equivalence)
 
 
-def unpaired_delta(result: Result, reference: Result, spec: MetricSpec) -> Delta | None:
+def unpaired_delta(result: Result, reference: Result, spec: MetricSpec, margins: Mapping[str, float]) -> Delta | None:
     """Difference of the two estimates; its CI combines the two CIs' half-widths in quadrature.
 
     Treats the results as independent, which is conservative for results on the same images.
@@ -107,23 +121,26 @@ def unpaired_delta(result: Result, reference: Result, spec: MetricSpec) -> Delta
     if mine.ci and theirs.ci:
         ci = (value - math.hypot(mine.value - mine.ci[0], theirs.ci[1] - theirs.value),
               value + math.hypot(mine.ci[1] - mine.value, theirs.value - theirs.ci[0]))
-    return delta_from_interval(spec, value, ci, "unpaired: difference of bootstrap estimates, CIs combined")
+    return delta_from_interval(spec, value, ci, "unpaired: difference of bootstrap estimates, CIs combined",
+                               margin=margins.get(spec.key, 0.0))
 
 
 class PairedComparator:
     """Deltas from ``lpmr_edge.compare.compare``: a paired bootstrap over the per-sample outputs both
     results stored. Falls back to ``unpaired_delta`` for a pair it cannot compare, recording why in
-    ``fallbacks``. A metric over several instances (e.g. the OOD sets) gets the mean of their deltas (CI: mean of bounds)."""
+    ``fallbacks``. A metric over several instances (the OOD sets) reads compare's delta of their mean,
+    bootstrapped jointly (``ood.mean.*``: the ID images drawn once for all sets)."""
 
     method = "paired bootstrap on the same samples"
 
     def __init__(self, n_resamples: int | None = None) -> None:
         self.n_resamples = n_resamples
         self.fallbacks: dict[str, str] = {}  # "<target> <variant> vs <reference>" -> why
-        self._comparisons: dict[tuple[Path, Path], Mapping[str, Any] | None] = {}
+        self._comparisons: dict[tuple[Path, Path, tuple], Mapping[str, Any] | None] = {}
 
-    def _comparison(self, result: Result, reference: Result) -> Mapping[str, Any] | None:
-        key = (result.directory, reference.directory)
+    def _comparison(self, result: Result, reference: Result, margins: Mapping[str, float]) -> Mapping[str, Any] | None:
+        """compare's output for the pair with ``margins`` (computed once)."""
+        key = (result.directory, reference.directory, tuple(sorted(margins.items())))
         if key in self._comparisons:
             return self._comparisons[key]
         self._comparisons[key] = None
@@ -134,32 +151,35 @@ class PairedComparator:
         from lpmr_edge.compare import compare
 
         try:
-            self._comparisons[key] = compare(result.directory, reference.directory, self.n_resamples)
+            self._comparisons[key] = compare(result.directory, reference.directory, self.n_resamples,
+                                             margins=margins)
         except UserError as error:
             self.fallbacks[pair] = str(error)
         return self._comparisons[key]
 
-    def comparison_only(self, result: Result, reference: Result) -> dict[str, Mapping[str, Any]]:
+    def comparison_only(self, result: Result, reference: Result,
+                        margins: Mapping[str, float]) -> dict[str, Mapping[str, Any]]:
         """The paired deltas of the metrics that exist only against a reference (``COMPARISON_METRICS``, e.g.
         mCE), by compare key; empty when the pair cannot be compared."""
         keys = {spec.key for spec in COMPARISON_METRICS}
-        deltas = (self._comparison(result, reference) or {}).get("deltas", {})
+        deltas = (self._comparison(result, reference, margins) or {}).get("deltas", {})
         return {key: delta for key, delta in deltas.items() if delta.get("metric") in keys}
 
-    def __call__(self, result: Result, reference: Result, spec: MetricSpec) -> Delta | None:
-        comparison = self._comparison(result, reference)
+    def __call__(self, result: Result, reference: Result, spec: MetricSpec,
+                 margins: Mapping[str, float]) -> Delta | None:
+        comparison = self._comparison(result, reference, margins)
         if comparison is None:
-            return unpaired_delta(result, reference, spec)
+            return unpaired_delta(result, reference, spec, margins)
         keys = spec.expand(spec.paired, result.raw["metrics"])
-        entries = [comparison["deltas"].get(key) for key in keys]
-        if not keys or None in entries:
+        if len(keys) > 1:  # the instances' mean, bootstrapped jointly
+            keys = [spec.paired.format(set=MEAN_OF_SETS)] if spec.combine == MEAN else []
+        entry = comparison["deltas"].get(keys[0]) if keys else None
+        if entry is None:
             return None
-        mean = mean_estimate([Estimate(entry["delta"], tuple(entry["ci"]) if None not in entry["ci"] else None)
-                              for entry in entries])
-        p_values = [entry["p_value"] for entry in entries]  # several instances: Bonferroni over them
         mcnemar = comparison["mcnemar"].get(keys[0].split(".")[0]) if keys[0].endswith(".top1") else None
-        return delta_from_interval(spec, mean.value, mean.ci, self.method, min(1.0, len(p_values) * min(p_values)),
-                                   mcnemar["p_value"] if mcnemar else None)
+        return delta_from_interval(spec, entry["delta"], tuple(entry["ci"]) if None not in entry["ci"] else None,
+                                   self.method, entry["p_value"], mcnemar["p_value"] if mcnemar else None,
+                                   entry["margin"], entry["p_beyond_margin"], entry["p_equivalence"])
 
 
 @dataclass(frozen=True)
@@ -218,8 +238,16 @@ def usable(result: Result, spec: MetricSpec) -> bool:
     return estimate is None or estimate.status is None
 
 
-def build_rows(results: Sequence[Result], comparator: Comparator) -> dict[tuple[str, str], list[Row]]:
-    """Every result with its reference, deltas and spectral diagnostic, grouped by (model, target)."""
+def metric_margins(constraints: Constraints) -> dict[str, float]:
+    """The practical margin of every metric under ``constraints`` (``--margin``, else pick's defaults)."""
+    return {spec.key: constraints.margin(spec) for spec in METRICS}
+
+
+def build_rows(results: Sequence[Result], comparator: Comparator,
+               margins: Mapping[str, float] | None = None) -> dict[tuple[str, str], list[Row]]:
+    """Every result with its reference, deltas (tested against ``margins``, default pick's) and spectral
+    diagnostic, grouped by (model, target)."""
+    margins = metric_margins(Constraints()) if margins is None else margins
     rows: dict[tuple[str, str], list[Row]] = {}
     for key, group in group_results(results).items():
         for result in group:
@@ -229,18 +257,29 @@ def build_rows(results: Sequence[Result], comparator: Comparator) -> dict[tuple[
                 continue
             deltas = {spec.key: delta for spec in METRICS
                       if comparable(result, reference, spec) and usable(result, spec) and usable(reference, spec)
-                      and (delta := comparator(result, reference, spec))}
-            compared = (comparator.comparison_only(result, reference) if isinstance(comparator, PairedComparator)
-                        else {})
+                      and (delta := comparator(result, reference, spec, margins))}
+            compared = (comparator.comparison_only(result, reference, margins)
+                        if isinstance(comparator, PairedComparator) else {})
             rows.setdefault(key, []).append(Row(result, reference, deltas, _spectrum(result, reference), compared))
     return rows
+
+
+def claim_rule(spec: MetricSpec, margin: float, alpha: float = ALPHA) -> str:
+    """How ``assess_claims`` judges a claim on ``spec`` with practical ``margin``, in words."""
+    shown = margin_text(spec, margin)
+    return (f"practical margin ±{shown} ({spec.label}): a comparison counts as better or worse only when its "
+            f"{1 - alpha:.0%} paired interval lies wholly beyond +{shown} or -{shown} (two one-sided tests against "
+            f"the margin at {alpha / 2:.1%} each; p = 2 x the smaller), and as equivalent within the margin when its "
+            f"{1 - 2 * alpha:.0%} interval lies inside ±{shown} (TOST at {alpha:.0%}); both families of p-values "
+            f"Holm-corrected within the claim over its unique comparisons")
 
 
 def assess_claims(rows: Mapping[tuple[str, str], Sequence[Row]],
                   digest: Callable[[Result], str | None] = outputs_digest) -> list[dict[str, Any]]:
     """One verdict per claim over all its comparisons (``lpmr_edge.stats.claim_verdicts``, Holm-corrected
-    within the claim). Comparisons whose result and reference both have identical stored outputs
-    (``digest``) to an earlier comparison's count once and are marked ``duplicate_of`` it."""
+    within the claim) by the practical-margin rule of ``claim_rule``, with the margin each delta was tested
+    against. Comparisons whose result and reference both have identical stored outputs (``digest``) to an
+    earlier comparison's count once and are marked ``duplicate_of`` it."""
     digests: dict[Path, str | None] = {}
 
     def pair_hash(row: Row) -> str | None:
@@ -254,22 +293,28 @@ def assess_claims(rows: Mapping[tuple[str, str], Sequence[Row]],
     for claim in CLAIMS:
         spec = METRIC_BY_KEY[claim.metric]
         compared = [(model, target, row, row.deltas[claim.metric]) for (model, target), group in rows.items()
-                    for row in group if claim.metric in row.deltas and row.deltas[claim.metric].claim_p is not None]
+                    for row in group
+                    if claim.metric in row.deltas and row.deltas[claim.metric].p_beyond_margin is not None]
         keys = [f"{target} ({model}): {row.result.variant} vs {row.reference.variant if row.reference else '-'}"
                 for model, target, row, _ in compared]
-        evidence = [Evidence(key, delta.better, delta.claim_p, pair_hash(row))  # type: ignore[arg-type]
-                    for key, (_, _, row, delta) in zip(keys, compared)]
-        judged = claim_verdicts({claim.key: (claim.expectation, evidence)})[claim.key] if evidence else None
+        evidence = [Evidence(key, delta.better, delta.p_beyond_margin, pair_hash(row),  # type: ignore[arg-type]
+                             delta.p_equivalence) for key, (_, _, row, delta) in zip(keys, compared)]
+        judged = claim_verdicts({claim.key: (claim.expectation, evidence)}, alpha=ALPHA)[claim.key] if evidence else None
+        margin = compared[0][3].margin if compared else None  # build_rows tests a metric against one margin
         items = [{"model": model, "target": target, "variant": row.result.variant,
                   "reference": row.reference.variant if row.reference else None, "delta": delta.to_json(),
-                  "test": "exact McNemar" if delta.mcnemar_p is not None else delta.method,
-                  **{name: judged_row[name] for name in ("p_value", "p_adjusted", "duplicate_of", "significant")}}
+                  "test": f"{delta.method}: tests against the margin ±{margin_text(spec, delta.margin)}",
+                  **{name: judged_row[name] for name in ("p_value", "p_adjusted", "p_equivalence",
+                                                         "p_equivalence_adjusted", "duplicate_of", "significant",
+                                                         "equivalent")}}
                  for (model, target, row, delta), judged_row in zip(compared, judged["evidence"] if judged else [])]
         assessed.append({"claim": claim.key, "statement": claim.statement, "metric": claim.metric,
                          "metric_label": spec.label, "expectation": claim.expectation,
                          "verdict": judged["verdict"] if judged else NOT_MEASURED,
-                         "summary": judged["summary"] if judged else "no quantized result measured this",
+                         "summary": (f"{judged['summary']} (margin ±{margin_text(spec, margin)})"  # type: ignore[arg-type]
+                                     if judged else "no quantized result measured this"),
                          "correction": judged["correction"] if judged else "",
+                         "margin": margin, "rule": claim_rule(spec, margin) if margin is not None else "",
                          "counts": judged["counts"] if judged else {}, "evidence": items})
     return assessed
 
@@ -305,7 +350,7 @@ def build_report(results: Sequence[Result], constraints: Constraints,
     ``claims`` (``assess_claims``), ``plots`` (per model and target: figure kind -> file).
     """
     comparator = comparator or PairedComparator()
-    rows = build_rows(results, comparator)
+    rows = build_rows(results, comparator, metric_margins(constraints))
     choices = pick(results, constraints)
     figures: dict[str, bytes] = {}
     tables, plot_index = [], []

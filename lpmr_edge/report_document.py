@@ -148,11 +148,12 @@ def _p(value: float | None) -> str:
 
 
 def _evidence_line(spec: MetricSpec, item: Mapping[str, Any]) -> str:
-    """One comparison of a claim: the change, its test's p, the Holm-adjusted p, or its duplicate."""
+    """One comparison of a claim: the change, its margin tests' p, the Holm-adjusted p, or its duplicate."""
     mcnemar = item["delta"].get("mcnemar_p")
-    tests = (f"McNemar p={_p(mcnemar)}" if mcnemar is not None else f"p={_p(item['p_value'])}")
+    tests = f"p beyond margin={_p(item['p_value'])}" + (f" (McNemar p={_p(mcnemar)})" if mcnemar is not None else "")
     judged = (f"identical outputs to {item['duplicate_of']}: counted once" if item["duplicate_of"] else
-              f"Holm p={_p(item['p_adjusted'])}" + (" significant" if item["significant"] else ""))
+              f"Holm p={_p(item['p_adjusted'])}" + (" beyond the margin" if item["significant"] else
+                                                     " equivalent within it" if item["equivalent"] else ""))
     return (f"{item['target']} {item['variant']} vs {item['reference']}: {_delta_text(spec, item['delta'])}, "
             f"{tests}, {judged}")
 
@@ -166,13 +167,16 @@ def _claim_blocks(report: Mapping[str, Any]) -> list[Block]:
                  for claim in report["claims"])
     return [Block("heading", "Does quantization help here?"),
             Block("paragraph", "Each finding of the study, checked on this model and data over all its comparisons "
-                  "(quantized − FP32 reference, on the same images). Each comparison's p-value is the exact "
-                  "McNemar test for accuracies and the two-sided paired BCa bootstrap test otherwise; the p-values "
-                  "of one claim are Holm-corrected together (family-wise 5% within the claim), and a comparison "
-                  "is significant when its corrected p < 0.05. Comparisons whose result and reference produced "
-                  "identical per-sample outputs to an earlier one count once. Verdict: holds (some significant "
-                  "change the claimed way, none the other), does not hold (only the other way), mixed (both), "
-                  "not significant (neither); the counts say how many."),
+                  "(quantized − FP32 reference, on the same images), against the metric's practical margin (as "
+                  "for the recommendation, --margin). A comparison is better or worse only when its 95% paired "
+                  "BCa interval lies wholly beyond the margin (two one-sided tests against ±margin at 2.5% each, "
+                  "p = 2 × the smaller), and equivalent within the margin when its 90% interval lies inside it "
+                  "(TOST at 5%); each family of p-values of one claim is Holm-corrected together (family-wise 5% "
+                  "within the claim). Comparisons whose result and reference produced identical per-sample "
+                  "outputs to an earlier one count once. Verdict: holds (some change beyond the margin the "
+                  "claimed way, none the other), does not hold (only the other way), mixed (both), equivalent "
+                  "within margin (no change beyond it and every comparison equivalent), not significant (the "
+                  "rest); the counts say how many. report.json states each claim's rule and margin."),
             Block("table", header=("claim", "verdict (counts after correction)",
                                    "evidence (change vs FP32 reference, 95% CI; p; Holm-corrected p)"), rows=rows)]
 

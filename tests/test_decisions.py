@@ -12,9 +12,10 @@ from factories import write_outputs_result, write_synthetic_result
 from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import classification_outcomes, expected_calibration_error
 from lpmr_edge.pick import Constraints, pick
-from lpmr_edge.report import assess_claims, build_rows, unpaired_delta
+from lpmr_edge.report import assess_claims, build_rows, delta_from_interval, unpaired_delta
 from lpmr_edge.results import load_results
 from lpmr_edge.stats import NOT_ENOUGH_DATA, calibration_errors, worst_group_accuracy
+from lpmr_edge.suite.families import METRIC_BY_KEY
 from lpmr_edge.suite.families.base import ScoreContext
 from lpmr_edge.suite.families.spurious import FAMILY as SPURIOUS
 from lpmr_edge.suite.families.spurious import SPURIOUS_SET, SpuriousConfig
@@ -126,3 +127,18 @@ def test_worst_group_with_too_small_groups_enters_no_comparison(tmp_path: Path):
     assert "worst_group" not in int8.deltas and "top1" in int8.deltas
     spurious = next(claim for claim in assess_claims(rows) if claim["claim"] == "spurious")
     assert spurious["verdict"] == "not measured" and spurious["evidence"] == []
+
+
+def test_unpaired_margin_tests_from_the_normal_approximation_by_hand():
+    # CI (0.01, 0.03) -> standard error 0.01 / 1.96 = 0.005102; margin 0.005:
+    # H0 change <= +0.005: Phi((0.005 - 0.02) / se) = Phi(-2.940) = 0.00164 -> p beyond = 2 x 0.00164;
+    # TOST: max(H0 change >= 0.005: Phi(2.940), H0 change <= -0.005: Phi(-4.900)) = 0.99836.
+    spec = METRIC_BY_KEY["auroc"]
+    delta = delta_from_interval(spec, 0.02, (0.01, 0.03), "normal", margin=0.005)
+    assert delta.p_beyond_margin == pytest.approx(0.0032827, abs=1e-7) and delta.better and delta.significant
+    assert delta.p_equivalence == pytest.approx(0.9983587, abs=1e-7)
+    assert delta.p_value == pytest.approx(8.8575e-05, rel=1e-4)  # 2 Phi(-3.920)
+    tiny = delta_from_interval(spec, 0.0005, (0.0003, 0.0007), "normal", margin=0.005)  # significant, not beyond
+    assert tiny.significant and tiny.p_beyond_margin == 1.0 and tiny.p_equivalence < 1e-12
+    unmargined = delta_from_interval(spec, 0.0005, (0.0003, 0.0007), "normal")  # margin 0: the test of any change
+    assert unmargined.p_beyond_margin == pytest.approx(unmargined.p_value) and unmargined.p_equivalence is None

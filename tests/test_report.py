@@ -74,7 +74,8 @@ def test_report_writes_html_markdown_json_and_plots(report_dir: Path):
     assert "| x86 | openvino int8 |" in markdown and "not a pretrained CLIP" in markdown
     for page in (html, markdown):  # sizes beside every metric, corrected claim verdicts with their counts
         assert "n=500" in page and "ID 500 vs digits" in page and "Holm-corrected together" in page
-        assert "mixed" in page and "1 of 3 significantly better, 1 worse" in page
+        assert "mixed" in page and "1 of 3 better beyond the margin, 1 worse, 0 equivalent within it" in page
+        assert "lies wholly beyond the margin" in page and "TOST at 5%" in page  # the claim rule is stated
 
 
 def test_report_json_has_tables_deltas_and_claim_verdicts(report_dir: Path):
@@ -99,9 +100,16 @@ def test_report_json_has_tables_deltas_and_claim_verdicts(report_dir: Path):
     assert verdicts == {"accuracy": "does not hold", "calibration": "mixed", "ood": "holds", "noise": "holds",
                         "covariate_shift": "does not hold", "spurious": "holds"}
     calibration = next(claim for claim in report["claims"] if claim["claim"] == "calibration")
-    # int8 lowers ECE by 0.02 and int4-w raises it by 0.02 (both far outside their CIs); arm int8 is unchanged.
-    assert calibration["counts"] == {"compared": 3, "better": 1, "worse": 1, "not_significant": 1, "duplicates": 0}
-    assert calibration["summary"] == "1 of 3 significantly better, 1 worse"
+    # int8 lowers ECE by 0.02 and int4-w raises it by 0.02 (CIs wholly beyond the 0.005 margin); arm int8 is
+    # unchanged but its 90% CI (±0.0059) is wider than the margin: undecided, not equivalent.
+    assert calibration["counts"] == {"compared": 3, "better": 1, "worse": 1, "equivalent": 0, "undecided": 1,
+                                     "duplicates": 0}
+    assert calibration["summary"] == "1 of 3 better beyond the margin, 1 worse, 0 equivalent within it (margin ±0.005)"
+    assert calibration["margin"] == 0.005 and "two one-sided tests against the margin at 2.5%" in calibration["rule"]
+    # int8's top-1 drop of 1 pp has a CI excluding 0 but not the 0.5 pp margin: only int4-w's 5 pp drop counts.
+    accuracy = next(claim for claim in report["claims"] if claim["claim"] == "accuracy")
+    assert accuracy["counts"]["worse"] == 1 and accuracy["counts"]["undecided"] == 2
+    assert next(e for e in accuracy["evidence"] if e["variant"] == "openvino int8")["delta"]["significant"]
     assert calibration["correction"] == "Holm-corrected within the claim, alpha 0.05"
     assert {(e["target"], e["variant"], e["significant"]) for e in calibration["evidence"]} == {
         ("x86", "openvino int8", True), ("x86", "openvino int4-w", True), ("arm", "executorch int8", False)}
@@ -202,11 +210,14 @@ def test_identical_outputs_count_once_and_accuracy_claims_use_mcnemar(tmp_path: 
     report = write_report([tmp_path / "results"], tmp_path / "report", Constraints(objective="accuracy"))
     accuracy = next(claim for claim in report["claims"] if claim["claim"] == "accuracy")
     assert accuracy["verdict"] == "does not hold"
-    assert accuracy["counts"] == {"compared": 1, "better": 0, "worse": 1, "not_significant": 0, "duplicates": 1}
+    assert accuracy["counts"] == {"compared": 1, "better": 0, "worse": 1, "equivalent": 0, "undecided": 0,
+                                  "duplicates": 1}
     kept, duplicate = sorted(accuracy["evidence"], key=lambda e: e["duplicate_of"] is not None)
     assert duplicate["duplicate_of"].startswith(f"{kept['target']} ") and duplicate["p_adjusted"] is None
-    assert kept["test"] == "exact McNemar" and kept["p_value"] == pytest.approx(2 * 0.5 ** 30)
-    assert kept["delta"]["mcnemar_p"] == kept["p_value"] and kept["delta"]["p_value"] < 0.05
+    # the claim tests the 5 pp drop against the 0.5 pp margin (paired bootstrap); McNemar stays beside it
+    assert kept["test"] == "paired bootstrap on the same samples: tests against the margin ±0.5 pp"
+    assert kept["p_value"] == kept["delta"]["p_beyond_margin"] < 0.05 and kept["delta"]["margin"] == 0.005
+    assert kept["delta"]["mcnemar_p"] == pytest.approx(2 * 0.5 ** 30) and kept["delta"]["p_value"] < 0.05
     markdown = (tmp_path / "report" / MARKDOWN_FILE).read_text()
     assert "identical outputs to" in markdown and "counted once" in markdown and "McNemar p=" in markdown
     choice = report["recommendations"][0]

@@ -81,9 +81,13 @@ def test_summaries_over_sets_name_the_worst_and_flag_chance():
     sets = {name: {"msp": {"auroc": auroc, "fpr_at_95_tpr": 1 - auroc,
                            "ci": {"auroc": [auroc - 0.1, auroc + 0.1], "fpr_at_95_tpr": [0.0, 1.0]}}}
             for name, auroc in (("digits", 0.8), ("textiles", 0.36), ("class-split", 0.5))}
-    summary = summarise_sets(sets, list(sets), "msp")
+    summary = summarise_sets(sets, list(sets), "msp", [0.5, 0.6])
     assert summary["worst_set"] == "textiles" and summary["auroc"] == 0.36 and summary["ci"]["auroc"] == pytest.approx([0.26, 0.46])
     assert summary["mean_auroc"] == pytest.approx(0.5533333) and summary["below_chance"] == ["textiles", "class-split"]
+    assert summary["ci"]["mean_auroc"] == [0.5, 0.6]  # the joint bootstrap's interval, given by the caller
+    assert summarise_sets(sets, ["digits"], "msp")["ci"]["mean_auroc"] == pytest.approx([0.7, 0.9])  # one set: its CI
+    with pytest.raises(UserError, match="'mean'"):
+        OodConfig(sets=("mean",))
     assert [tagged_set(entry) for entry in ("digits", "near:folder:/x", "far:textiles", "folder:/y")] == [
         ("far", "digits"), ("near", "folder:/x"), ("far", "textiles"), ("far", "folder:/y")]
     assert OodConfig(sets=("near:digits",)).tags() == {"digits": "near", "class-split": "near"}

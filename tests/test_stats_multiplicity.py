@@ -7,6 +7,7 @@ from scipy.stats import false_discovery_control
 
 from lpmr_edge.stats import (
     DOES_NOT_HOLD,
+    EQUIVALENT,
     HOLDS,
     MIXED,
     NOT_SIGNIFICANT,
@@ -40,8 +41,10 @@ def test_claim_verdicts_count_significant_changes_after_holm():
     verdicts = claim_verdicts({"accuracy": ("improve", evidence), "spurious": ("worsen", evidence),
                                "shift": ("not improve", evidence[:3])})
     accuracy = verdicts["accuracy"]
-    assert accuracy["verdict"] == MIXED and accuracy["summary"] == "3 of 12 significantly better, 1 worse"
-    assert accuracy["counts"] == {"compared": 12, "better": 3, "worse": 1, "not_significant": 8, "duplicates": 0}
+    assert accuracy["verdict"] == MIXED and accuracy["summary"] == (
+        "3 of 12 better beyond the margin, 1 worse, 0 equivalent within it")
+    assert accuracy["counts"] == {"compared": 12, "better": 3, "worse": 1, "equivalent": 0, "undecided": 8,
+                                  "duplicates": 0}
     assert accuracy["evidence"][0]["p_adjusted"] == pytest.approx(12e-5)
     assert verdicts["spurious"]["verdict"] == MIXED and verdicts["shift"]["verdict"] == DOES_NOT_HOLD
     assert "Holm" in accuracy["correction"]
@@ -64,9 +67,25 @@ def test_identical_outputs_count_once():
     assert duplicates == {"arm int8 on x86": "x86 int8"}
     verdict = claim_verdicts({"accuracy": ("improve", evidence)})["accuracy"]
     assert verdict["verdict"] == HOLDS and verdict["counts"]["compared"] == 4 and verdict["counts"]["duplicates"] == 1
-    assert verdict["summary"] == "1 of 4 significantly better, 0 worse (1 duplicate of identical outputs counted once)"
+    assert verdict["summary"] == ("1 of 4 better beyond the margin, 0 worse, 0 equivalent within it "
+                                  "(1 duplicate of identical outputs counted once)")
     duplicate = verdict["evidence"][1]
     assert duplicate["duplicate_of"] == "x86 int8" and duplicate["p_adjusted"] is None and not duplicate["significant"]
+
+
+def test_equivalence_within_the_margin_is_its_own_outcome():
+    # TOST p-values Holm-corrected on their own: 0.01*3, 0.02*2, 0.03*1 -> 0.03, 0.04, 0.04: all equivalent.
+    equivalent = [Evidence(f"e{k}", bool(k % 2), 0.9, p_equivalence=p) for k, p in enumerate([0.01, 0.02, 0.03])]
+    verdict = claim_verdicts({"ood": ("improve", equivalent)})["ood"]
+    assert verdict["verdict"] == EQUIVALENT and verdict["counts"]["equivalent"] == 3
+    assert [row["p_equivalence_adjusted"] for row in verdict["evidence"]] == pytest.approx([0.03, 0.04, 0.04])
+    # a fourth, undecided comparison (TOST p 0.5): Holm over 4 gives 0.04, 0.06, 0.06, 0.5 -> 1 equivalent, 3 not
+    undecided = claim_verdicts({"ood": ("improve", [*equivalent, Evidence("u", True, 0.9, p_equivalence=0.5)])})["ood"]
+    assert undecided["verdict"] == NOT_SIGNIFICANT and undecided["counts"]["equivalent"] == 1
+    assert undecided["counts"]["undecided"] == 3
+    # a change beyond the margin decides the verdict whatever the others
+    beyond = claim_verdicts({"ood": ("improve", [*equivalent, Evidence("b", True, 1e-4, p_equivalence=1.0)])})["ood"]
+    assert beyond["verdict"] == HOLDS and beyond["counts"]["better"] == 1
 
 
 def test_benjamini_hochberg_pools_the_report():

@@ -177,6 +177,9 @@ def test_results_layout_and_metrics_schema(runs: dict[str, Path], suite_file: Pa
     assert worst["auroc"] == ood["sets"][worst["worst_set"]]["msp"]["auroc"] and worst["mean_auroc"] == pytest.approx(
         np.mean([ood["sets"][name]["msp"]["auroc"] for name in ("digits", "class-split")]))
     assert ood["summary"]["near"]["msp"]["sets"] == ["class-split"] and ood["summary"]["far"]["msp"]["sets"] == ["digits"]
+    assert _inside(worst["mean_auroc"], worst["ci"]["mean_auroc"])  # the joint bootstrap's interval of the mean
+    near = ood["summary"]["near"]["mcm"]
+    assert near["ci"]["mean_auroc"] == ood["sets"]["class-split"]["mcm"]["ci"]["auroc"]  # a mean of one set
     corruptions = metrics["corruptions"]
     assert corruptions["images"] == 24 and set(corruptions["impulse_noise"]) == {"1", "5", "mean"}
     cell = corruptions["gaussian_noise"]["5"]
@@ -263,6 +266,10 @@ def test_report_compares_stored_outputs_pairwise(runs: dict[str, Path], tmp_path
     assert row["metrics"]["top1"]["delta"]["value"] == pytest.approx(paired["id.top1"]["delta"])
     assert row["metrics"]["auroc"]["delta"]["value"] == pytest.approx(np.mean(  # the mean over the OOD sets
         [paired[f"ood.{name}.msp.auroc"]["delta"] for name in ("digits", "class-split")]))
+    mean = paired["ood.mean.msp.auroc"]  # ... bootstrapped jointly (ID images drawn once for both sets)
+    assert mean["delta"] == pytest.approx(row["metrics"]["auroc"]["delta"]["value"])
+    assert row["metrics"]["auroc"]["delta"]["ci"] == pytest.approx(mean["ci"]) and mean["ci"][0] <= mean["delta"]
+    assert row["metrics"]["auroc"]["delta"]["margin"] == 0.005  # pick's default margin, tested in every delta
     compared = row["compared"]  # metrics that exist only against the reference: mCE by group, shown per target
     assert compared["corruptions.groups.noise.mce"]["result"] == pytest.approx(
         paired["corruptions.groups.noise.mce"]["result"]) and compared["corruptions.mce"]["metric"] == "mce"

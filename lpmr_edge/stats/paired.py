@@ -12,6 +12,9 @@ acceleration from the grouped jackknife with the same groups for all candidates.
   equivalence   two one-sided tests (TOST) against a practical margin m > 0 in the metric's unit:
                 p = max(p of H0 delta <= -m, p of H0 delta >= m); equivalent iff the (1 - 2 alpha) interval
                 lies inside (-m, m).
+  beyond margin two-sided test of H0 |delta| <= m: p = min(1, 2 min(p of H0 delta <= m, p of H0 delta >= -m));
+                p < alpha iff the confidence interval lies wholly beyond m or beyond -m (each side at alpha/2,
+                so its size is at most alpha/2 at |delta| = m and alpha at m = 0, where it is the superiority test).
 
 Decision of a candidate against the reference: "equivalent within margin" if TOST rejects (even when
 the difference is significant: it is too small to matter); otherwise "better" / "worse" if the
@@ -79,6 +82,7 @@ class PairedDecision:
     p_equivalence: float | None  # None without a margin
     n: int
     reason: str
+    p_beyond_margin: float = 1.0  # two-sided test that |difference| exceeds the margin (= p_superiority at 0)
 
     def to_json(self) -> dict[str, Any]:
         """JSON form (intervals as lists)."""
@@ -124,8 +128,10 @@ def _decide(candidate: str, reference: str, metric: str, rule: MetricRule, value
     equivalence_ci = bca_interval(difference, draws, jackknife, 1.0 - 2.0 * alpha)
     p_greater = bca_p_greater(difference, draws, jackknife, 0.0)
     p_superiority = min(1.0, 2.0 * min(p_greater, 1.0 - p_greater))
-    p_equivalence = (max(bca_p_greater(difference, draws, jackknife, -margin),
-                         1.0 - bca_p_greater(difference, draws, jackknife, margin)) if margin > 0 else None)
+    p_above = bca_p_greater(difference, draws, jackknife, margin)  # H0: difference <= m
+    p_below = 1.0 - bca_p_greater(difference, draws, jackknife, -margin)  # H0: difference >= -m
+    p_beyond_margin = min(1.0, 2.0 * min(p_above, p_below))
+    p_equivalence = max(1.0 - p_above, 1.0 - p_below) if margin > 0 else None
     pair = (None if ci[0] is None else (ci[0], ci[1]),
             None if equivalence_ci[0] is None else (equivalence_ci[0], equivalence_ci[1]))
     bootstrap = f"{n_resamples} paired BCa bootstrap resamples of the same {n} samples"
@@ -151,7 +157,8 @@ def _decide(candidate: str, reference: str, metric: str, rule: MetricRule, value
                      f"(TOST p={p_equivalence:.3g})" if margin > 0 else "; no equivalence margin given")
                   + f" ({bootstrap})")
     return PairedDecision(candidate, reference, metric, higher_is_better, decision, value, reference_value,
-                          difference, pair[0], pair[1], margin, test, p_value, p_superiority, p_equivalence, n, reason)
+                          difference, pair[0], pair[1], margin, test, p_value, p_superiority, p_equivalence, n, reason,
+                          p_beyond_margin)
 
 
 def _paired_bootstrap(summary: Summary, candidates: Mapping[str, Sequence[Table]], reference: str,

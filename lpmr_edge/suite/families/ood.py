@@ -11,12 +11,15 @@ those classes: each class's embedding does not depend on the other classes), so 
 
 Summaries over sets are named: per scope (``all``, ``near``, ``far``) and score, the worst set (lowest AUROC)
 with its own interval, and the mean over the scope's sets only beside it; a set with AUROC <= 0.5 (at or
-below chance) is flagged. The headline OOD figure is the worst set.
+below chance) is flagged. The headline OOD figure is the worst set. The mean's interval (and that of its
+paired delta in ``compare``) is the BCa interval of one bootstrap of all the scope's sets together
+(``OodProbes.mean_probe``): the ID images are drawn once per resample and shared by every set, as they are
+in the data, so the sets' correlation through the shared ID images is kept.
 
 Keys. ``metrics.json``: ``ood.sets.<set>.{tag,n,id_n,below_chance,<score>.{auroc,fpr_at_95_tpr,aupr_in,
 aupr_out}}``, ``ood.summary.<scope>.<score>.{worst_set,auroc,fpr_at_95_tpr,mean_auroc,sets,below_chance}``,
 ``ood.class_split`` (seed and class indices into ``datasets.id.classes``). ``compare`` deltas:
-``ood.<set>.<score>.{auroc,fpr_at_95_tpr}``. Metric keys (pick/report): ``auroc`` and ``fpr95``, one instance
+``ood.<set>.<score>.{auroc,fpr_at_95_tpr}`` and, over all sets, ``ood.mean.msp.{auroc,fpr_at_95_tpr}``. Metric keys (pick/report): ``auroc`` and ``fpr95``, one instance
 per set (``ood_sets``); ``eval --json``: ``ood_auroc_worst.<scope>.<set>``, ``ood_auroc_mean.<scope>``
 (scopes of 2 or more sets), ``ood_auroc.<set>.<score>``.
 """
@@ -33,6 +36,7 @@ from lpmr_edge.data.near_ood import split_class_indices
 from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import OOD_SCORES, ood_metrics, ood_scores
 from lpmr_edge.schema import require
+from lpmr_edge.stats import Table
 from lpmr_edge.suite.families import base
 from lpmr_edge.suite.families.classification import ID_SET
 
@@ -41,6 +45,7 @@ OOD_SCORE = "msp"  # the OOD score the tables, plots and picker use (maximum sof
 NEAR, FAR = "near", "far"
 TAGS = (NEAR, FAR)
 CLASS_SPLIT = "class-split"  # the near-OOD pair made by splitting the ID set's classes
+MEAN_OF_SETS = "mean"  # the "set" of compare's deltas of the mean over all sets (``ood.mean.<score>.<value>``)
 ALL_SETS = "all"
 CHANCE = 0.5
 
@@ -76,8 +81,9 @@ class OodConfig:
         require((bool(self.sets) or self.class_split) and self.mcm_temperature > 0,
                 "needs at least one set in sets (or class_split) and a positive mcm_temperature")
         names = [name for _, name in self.tagged()]
-        require(len(set(names)) == len(names) and CLASS_SPLIT not in names,
-                f"sets must be distinct and not named '{CLASS_SPLIT}' (the class split's name)")
+        require(len(set(names)) == len(names) and not {CLASS_SPLIT, MEAN_OF_SETS} & set(names),
+                f"sets must be distinct and not named '{CLASS_SPLIT}' (the class split's name) or "
+                f"'{MEAN_OF_SETS}' (the mean over sets)")
 
     def tagged(self) -> list[tuple[str, str]]:
         """(tag, dataset name) of every listed set."""
@@ -99,27 +105,77 @@ def ood_probe(id_scores: np.ndarray, ood_scores_: np.ndarray) -> base.Probe:
                       [{"score": id_scores}, {"score": ood_scores_}], "score")
 
 
-def class_split_scores(cosine: np.ndarray, labels: np.ndarray, id_classes: np.ndarray, logit_scale: float,
-                       mcm_temperature: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Scores of the ID half's and the OOD half's images (by their ``labels``) with a head of ``id_classes`` only,
-    from the ID set's cosine similarities ``[N, classes]``."""
+def class_split_head(cosine: np.ndarray, labels: np.ndarray, id_classes: np.ndarray, logit_scale: float,
+                     mcm_temperature: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Which ID images (by their ``labels``) are in the ID half, and every ID image's scores with a head of
+    ``id_classes`` only, from the ID set's cosine similarities ``[N, classes]``."""
     in_id = np.isin(labels, id_classes)
     if in_id.all() or not in_id.any():
         raise UserError("the near-OOD class split left one half without images; raise --limit or the suite's "
                         "limit, or set [ood] class_split = false")
-    scores = ood_scores(cosine[:, id_classes], logit_scale, mcm_temperature)
+    return in_id, ood_scores(cosine[:, id_classes], logit_scale, mcm_temperature)
+
+
+def class_split_scores(cosine: np.ndarray, labels: np.ndarray, id_classes: np.ndarray, logit_scale: float,
+                       mcm_temperature: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Scores of the ID half's and the OOD half's images with a head of ``id_classes`` only
+    (``class_split_head``)."""
+    in_id, scores = class_split_head(cosine, labels, id_classes, logit_scale, mcm_temperature)
     return ({name: values[in_id] for name, values in scores.items()},
             {name: values[~in_id] for name, values in scores.items()})
 
 
-def summarise_sets(sets: Mapping[str, Mapping[str, Any]], names: Sequence[str], score: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class OodProbes:
+    """The OOD family's probe: per set and score, ID vs that set (``sets``), and the per-sample scores
+    that ``mean_probe`` resamples jointly."""
+
+    sets: dict[str, dict[str, base.Probe]]
+    id_scores: dict[str, np.ndarray]  # score -> every ID image's score (full head)
+    listed: dict[str, dict[str, np.ndarray]]  # listed set -> score -> its images' scores
+    split: tuple[np.ndarray, dict[str, np.ndarray]] | None  # class split: ID-half mask, ID-half-head scores
+
+    def mean_probe(self, names: Sequence[str], scores: Sequence[str]) -> base.Probe:
+        """The mean over ``names`` of each score's AUROC and FPR@95 (values ``<score>/auroc``,
+        ``<score>/fpr_at_95_tpr``), all sets resampled jointly: the ID images once, shared by every set
+        (split into the class split's two halves, each resampled on its own, when the class split is one of
+        ``names``), and each listed set's images on their own."""
+        listed = [name for name in names if name != CLASS_SPLIT]
+        with_split = CLASS_SPLIT in names and self.split is not None
+        columns = {score: self.id_scores[score] for score in scores}
+        if with_split:
+            in_half, split_scores = self.split  # type: ignore[misc]
+            columns.update({f"{CLASS_SPLIT}/{score}": split_scores[score] for score in scores})
+            id_tables = [{name: values[in_half] for name, values in columns.items()},
+                         {name: values[~in_half] for name, values in columns.items()}]
+        else:
+            id_tables = [columns]
+        tables = id_tables + [{score: self.listed[name][score] for score in scores} for name in listed]
+
+        def summary(resampled: Sequence[Table]) -> dict[str, float]:
+            ids, oods = resampled[:len(id_tables)], resampled[len(id_tables):]
+            values: dict[str, float] = {}
+            for score in scores:
+                id_scores = np.concatenate([table[score] for table in ids])
+                per_set = [ood_metrics(id_scores, table[score]) for table in oods]
+                if with_split:
+                    per_set.append(ood_metrics(ids[0][f"{CLASS_SPLIT}/{score}"], ids[1][f"{CLASS_SPLIT}/{score}"]))
+                for value in ("auroc", "fpr_at_95_tpr"):
+                    values[f"{score}/{value}"] = float(np.mean([metrics[value] for metrics in per_set]))
+            return values
+
+        return base.Probe(summary, tables)
+
+
+def summarise_sets(sets: Mapping[str, Mapping[str, Any]], names: Sequence[str], score: str,
+                   mean_ci: list[float | None] | None = None) -> dict[str, Any]:
     """The worst of ``names`` (lowest AUROC, with its own CI and FPR@95) and, beside it, their mean AUROC
-    (CI: the mean of the per-set bounds, conservative) and the sets at or below chance."""
+    (``mean_ci``: its interval from the joint bootstrap, ``OodProbes.mean_probe``; one set's own CI when
+    ``names`` is one set) and the sets at or below chance."""
     values = {name: sets[name][score] for name in names}
     worst = min(names, key=lambda name: values[name]["auroc"])
-    bounds = [values[name]["ci"]["auroc"] for name in names]
-    mean_ci = (None if any(None in ci for ci in bounds)
-               else [float(np.mean([ci[0] for ci in bounds])), float(np.mean([ci[1] for ci in bounds]))])
+    if len(names) == 1:
+        mean_ci = values[worst]["ci"]["auroc"]
     return {"worst_set": worst, "auroc": values[worst]["auroc"], "fpr_at_95_tpr": values[worst]["fpr_at_95_tpr"],
             "mean_auroc": float(np.mean([values[name]["auroc"] for name in names])), "sets": list(names),
             "below_chance": [name for name in names if values[name]["auroc"] <= CHANCE],
@@ -145,35 +201,43 @@ class Ood(base.Family):
             split_class_indices(len(context.id_set.class_names), config.split_seed)  # refuses too few classes
         return [base.EvalSet(ood_set_name(name), context.load(name), context.id_set) for _, name in config.tagged()]
 
-    def probe(self, config: OodConfig, context: base.ScoreContext) -> dict[str, dict[str, base.Probe]]:
+    def probe(self, config: OodConfig, context: base.ScoreContext) -> OodProbes:
         def scores(set_name: str) -> dict[str, np.ndarray]:
             return ood_scores(context.outputs[set_name].cosine(), context.logit_scale, config.mcm_temperature)
 
         id_scores = scores(ID_SET)
+        listed = {name: scores(ood_set_name(name)) for _, name in config.tagged()}
         probes = {name: {score: ood_probe(id_scores[score], values[score]) for score in OOD_SCORES}
-                  for _, name in config.tagged() for values in (scores(ood_set_name(name)),)}
+                  for name, values in listed.items()}
+        split = None
         if config.class_split:
             stored = context.outputs[ID_SET]
             id_classes, _ = split_class_indices(len(stored.class_embeddings), config.split_seed)
-            id_half, ood_half = class_split_scores(stored.cosine(), stored.labels, id_classes, context.logit_scale,
-                                                   config.mcm_temperature)
-            probes[CLASS_SPLIT] = {score: ood_probe(id_half[score], ood_half[score]) for score in OOD_SCORES}
-        return probes
+            split = class_split_head(stored.cosine(), stored.labels, id_classes, context.logit_scale,
+                                     config.mcm_temperature)
+            in_id, split_scores = split
+            probes[CLASS_SPLIT] = {score: ood_probe(split_scores[score][in_id], split_scores[score][~in_id])
+                                   for score in OOD_SCORES}
+        return OodProbes(probes, id_scores, listed, split)
 
-    def score(self, config: OodConfig, probe: dict[str, dict[str, base.Probe]], context: base.ScoreContext,
+    def score(self, config: OodConfig, probe: OodProbes, context: base.ScoreContext,
               resamples: int, seed: int) -> dict[str, Any]:
         tags = config.tags()
         sets = {}
-        for name, by_score in probe.items():
+        for name, by_score in probe.sets.items():
             values = {score: by.with_ci(resamples, seed) for score, by in by_score.items()}
             id_n, n = (len(table["score"]) for table in by_score[OOD_SCORE].tables)
             sets[name] = {"tag": tags[name], "n": n, "id_n": id_n,
                           "below_chance": [score for score, value in values.items() if value["auroc"] <= CHANCE],
                           **values}
         scopes = {ALL_SETS: list(sets), **{tag: [name for name in sets if tags[name] == tag] for tag in TAGS}}
+        mean_cis = {tuple(names): probe.mean_probe(names, OOD_SCORES).with_ci(resamples, seed)["ci"]
+                    for names in {tuple(names) for names in scopes.values() if len(names) > 1}}
         ood = {"positive_class": ID_POSITIVE, "scores": list(OOD_SCORES), "id_n": len(context.outputs[ID_SET].labels),
                "logit_scale": context.logit_scale, "mcm_temperature": config.mcm_temperature, "sets": sets,
-               "summary": {scope: {score: summarise_sets(sets, names, score) for score in OOD_SCORES}
+               "summary": {scope: {score: summarise_sets(sets, names, score,
+                                                         mean_cis.get(tuple(names), {}).get(f"{score}/auroc"))
+                                   for score in OOD_SCORES}
                            for scope, names in scopes.items() if names}}
         if config.class_split:
             classes = len(context.outputs[ID_SET].class_embeddings)
@@ -185,12 +249,17 @@ class Ood(base.Family):
                                              "classes only"}
         return {"ood": ood}
 
-    def comparisons(self, config: OodConfig, result: dict[str, dict[str, base.Probe]],
-                    reference: dict[str, dict[str, base.Probe]]) -> list[base.Compared]:
-        return [base.Compared(f"ood.{name}.{score}", probe, reference[name][score],
+    def comparisons(self, config: OodConfig, result: OodProbes, reference: OodProbes) -> list[base.Compared]:
+        names = list(result.sets)
+        over = f"mean of {len(names)} sets ({OOD_SCORE})"
+        mean = base.Compared(f"ood.{MEAN_OF_SETS}", result.mean_probe(names, (OOD_SCORE,)),
+                             reference.mean_probe(names, (OOD_SCORE,)),
+                             ((f"{OOD_SCORE}/auroc", f"OOD AUROC, {over}", AUROC),
+                              (f"{OOD_SCORE}/fpr_at_95_tpr", f"OOD FPR@95%TPR, {over}", FPR95)))
+        return [base.Compared(f"ood.{name}.{score}", probe, reference.sets[name][score],
                               (("auroc", f"OOD AUROC {name} ({score})", AUROC),
                                ("fpr_at_95_tpr", f"OOD FPR@95%TPR {name} ({score})", FPR95)))
-                for name, by_score in result.items() for score, probe in by_score.items()]
+                for name, by_score in result.sets.items() for score, probe in by_score.items()] + [mean]
 
     def sizes(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         if "ood" not in metrics:
@@ -225,8 +294,8 @@ class Ood(base.Family):
         below = sorted({name for name, values in measured if values[OOD_SCORE]["auroc"] <= CHANCE})
         listed = ", ".join(f"{name} ({tag})" for name, tag in sorted(sets.items()))
         return [f"OOD metrics use the {OOD_SCORE} score, per set ({listed}); a summary over sets is the worst set "
-                "(named), the mean beside it only (its CI, and that of its delta, is the mean of the per-set CIs, "
-                "which is conservative)."
+                "(named), the mean beside it only (its CI, and that of its delta, is the BCa interval of a bootstrap "
+                "resampling the ID images once for all sets and each set's images on their own)."
                 + (f" At or below chance (AUROC <= 0.5) in some result: {', '.join(below)}." if below else "")]
 
     def conventions(self, config: OodConfig | None) -> dict[str, str]:
