@@ -50,7 +50,8 @@ from lpmr_edge.pick import Choice, Constraints
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.sequential import SettleSettings
 from lpmr_edge.suite import METRICS_FILE, EvalSettings, Progress, evaluate, load_suite, progress_task
-from lpmr_edge.suite.settle import Settled, objective_loss, reference_images
+from lpmr_edge.suite.settle import Settled, reference_images
+from lpmr_edge.suite.settle_plan import objective_loss
 from lpmr_edge.sweep.engines import Engine, InlineEngine, LocalEngine, Step, StepOutcome, run_steps
 from lpmr_edge.targets import Target, load_target
 

@@ -16,19 +16,15 @@ from scipy.stats import binomtest, norm
 
 from lpmr_edge.errors import UserError
 from lpmr_edge.sequential import (
-    BET_TRUNCATION,
     ONE_STREAM,
     EvaluationRecord,
-    SequentialComparison,
     SettlingDecision,
-    SpentComparison,
-    classify,
     clipped_nll,
-    look_alpha,
     min_plus_closure,
     replay,
     shard_order,
 )
+from lpmr_edge.stats import BET_TRUNCATION, SequentialComparison, SpentComparison, classify, look_alpha
 
 
 def _tolerance(alpha: float, replications: int) -> float:

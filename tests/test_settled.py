@@ -20,15 +20,8 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import classification_outcomes
 from lpmr_edge.sequential import EvaluationRecord, SettleSettings, clipped_nll, shard_order
 from lpmr_edge.suite import EvalSettings
-from lpmr_edge.suite.settle import (
-    NLL_BOUND,
-    SETTLING_FILE,
-    Candidate,
-    Settled,
-    evaluate_seen,
-    objective_loss,
-    settle,
-)
+from lpmr_edge.suite.settle import SETTLING_FILE, Candidate, Settled, evaluate_seen, settle
+from lpmr_edge.suite.settle_plan import NLL_BOUND, objective_loss
 from lpmr_edge.suite.sizes import sample_sizes
 
 SETTINGS = EvalSettings(suite="basic", limit=400, batch_size=5)
@@ -353,7 +346,7 @@ def ood_uninterrupted(models, ood_settings, tmp_path_factory: pytest.TempPathFac
 
 
 def test_an_ood_objective_visits_each_ood_set_in_its_own_seeded_order_with_one_stratum_per_set(ood_uninterrupted):
-    from lpmr_edge.suite.settle import set_seed
+    from lpmr_edge.suite.settle_plan import set_seed
 
     settled, root = ood_uninterrupted
     assert settled.decision.strata == ["digits", "class-split"] and settled.decision.combine == "worst"

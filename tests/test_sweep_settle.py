@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lpmr_edge.sequential import EvaluationRecord, shard_order
-from lpmr_edge.suite.settle import set_seed
+from lpmr_edge.suite.settle_plan import set_seed
 
 pytestmark = pytest.mark.slow
 

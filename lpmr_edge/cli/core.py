@@ -138,7 +138,7 @@ def eval_command(
     load_suite(suite)  # a bad suite file fails before the runtime is opened
     constraints = Constraints.from_options(objective=objective, margin=margin)
     if until is not None:
-        from lpmr_edge.suite.settle import objective_loss
+        from lpmr_edge.suite.settle_plan import objective_loss
 
         objective_loss(objective)  # an objective without a per-image loss fails before the runtime is opened
     settled = None

@@ -1,8 +1,10 @@
 """Statistics: seeded bootstrap (percentile, BCa), exact proportion intervals and tests, debiased
-calibration error, paired decisions with equivalence margins, and multiplicity-controlled claim verdicts.
+calibration error, paired decisions with equivalence margins, multiplicity-controlled claim verdicts, and
+anytime-valid confidence sequences.
 
 Modules: ``bootstrap`` (resampling, BCa), ``exact`` (McNemar, Clopper–Pearson/Wilson, worst group),
-``calibration`` (debiased ECE), ``paired`` (paired decisions), ``multiplicity`` (Holm, BH, claims).
+``calibration`` (debiased ECE), ``paired`` (paired decisions), ``multiplicity`` (Holm, BH, claims),
+``sequences`` (PrPl-EB confidence sequences, spent looks).
 """
 from lpmr_edge.stats.bootstrap import (
     BCA,
@@ -50,13 +52,22 @@ from lpmr_edge.stats.paired import (
     paired_decisions,
     paired_metric_decisions,
 )
+from lpmr_edge.stats.sequences import (
+    BET_TRUNCATION,
+    SequentialComparison,
+    SpentComparison,
+    State,
+    check_margin_and_confidence,
+    classify,
+    look_alpha,
+)
 
 __all__ = [
-    "BCA", "BEST", "BETTER", "CONFIDENCE", "DEFAULT_RESAMPLES", "DOES_NOT_HOLD", "EQUIVALENT", "HOLDS",
-    "JACKKNIFE_GROUPS", "MIN_GROUP_SIZE", "MIXED", "NOT_ENOUGH_DATA", "NOT_SIGNIFICANT", "UNDECIDED", "WORSE",
-    "Evidence", "MetricRule", "PairedDecision", "Summary", "Table", "bca_estimates", "bca_interval", "bca_p_greater",
-    "benjamini_hochberg", "bootstrap_ci", "bootstrap_draws", "calibration_errors", "claim_verdicts", "deduplicate",
-    "holm", "jackknife_values", "mcnemar_exact", "paired_decisions", "paired_metric_decisions", "proportion_interval",
-    "seeded_rng", "with_ci",
-    "worst_group_accuracy",
+    "BCA", "BEST", "BETTER", "BET_TRUNCATION", "CONFIDENCE", "DEFAULT_RESAMPLES", "DOES_NOT_HOLD", "EQUIVALENT",
+    "HOLDS", "JACKKNIFE_GROUPS", "MIN_GROUP_SIZE", "MIXED", "NOT_ENOUGH_DATA", "NOT_SIGNIFICANT", "UNDECIDED", "WORSE",
+    "Evidence", "MetricRule", "PairedDecision", "SequentialComparison", "SpentComparison", "State", "Summary", "Table",
+    "bca_estimates", "bca_interval", "bca_p_greater", "benjamini_hochberg", "bootstrap_ci", "bootstrap_draws",
+    "calibration_errors", "check_margin_and_confidence", "claim_verdicts", "classify", "deduplicate", "holm",
+    "jackknife_values", "look_alpha", "mcnemar_exact", "paired_decisions", "paired_metric_decisions",
+    "proportion_interval", "seeded_rng", "with_ci", "worst_group_accuracy",
 ]

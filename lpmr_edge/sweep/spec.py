@@ -291,7 +291,7 @@ def with_settling(sweep: Sweep, objective: str, margin: float, until: SettleSett
     ``objective`` with an equivalence ``margin``. UserError for an objective that cannot be settled."""
     import time
 
-    from lpmr_edge.suite.settle import objective_loss
+    from lpmr_edge.suite.settle_plan import objective_loss
 
     objective_loss(objective)
     ends_at = None if until.deadline is None else time.time() + (until.deadline - time.monotonic())
