@@ -1,8 +1,10 @@
 """The dataset type and its image sources (in-memory arrays or files on disk)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -122,22 +124,31 @@ def preprocess_batches(dataset: ImageDataset, preprocess: Callable[[Image.Image]
                        batch_size: int) -> Iterator[np.ndarray]:
     """Yield preprocessed float32 batches ``[B,3,H,W]`` in dataset order.
 
-    The transform's tensor ops run on one torch thread (restored between batches): one image's ops are too
-    small to gain from threads, and on a busy machine every hand-off between torch's threads waits for a
-    core (measured: 2 threads 60-130 ms per 224-px image, 1 thread 5-12 ms, at load average 12-15 on 2 cores).
+    When torch is loaded (a torch transform such as open_clip's has loaded it), the transform runs on one torch
+    thread (restored between batches): one image's ops are too small to gain from threads, and on a busy
+    machine every hand-off between torch's threads waits for a core (measured: 2 threads 60-130 ms per 224-px
+    image, 1 thread 5-12 ms, at load average 12-15 on 2 cores). Without torch loaded nothing imports it.
     """
-    import torch
-
     for start in range(0, len(dataset), batch_size):
-        stop = min(start + batch_size, len(dataset))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with _one_torch_thread():
             batch = np.stack([np.asarray(preprocess(dataset.images.load(i)), dtype=np.float32)
-                              for i in range(start, stop)])
-        finally:
-            torch.set_num_threads(threads)
+                              for i in range(start, min(start + batch_size, len(dataset)))])
         yield batch
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread for the duration, if torch is loaded; restores the count after."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class PreprocessedSets:

@@ -14,6 +14,7 @@ files missing from it are downloaded, and ``HF_HUB_OFFLINE=1`` forbids that.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import pickle
@@ -29,6 +30,7 @@ from lpmr_edge._compat import import_open_clip
 from lpmr_edge.errors import UserError
 from lpmr_edge.models.bundled import BUNDLED_MODELS, CONFIG_DIR
 from lpmr_edge.models.hf_clip import check_activation, hf_clip_to_open_clip, is_hf_clip
+from lpmr_edge.models.preprocess import PilPreprocess
 
 Result = TypeVar("Result")
 
@@ -117,22 +119,31 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
 
 
-def build_preprocess(model_info: Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """The eval image transform recorded in a model's manifest entry (no weights needed)."""
+def build_preprocess(model_info: Mapping[str, Any]) -> Callable[[Any], np.ndarray | torch.Tensor]:
+    """The eval image transform recorded in a model's manifest entry (no weights needed): ``PilPreprocess``
+    (PIL and numpy, bit-identical to open_clip's), or open_clip's own transform for a config it does not
+    reproduce."""
+    config = model_info["preprocess"]
+    reproduced = PilPreprocess.from_config(config)
+    if reproduced is not None:
+        return reproduced
     import_open_clip()
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    config = {key: tuple(value) if isinstance(value, list) else value
-              for key, value in model_info["preprocess"].items()}
-    return image_transform_v2(PreprocessCfg(**config), is_train=False)
+    return image_transform_v2(PreprocessCfg(**{key: tuple(value) if isinstance(value, list) else value
+                                               for key, value in config.items()}), is_train=False)
 
 
 def build_tokenizer(model_info: Mapping[str, Any]) -> Callable[[list[str]], np.ndarray]:
-    """The tokenizer of a model's architecture (no weights needed), returning int64 arrays."""
-    open_clip = import_open_clip()
-    _register_bundled_configs(open_clip)
-    tokenizer = make_tokenizer(open_clip, model_info["architecture"], model_info.get("kind", "random"))
-    return lambda texts: tokenizer(texts).numpy().astype(np.int64)
+    """The tokenizer of a model's architecture (no weights needed), returning int64 arrays. open_clip is
+    imported at the first call, so an evaluation whose text embeddings are all cached never imports it."""
+    @functools.cache
+    def tokenizer() -> Callable[[list[str]], torch.Tensor]:
+        open_clip = import_open_clip()
+        _register_bundled_configs(open_clip)
+        return make_tokenizer(open_clip, model_info["architecture"], model_info.get("kind", "random"))
+
+    return lambda texts: tokenizer()(texts).numpy().astype(np.int64)
 
 
 def _text_config(open_clip: Any, architecture: str) -> dict[str, Any]:
