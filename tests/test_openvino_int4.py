@@ -7,12 +7,11 @@ constant, and OpenVINO's CPU plugin rejects the int4-compressed layer at compile
 from __future__ import annotations
 
 import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
 import pytest
 
-ov = pytest.importorskip("openvino")
-ops = pytest.importorskip("openvino.opset13")
-
-from lpmr_edge.quantize import QuantizationOptions, compress_openvino_weights, constant_input_layers  # noqa: E402
+from lpmr_edge.quantize import QuantizationOptions, compress_openvino_weights, constant_input_layers
 
 WIDTH, TOKENS = 64, 4
 
