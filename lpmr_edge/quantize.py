@@ -180,16 +180,42 @@ def quantize_openvino_with_control(model: ov.Model, samples: np.ndarray, options
             **settings)
 
 
-def compress_openvino_weights(model: ov.Model, bits: int, options: QuantizationOptions) -> ov.Model:
-    """Data-free weight-only compression: INT8 asymmetric per channel, or INT4 asymmetric per group."""
+WEIGHTED_OPS = ("MatMul", "Convolution")
+CONSTANT_INPUT_NOTE = ("kept FP32: their input is a learned constant broadcast to the batch (e.g. SigLIP's attention-pool "
+                       "query); OpenVINO 2026.4's CPU plugin cannot compile such a layer with int4 weights "
+                       "(Check 'm_element_type.is_static()' failed at make_tensor.cpp)")
+
+
+def constant_input_layers(model: ov.Model) -> list[str]:
+    """Names of the weighted layers whose input values do not depend on the model's input values (at most on its
+    batch size, through ``ShapeOf``): e.g. a linear layer applied to a learned latent expanded to the batch."""
+    data_dependent: set[str] = set()
+    layers = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Parameter" or (op.get_type_name() != "ShapeOf" and any(
+                value.get_node().get_name() in data_dependent for value in op.input_values())):
+            data_dependent.add(op.get_name())
+        elif op.get_type_name() in WEIGHTED_OPS:
+            layers.append(op.get_friendly_name())
+    return layers
+
+
+def compress_openvino_weights(model: ov.Model, bits: int, options: QuantizationOptions) -> tuple[ov.Model, list[str]]:
+    """Data-free weight-only compression: INT8 asymmetric per channel, or INT4 asymmetric per group.
+
+    Returns the model and the layers kept FP32: for INT4, the ``constant_input_layers`` (``CONSTANT_INPUT_NOTE``).
+    """
     nncf = _nncf()
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
+    kept_fp32 = constant_input_layers(model) if bits == 4 else []
     settings = {"mode": nncf.CompressWeightsMode.INT8_ASYM} if bits == 8 else {
         "mode": nncf.CompressWeightsMode.INT4_ASYM, "group_size": options.group_size, "ratio": options.ratio,
         "advanced_parameters": AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST)}
+    if kept_fp32:
+        settings["ignored_scope"] = nncf.IgnoredScope(names=kept_fp32)
     with contextlib.redirect_stdout(sys.stderr):
-        return nncf.compress_weights(model, **settings)
+        return nncf.compress_weights(model, **settings), kept_fp32
 
 
 def openvino_quantization_record(precision: str, options: QuantizationOptions) -> dict[str, Any]:

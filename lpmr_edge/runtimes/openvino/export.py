@@ -19,6 +19,7 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest, staged_directory
 from lpmr_edge.manifest import MANIFEST_NAME, sha256_json, tool_versions, verify_manifest, write_manifest
 from lpmr_edge.quantize import (
+    CONSTANT_INPUT_NOTE,
     CalibrationInputs,
     QuantizationOptions,
     compress_openvino_weights,
@@ -136,10 +137,12 @@ def tower_at_precision(clip: ClipModel, tower: str, precision: str, options: Qua
     """A tower's OpenVINO model (dynamic batch) at an export precision, and its quantization record."""
     if precision == "int8":
         return quantized_tower(clip, tower, options, calibration)
-    model = convert_tower(clip, tower)
+    model, record = convert_tower(clip, tower), openvino_quantization_record(precision, options)
     if precision in ("int8-w", "int4-w"):
-        model = compress_openvino_weights(model, 8 if precision == "int8-w" else 4, options)
-    return model, openvino_quantization_record(precision, options)
+        model, kept_fp32 = compress_openvino_weights(model, 8 if precision == "int8-w" else 4, options)
+        if kept_fp32:
+            record = {**record, "kept_fp32": {"reason": CONSTANT_INPUT_NOTE, "layers": {tower: kept_fp32}}}
+    return model, record
 
 
 def inference_hint(request: ExportRequest) -> str:
@@ -199,6 +202,15 @@ def _ports(ports: list[ov.Output]) -> list[dict[str, Any]]:
              "dtype": port.get_element_type().to_dtype().name} for port in ports]
 
 
+def _weight_only_record(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest ``quantization`` of a non-int8 export: the towers' shared record, with the layers either kept FP32."""
+    kept = [record["kept_fp32"] for record in records.values() if "kept_fp32" in record]
+    if not kept:
+        return records["image"]
+    return {**records["image"], "kept_fp32": {"reason": kept[0]["reason"],
+                                              "layers": {k: v for entry in kept for k, v in entry["layers"].items()}}}
+
+
 def export_towers(clip: ClipModel, request: ExportRequest, calibration: CalibrationInputs,
                   staging_dir: Path) -> dict[str, Any]:
     """Write ``image.xml/.bin`` and ``text.xml/.bin`` at the request's precision; return the manifest fields."""
@@ -216,7 +228,7 @@ def export_towers(clip: ClipModel, request: ExportRequest, calibration: Calibrat
         towers[tower] = {"file": f"{tower}.xml", "weights": f"{tower}.bin", "inputs": _ports(model.inputs),
                          "outputs": _ports(model.outputs)}
     config, notes = runtime_config(request)
-    quantization = records["image"] if request.precision != "int8" else {
+    quantization = _weight_only_record(records) if request.precision != "int8" else {
         **records["image"]["quantization"],
         "calibration_seconds": {tower: records[tower]["seconds"] for tower in TOWERS},
         "calibration_cpu_seconds": {tower: records[tower].get("cpu_seconds") for tower in TOWERS},
