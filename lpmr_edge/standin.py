@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from lpmr_edge.data.shifts import CUE_COLOURS
+from lpmr_edge.data.registry import FMNIST_CLASSES
 from lpmr_edge.manifest import atomic_write_bytes, machine_info, now_utc, sha256_file, tool_versions
 from lpmr_edge.models import load_model
 from lpmr_edge.models.bundled import BUNDLED_MODELS, CONFIG_DIR
@@ -55,24 +55,26 @@ Colour alone predicts the class on about {colour_cue:.0%} of the training images
 rely on it; it exists to give worst-group probes a real case to find. It never saw a black
 background, so the plain grey test split above is out of distribution for it (hence its low top-1).
 
-On `fmnist-colour` (the test split with every class in every colour, {group_n} images per
-(class, colour) group), torch FP32, its own logit scale: worst-group accuracy **{worst_group:.4f}**,
-average-group {average_group:.4f} (gap {gap:.4f}); groups whose colour matches the class
-{aligned:.4f} on average, mismatched groups {conflicting:.4f}
+On `fmnist-colour` (the test split, half of each class on its class's colour and half on the other
+nine; {n_groups} groups = class x aligned/conflicting, {group_n} images each), torch FP32, its own logit
+scale: worst-group accuracy **{worst_group:.4f}** (the conflicting group of {worst_class}),
+average-group {average_group:.4f} (gap {gap:.4f}); aligned groups {aligned:.4f} on average, conflicting
+groups {conflicting:.4f}
 (`lpmr-edge eval --model {name} --runtime torch --suite full` reproduces them with CIs).
 """
 
 
 def cue_group_summary(spurious: dict[str, Any]) -> dict[str, Any]:
-    """Worst/average-group accuracy on fmnist-colour, plus the mean over colour-matched and mismatched groups."""
-    by_match: dict[bool, list[float]] = {True: [], False: []}
-    for group, values in spurious["groups"].items():  # group = label * colours + colour
-        label, colour = divmod(int(group), len(CUE_COLOURS))
-        by_match[label == colour].append(values["accuracy"])
+    """Worst/average-group accuracy on fmnist-colour, the worst group's class, and the mean over aligned and
+    over conflicting groups."""
+    by_conflict: dict[int, list[float]] = {0: [], 1: []}
+    for group, values in spurious["groups"].items():  # group = 2 * label + conflicting
+        by_conflict[int(group) % 2].append(values["accuracy"])
     return {"worst_group": spurious["worst_group"], "average_group": spurious["average_group"],
-            "gap": spurious["gap"], "aligned": sum(by_match[True]) / len(by_match[True]),
-            "conflicting": sum(by_match[False]) / len(by_match[False]),
-            "group_n": min(values["n"] for values in spurious["groups"].values())}
+            "gap": spurious["gap"], "aligned": sum(by_conflict[0]) / len(by_conflict[0]),
+            "conflicting": sum(by_conflict[1]) / len(by_conflict[1]),
+            "worst_class": FMNIST_CLASSES[int(spurious["worst"]["name"]) // 2],
+            "n_groups": len(spurious["groups"]), "group_n": min(values["n"] for values in spurious["groups"].values())}
 
 
 def build_standin(config: TrainConfig, log: Any = print) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from lpmr_edge.manifest import sha256_json
 from lpmr_edge.report import write_report
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.runtimes.torch_runtime import TorchRuntime
+from lpmr_edge.stats import MIN_GROUP_SIZE
 from lpmr_edge.suite import EvalSettings, SuiteConfig, evaluate, load_suite, suite_set_names
 from lpmr_edge.suite.families import CLAIMS, FAMILIES, METRIC_BY_KEY, METRICS
 
@@ -344,14 +345,19 @@ def test_shifts_are_deterministic_non_noise_transforms():
     assert np.array_equal(inverted, 255 - np.asarray(dataset.images.load(2)))
 
 
-def test_colour_cued_set_has_balanced_class_colour_groups():
+def test_colour_cued_set_balances_each_class_between_aligned_and_conflicting_colours():
     dataset = load_dataset("fmnist-colour")
-    counts = np.bincount(dataset.groups, minlength=100)
-    assert counts.min() == counts.max() == 100
-    label, colour = divmod(int(dataset.groups[0]), len(CUE_COLOURS))
-    assert label == dataset.labels[0]
-    corner = np.asarray(dataset.images.load(0))[0, 0] / 255.0  # a background pixel takes the colour
-    assert corner == pytest.approx(np.asarray(CUE_COLOURS[colour]), abs=0.01)
+    colours, labels = dataset.images.colour_ids, dataset.labels
+    assert np.bincount(dataset.groups).tolist() == [500] * 20  # group = 2 * label + conflicting
+    assert np.array_equal(dataset.groups // 2, labels)
+    assert np.array_equal(dataset.groups % 2 == 0, colours == labels)
+    for label in range(10):  # the conflicting half spreads over the nine other colours (500 / 9: 55 or 56 each)
+        spread = np.bincount(colours[(labels == label) & (colours != label)], minlength=10)
+        assert spread[label] == 0 and sorted(np.delete(spread, label)) == [55] * 4 + [56] * 5
+    assert np.bincount(dataset.head(2000).groups).min() >= MIN_GROUP_SIZE  # the quick suite's groups are usable
+    for index in (0, 1):
+        corner = np.asarray(dataset.images.load(index))[0, 0] / 255.0  # a background pixel takes the colour
+        assert corner == pytest.approx(np.asarray(CUE_COLOURS[colours[index]]), abs=0.01)
 
 
 def _waterbirds(root: Path, rows: list[tuple[str, int, int, int]], header: str = "img_filename,y,place,split"):

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lpmr_edge.data.core import ArrayImages, FileImages, ImageDataset
-from lpmr_edge.data.shifts import CUE_COLOURS, ColourCuedImages, balanced_colour_ids
+from lpmr_edge.data.shifts import ColourCuedImages, aligned_or_conflicting_colour_ids, cue_conflicts
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import read_json, sha256_file
 
@@ -64,12 +64,12 @@ def _fashion_mnist(split: str) -> ImageDataset:
 
 def _fashion_mnist_colour() -> ImageDataset:
     images, labels = fashion_mnist_arrays("test")
-    colours = balanced_colour_ids(labels)
+    colours = aligned_or_conflicting_colour_ids(labels)
     return ImageDataset(name="fmnist-colour", images=ColourCuedImages(images, colours),
                         labels=labels, class_names=FMNIST_CLASSES, templates=FMNIST_TEMPLATES,
-                        source="Fashion-MNIST test split, background colour cycled through "
-                               f"{len(CUE_COLOURS)} colours per class; group = label * {len(CUE_COLOURS)} + colour",
-                        licence=FMNIST_LICENCE, groups=labels * len(CUE_COLOURS) + colours)
+                        source="Fashion-MNIST test split, half of each class on its class's background colour, "
+                               "half on the other colours; group = 2 * label + conflicting",
+                        licence=FMNIST_LICENCE, groups=2 * labels + cue_conflicts(labels, colours))
 
 
 def _digits() -> ImageDataset:

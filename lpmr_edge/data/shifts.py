@@ -7,7 +7,9 @@ value; ``invert`` inverts intensities.
 
 Colour cue: a background colour per class (``CUE_COLOURS``), blended as
 ``pixel = f * white + (1 - f) * colour`` with ``f`` the grey intensity, so objects stay light and the
-black background takes the colour.
+black background takes the colour. As in Waterbirds, training correlates colour with class
+(``correlated_colour_ids``) and the group-labelled test set balances each class between its own colour
+(aligned) and the others (conflicting): group = 2 * label + conflicting (``cue_conflicts``).
 """
 from __future__ import annotations
 
@@ -107,11 +109,19 @@ def correlated_colour_ids(labels: np.ndarray, correlation: float, rng: np.random
     return np.where(rng.random(len(labels)) < correlation, labels % n_colours, other)
 
 
-def balanced_colour_ids(labels: np.ndarray) -> np.ndarray:
-    """Each class's samples cycle through all colours in order, so every (class, colour) group is equal-sized."""
+def aligned_or_conflicting_colour_ids(labels: np.ndarray) -> np.ndarray:
+    """Half of each class on its own colour, half on the others: within each class, in order, even ranks take
+    the class's colour (aligned) and odd ranks cycle through the other colours (conflicting, evenly spread)."""
     labels = np.asarray(labels, dtype=np.int64)
+    n_colours = len(CUE_COLOURS)
     rank_in_class = np.empty(len(labels), dtype=np.int64)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         rank_in_class[members] = np.arange(len(members))
-    return rank_in_class % len(CUE_COLOURS)
+    other = (labels + 1 + (rank_in_class // 2) % (n_colours - 1)) % n_colours
+    return np.where(rank_in_class % 2 == 0, labels % n_colours, other)
+
+
+def cue_conflicts(labels: np.ndarray, colour_ids: np.ndarray) -> np.ndarray:
+    """1 where an image's background colour is not its class's colour (``CUE_COLOURS`` order), else 0."""
+    return (np.asarray(colour_ids) != np.asarray(labels) % len(CUE_COLOURS)).astype(np.int64)
