@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -22,8 +17,9 @@ import pytest
 
 from lpmr_edge.sweep.store import SweepStore
 
+pytest_plugins = ["ray_fixtures"]
+
 LPMR_EDGE = Path(sys.executable).with_name("lpmr-edge")
-RAY = Path(sys.executable).with_name("ray")
 TINY_SUITE = "limit = 200\nbootstrap_resamples = 100\n[ood]\nsets = [\"digits\"]\n"
 GRID = """
 name = "grid"
@@ -124,31 +120,6 @@ def test_killed_sweep_resumes_with_every_job_done_exactly_once(killed_and_resume
     assert manifest["results"]["tool_versions"]["openvino"] and manifest["results"]["machine"]["cores"]
     status = sweep_cli("status", db, "--json", cwd=workspace)
     assert json.loads(status.stdout)["done"] == JOBS and json.loads(status.stdout)["failed_jobs"] == []
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
-    """A one-node Ray cluster on loopback (2 CPUs, no dashboard, no usage stats, its own auth token, not the
-    one a local ``ray.init()`` may have left in ~/.ray); yields its address and the environment to reach it.
-    Always stopped."""
-    state = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    env.pop("RAY_AUTH_TOKEN_PATH", None)
-    port = free_port()
-    try:
-        subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                        "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={state}"],
-                       env=env, check=True, capture_output=True, timeout=180)
-        yield f"127.0.0.1:{port}", env
-    finally:
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_ray_engine_gives_the_same_metrics(killed_and_resumed: dict, workspace: Path,

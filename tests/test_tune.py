@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ from lpmr_edge.tune.search import tune_suite
 from lpmr_edge.tune.space import block_configs
 from lpmr_edge.tune.splits import TEST, VALIDATION, split_sets
 from lpmr_edge.tune.verdict import best_trial
+
+pytest_plugins = ["ray_fixtures"]
 
 
 def _pixels(eval_set) -> set[str]:
@@ -192,3 +196,24 @@ def test_kept_modules_and_ignored_patterns_leave_exactly_those_operations_unquan
     assert everything - block and all(".resblocks.3." in name for name in everything - block)
     assert everything - projection == {"__module.clip.visual/aten::matmul/MatMul"}
     assert block < everything
+
+
+@pytest.mark.slow
+def test_trials_run_on_a_ray_cluster_with_the_figures_of_an_inline_search(tmp_path, monkeypatch, ray_cluster):
+    """The same small search inline and on a Ray cluster (loopback): the same trials and validation figures
+    (latency is timed on this host afterwards in both, so it is not compared)."""
+    from lpmr_edge.targets import load_target
+    from lpmr_edge.tune import TuneRequest, tune
+
+    address, env = ray_cluster
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            monkeypatch.setenv(name, value)
+    inline = TuneRequest(model="lpmr-tiny-fmnist", target=load_target("x86"), runtime="openvino", objective="ece",
+                         out=tmp_path / "inline", limit=120, space=SMALL_SPACE, bench_repeats=3, bench_seconds=1)
+    local = tune(inline, log=lambda message: None)
+    remote = tune(replace(inline, out=tmp_path / "ray", engine="ray", address=address), log=lambda message: None)
+    assert remote["trials"]["resumed"] == 0 and not any(r.get("error") for r in remote["trials"]["records"])
+    figures = [{r["key"]: r["validation"] for r in result["trials"]["records"]} for result in (local, remote)]
+    assert len(figures[0]) == 4 and figures[0] == figures[1]
+    assert (local["engine"], remote["engine"]) == ("local", "ray")
