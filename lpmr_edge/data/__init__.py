@@ -2,7 +2,7 @@
 
 Registry names:
   ``fmnist-test`` / ``fmnist-train``   Fashion-MNIST (Debian package dataset-fashion-mnist, MIT)
-  ``fmnist-colour``                    Fashion-MNIST test with balanced (class x background colour) groups
+  ``fmnist-colour``                    Fashion-MNIST test, class x aligned/conflicting background colour groups
   ``digits``                           scikit-learn's bundled 8x8 digits, upscaled (OOD)
   ``textiles``                         conformal-clip-data simulated textile images (MIT; OOD)
   ``calib:NAME``                       a shipped calibration set in calibration_data/NAME
