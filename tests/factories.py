@@ -129,3 +129,9 @@ def write_outputs_result(root: Path, target: str, runtime: str, precision: str, 
     (directory / "bench.json").write_text(json.dumps(bench_json(source, "lpmr-tiny-fmnist", runtime, precision,
                                                                 latency_ms, 50.0, False)))
     return directory
+
+
+def small_suite_toml(limit: int, corrupted_images: int) -> str:
+    """A small suite for pipeline tests: ``limit`` ID images, the digits OOD set, one noise corruption."""
+    return (f"limit = {limit}\nbootstrap_resamples = 50\n\n[ood]\nsets = [\"digits\"]\n\n[corruptions]\n"
+            f"kinds = [\"gaussian_noise\"]\nseverities = [3]\nimages = {corrupted_images}\n")

@@ -5,23 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from factories import small_suite_toml
+
 from lpmr_edge.models import load_model
 from lpmr_edge.pipeline import evaluate_reusing, same_outputs_result
 from lpmr_edge.runtimes.torch_runtime import TorchRuntime
 from lpmr_edge.suite import EvalSettings, evaluate
 
-SUITE = """
-limit = 120
-bootstrap_resamples = 50
-
-[ood]
-sets = ["digits"]
-
-[corruptions]
-kinds = ["gaussian_noise"]
-severities = [3]
-images = 20
-"""
+SUITE = small_suite_toml(limit=120, corrupted_images=20)
 
 
 def test_a_result_of_the_same_identity_gives_its_outputs(tmp_path: Path):

@@ -9,22 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import target_toml
+from factories import small_suite_toml
 
 from lpmr_edge.pick import Constraints
 from lpmr_edge.pipeline import RunPlan, run
 
-SUITE = """
-limit = 200
-bootstrap_resamples = 50
-
-[ood]
-sets = ["digits"]
-
-[corruptions]
-kinds = ["gaussian_noise"]
-severities = [3]
-images = 50
-"""
+SUITE = small_suite_toml(limit=200, corrupted_images=50)
 TIMING_FIELDS = ("created",)
 
 
