@@ -102,8 +102,8 @@ def _center_crop_or_pad(image: Image.Image, size: tuple[int, int], fill: int) ->
                      fill)
         if image.size == (crop_width, crop_height):
             return image
-    top = int(round((image.height - crop_height) / 2.0))
-    left = int(round((image.width - crop_width) / 2.0))
+    top = round((image.height - crop_height) / 2.0)
+    left = round((image.width - crop_width) / 2.0)
     return image.crop((left, top, left + crop_width, top + crop_height))
 
 
