@@ -28,8 +28,8 @@ Work a step would repeat is not redone: each process keeps the evaluation sets i
 suite (``PREPROCESSED_BYTES``), and an artifact whose runtime identity (runtime, precision, files' sha256,
 executed precision; the device for an on-device runtime) matches one already evaluated on this machine with
 the same suite (e.g. a target's ExecuTorch artifact byte-identical to another target's, both run here) takes
-that result's per-sample outputs instead of running its images again; its manifest records
-``reused_outputs`` (from which result directory, which sets) and its metrics are scored from them as usual.
+that result's per-sample outputs instead of running its images again (``lpmr_edge.suite.reuse``); its manifest
+records ``reused_outputs`` (from which result directory, which sets) and its metrics are scored from them.
 """
 from __future__ import annotations
 
@@ -37,19 +37,19 @@ import contextlib
 import functools
 import os
 import platform
-import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lpmr_edge.data import PreprocessedSets
 from lpmr_edge.errors import UserError
-from lpmr_edge.manifest import MANIFEST_NAME, atomic_write_json, machine_info, read_json, sha256_json
+from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
 from lpmr_edge.pick import Choice, Constraints
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.sequential import SettleSettings
-from lpmr_edge.suite import METRICS_FILE, EvalSettings, Progress, evaluate, load_suite, progress_task
+from lpmr_edge.suite import EvalSettings, Progress, evaluate, progress_task
+from lpmr_edge.suite.reuse import evaluate_reusing, holds_result, same_outputs_result
 from lpmr_edge.suite.settle import Settled, reference_images
 from lpmr_edge.suite.settle_plan import objective_loss
 from lpmr_edge.sweep.engines import Engine, InlineEngine, LocalEngine, Step, StepOutcome, run_steps
@@ -105,23 +105,11 @@ def _preprocessed() -> PreprocessedSets:
     return PreprocessedSets(PREPROCESSED_BYTES)
 
 
-def _holds_result(out_dir: Path, identity: str, suite: str, sequential: dict | None = None) -> bool:
-    """True if ``out_dir`` holds a finished result of a runtime of this ``identity`` with ``suite``'s settings
-    (by content) and ``metrics["sequential"]`` (None: a full evaluation)."""
-    metrics, manifest = out_dir / METRICS_FILE, out_dir / MANIFEST_NAME
-    if not (metrics.is_file() and manifest.is_file()):
-        return False
-    stored = read_json(metrics, "metrics")
-    return read_json(manifest, "results manifest").get("runtime", {}).get("identity") == identity \
-        and sha256_json(stored.get("suite")) == sha256_json(asdict(load_suite(suite))) \
-        and stored["metrics"].get("sequential") == sequential
-
-
 def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log, progress: Progress | None,
                    evaluate_suite: Callable[[], object] | None = None, sequential: dict | None = None) -> None:
     """Evaluate unless ``out_dir`` holds a result of the same runtime, suite and ``metrics["sequential"]``
     (None: a full evaluation); ``evaluate_suite`` replaces the full evaluation (settled runs, reused outputs)."""
-    if _holds_result(out_dir, runtime.identity, suite, sequential):
+    if holds_result(out_dir, runtime.identity, suite, sequential):
         log(f"  suite: up to date ({out_dir})")
         return
     if evaluate_suite is None:
@@ -129,49 +117,6 @@ def _evaluate_once(runtime: Runtime, out_dir: Path, suite: str, log: Log, progre
     else:
         evaluate_suite()
     log(f"  suite: done ({out_dir})")
-
-
-def same_outputs_result(results_root: Path, identity: str, suite: str, out_dir: Path) -> Path | None:
-    """A finished full evaluation with ``suite`` in ``results_root/<target>/<name>/`` other than ``out_dir``, made
-    on this machine by a runtime of this ``identity`` (its per-sample outputs are what ``out_dir``'s would be),
-    or None."""
-    machine = machine_info()
-    for candidate in sorted(results_root.glob(f"*/*/{METRICS_FILE}")):
-        directory = candidate.parent  # not a staging directory (hidden) of a result being written
-        if directory.name.startswith(".") or directory.resolve() == out_dir.resolve():
-            continue
-        try:  # another step may be replacing it right now: then it is not a source
-            if _holds_result(directory, identity, suite) \
-                    and read_json(directory / MANIFEST_NAME, "results manifest").get("machine") == machine:
-                return directory
-        except UserError:
-            continue
-    return None
-
-
-def evaluate_reusing(runtime: Runtime, out_dir: Path, source: Path, suite: str, log: Log,
-                     progress: Progress | None) -> None:
-    """Evaluate ``suite`` through ``runtime`` into ``out_dir`` starting from the per-sample outputs of ``source``
-    (``same_outputs_result``): every set they hold is reused (each is checked against the runtime identity,
-    dataset and prompts before use; anything else runs), the metrics are scored from them, and the manifest's
-    ``reused_outputs`` names ``source`` (relative to the run's directory, ``source/../..``) and the sets
-    taken as they were. ``out_dir`` appears complete or not at all."""
-    from lpmr_edge.export import staged_directory
-    from lpmr_edge.suite.outputs import OUTPUTS_DIR
-
-    origin = source.resolve().relative_to(source.resolve().parents[2]).as_posix()
-    with staged_directory(out_dir) as staging:
-        shutil.copytree(source / OUTPUTS_DIR, staging / OUTPUTS_DIR)
-        evaluate(runtime, staging, EvalSettings(suite=suite), progress=progress, preprocessed=_preprocessed())
-        sets = [path.stem for path in sorted((source / OUTPUTS_DIR).glob("*.npz"))
-                if (staging / OUTPUTS_DIR / path.name).read_bytes() == path.read_bytes()]
-        manifest = read_json(staging / MANIFEST_NAME, "results manifest")
-        manifest["reused_outputs"] = {
-            "from": origin, "sets": sets,
-            "why": "a runtime of the same identity (runtime, precision, artifact files' sha256, executed precision) "
-                   "evaluated the same suite on this machine: its per-sample outputs are this runtime's"}
-        atomic_write_json(staging / MANIFEST_NAME, manifest)
-    log(f"  suite: per-sample outputs of {origin} reused (same runtime identity)")
 
 
 def _parity(artifacts: Sequence[Path], out: Path, images: int, threads: int, log: Log) -> None:
@@ -308,7 +253,7 @@ def _suite_work(plan: RunPlan, target: Target, artifact: Path, log: Log, progres
     try:
         source = same_outputs_result(results_root, runtime.identity, plan.suite, out_dir)
         _evaluate_once(runtime, out_dir, plan.suite, log, progress, None if source is None else functools.partial(
-            evaluate_reusing, runtime, out_dir, source, plan.suite, log, progress))
+            evaluate_reusing, runtime, out_dir, source, plan.suite, log, progress, _preprocessed()))
     finally:
         runtime.close()
 

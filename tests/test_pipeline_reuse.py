@@ -8,9 +8,9 @@ from pathlib import Path
 from factories import small_suite_toml
 
 from lpmr_edge.models import load_model
-from lpmr_edge.pipeline import evaluate_reusing, same_outputs_result
 from lpmr_edge.runtimes.torch_runtime import TorchRuntime
 from lpmr_edge.suite import EvalSettings, evaluate
+from lpmr_edge.suite.reuse import evaluate_reusing, same_outputs_result
 
 SUITE = small_suite_toml(limit=120, corrupted_images=20)
 
