@@ -37,18 +37,18 @@ from lpmr_edge.report_document import (
     render_markdown,
 )
 from lpmr_edge.results import (
+    BONFERRONI_MEAN,
     Result,
     comparable,
     group_results,
     load_results,
+    paired_keys,
     reference_for,
 )
-from lpmr_edge.samples import outputs_digest
+from lpmr_edge.samples import outputs_digest, with_joint_intervals
 from lpmr_edge.stats import Evidence, claim_verdicts
 from lpmr_edge.suite.families import CLAIMS, COMPARISON_METRICS, FAMILIES, METRIC_BY_KEY, METRICS, MetricSpec
-from lpmr_edge.suite.families.base import MEAN
 from lpmr_edge.suite.families.classification import ID_SET
-from lpmr_edge.suite.families.ood import MEAN_OF_SETS
 from lpmr_edge.suite.families.spectrum import spectrum_of_results
 from lpmr_edge.suite.outputs import outputs_path
 
@@ -170,10 +170,8 @@ class PairedComparator:
         comparison = self._comparison(result, reference, margins)
         if comparison is None:
             return unpaired_delta(result, reference, spec, margins)
-        keys = spec.expand(spec.paired, result.raw["metrics"])
-        if len(keys) > 1:  # the instances' mean, bootstrapped jointly
-            keys = [spec.paired.format(set=MEAN_OF_SETS)] if spec.combine == MEAN else []
-        entry = comparison["deltas"].get(keys[0]) if keys else None
+        keys = paired_keys(spec, result.raw["metrics"])  # a mean over instances: their joint mean's key
+        entry = comparison["deltas"].get(keys[0]) if len(keys) == 1 else None
         if entry is None:
             return None
         mcnemar = comparison["mcnemar"].get(keys[0].split(".")[0]) if keys[0].endswith(".top1") else None
@@ -349,6 +347,7 @@ def build_report(results: Sequence[Result], constraints: Constraints,
     the runtimes' ``warnings``),
     ``claims`` (``assess_claims``), ``plots`` (per model and target: figure kind -> file).
     """
+    results = with_joint_intervals(results)  # the mean over OOD sets: the joint interval where outputs are stored
     comparator = comparator or PairedComparator()
     rows = build_rows(results, comparator, metric_margins(constraints))
     choices = pick(results, constraints)
@@ -388,6 +387,12 @@ def _notes(results: Sequence[Result], comparator: Comparator) -> list[str]:
               "images. A worst-group accuracy whose smallest group is below the suite's min_group_size shows "
               "\"not enough data\" and enters no comparison or claim.")]
     notes += [note for family in FAMILIES for note in family.report_notes([r.raw["metrics"] for r in results])]
+    stored_only = [f"{r.target} {r.variant} ({spec.label})" for r in results for spec in METRICS
+                   if spec.key in r.metrics and r.metrics[spec.key].method == BONFERRONI_MEAN]
+    if stored_only:
+        notes.append("Means over OOD sets without stored per-sample outputs (no joint bootstrap possible) show a "
+                     "conservative interval from the per-set intervals alone (each widened to 1 - 5%/k, k sets, then "
+                     f"their bounds averaged: Bonferroni) for: {'; '.join(stored_only)}")
     fallbacks = getattr(comparator, "fallbacks", {})
     unpaired = "; ".join(fallbacks) + f" (e.g. {next(iter(fallbacks.values()))})" if fallbacks else "all results"
     if comparator is unpaired_delta or fallbacks:
