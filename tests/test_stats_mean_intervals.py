@@ -17,10 +17,11 @@ from lpmr_edge.metrics import ood_metrics
 from lpmr_edge.pick import Constraints, pick
 from lpmr_edge.report import build_report
 from lpmr_edge.results import BONFERRONI_MEAN, JOINT_BOOTSTRAP, Estimate, bonferroni_mean, load_results
-from lpmr_edge.stats import bca_estimates, paired_decisions
+from lpmr_edge.samples import score_orders
+from lpmr_edge.stats import bca_estimates, bootstrap_draws, paired_decisions
 from lpmr_edge.suite import BUILTIN_SUITES
 from lpmr_edge.suite.families.base import Probe
-from lpmr_edge.suite.families.ood import OodConfig, OodProbes
+from lpmr_edge.suite.families.ood import CLASS_SPLIT, OodConfig, OodProbes
 from lpmr_edge.suite.outputs import write_result
 from lpmr_edge.suite.run import score_outputs
 
@@ -101,6 +102,23 @@ def test_the_pickers_paired_interval_of_the_joint_mean_covers_the_population_dif
     """The picker's paired test of the mean over sets keeps its nominal coverage."""
     # 150 draws: 95% +- three binomial standard errors = [0.897, 1.0]; measured 94.0% (seed 11)
     assert paired_mean_coverage(11) >= 0.897
+
+
+def test_resamples_emitted_in_score_order_change_no_number():
+    """``with_joint_intervals`` emits each resample's rows by descending score (``score_orders``): the same rows,
+    so every draw of the joint mean (tied scores included, the class split's halves as two ID tables) is equal."""
+    rng = np.random.default_rng(3)
+    id_scores, oods = _scores(rng, SEPARATIONS)
+    split = (np.arange(N_ID) % 2 == 0, {"msp": np.round(rng.normal(size=N_ID), 1)})
+    names = [f"set{k}" for k in range(len(oods))]
+    probes = OodProbes({}, {"msp": np.round(id_scores, 1)},
+                       {name: {"msp": np.round(ood, 1)} for name, ood in zip(names, oods)}, split)
+    joint = probes.mean_probe([*names, CLASS_SPLIT], ("msp",))
+    orders = score_orders(joint.tables, ["msp/auroc", "msp/fpr_at_95_tpr"])
+    assert len(orders) == len(joint.tables) == 2 + len(oods) and all(order is not None for order in orders)
+    plain, ordered = (bootstrap_draws(joint.summary, joint.tables, 40, 0, emitted) for emitted in (None, orders))
+    assert set(plain) == {"msp/auroc", "msp/fpr_at_95_tpr"}
+    assert all(np.array_equal(plain[name], ordered[name]) for name in plain)
 
 
 # ----------------------------------------------------------------------------- result directories
