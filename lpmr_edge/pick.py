@@ -374,9 +374,13 @@ def _with_objective(results: Sequence[Result], spec: MetricSpec) -> list[Result]
 def pick(results: Sequence[Result], constraints: Constraints) -> list[Choice]:
     """A recommendation (or the reason there is none) for every (model, target) with exported artifacts.
 
-    The host's eager torch results are references, not deployments: they get no recommendation.
+    The host's eager torch results are references, not deployments: they get no recommendation. An objective
+    that is a mean over several instances reads the joint bootstrap interval where the outputs are stored
+    (``lpmr_edge.samples.with_joint_intervals``), as the paired test and the report do.
     """
-    results = _with_objective(results, constraints.metric)
+    from lpmr_edge.samples import with_joint_intervals
+
+    results = with_joint_intervals(_with_objective(results, constraints.metric), [constraints.metric])
     if not any(constraints.metric.key in result.metrics for result in results):
         raise UserError(f"no result has {constraints.metric.label} (objective '{constraints.objective}'); "
                         "evaluate with a suite that measures it (e.g. --suite quick) or pick another objective")

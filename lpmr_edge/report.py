@@ -11,7 +11,7 @@ replaces any previous report only once everything is written:
 Every quantized result is compared with its FP32 reference (``lpmr_edge.results.reference_for``) by a
 ``Comparator``: by default ``PairedComparator`` (the suite's paired bootstrap on the stored per-sample
 outputs, ``lpmr_edge.compare``), falling back to ``unpaired_delta`` (the two stored CIs combined) for
-results without outputs.
+results without outputs. The claims are judged over those comparisons by ``lpmr_edge.claims``.
 """
 from __future__ import annotations
 
@@ -23,89 +23,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scipy.special import ndtr, ndtri
-
 from lpmr_edge import plots
+from lpmr_edge.claims import Delta, assess_claims, delta_from_interval
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_bytes, now_utc
-from lpmr_edge.pick import Constraints, margin_text, pick
+from lpmr_edge.pick import Constraints, pick
 from lpmr_edge.report_document import (
-    NOT_MEASURED,
     PLOTS_DIR,
     document,
     render_html,
     render_markdown,
 )
 from lpmr_edge.results import (
+    BONFERRONI_MEAN,
     Result,
     comparable,
     group_results,
     load_results,
+    paired_keys,
     reference_for,
 )
-from lpmr_edge.samples import outputs_digest
-from lpmr_edge.stats import Evidence, claim_verdicts
-from lpmr_edge.suite.families import CLAIMS, COMPARISON_METRICS, FAMILIES, METRIC_BY_KEY, METRICS, MetricSpec
-from lpmr_edge.suite.families.base import MEAN
+from lpmr_edge.samples import with_joint_intervals
+from lpmr_edge.suite.families import COMPARISON_METRICS, FAMILIES, METRICS, MetricSpec
 from lpmr_edge.suite.families.classification import ID_SET
-from lpmr_edge.suite.families.ood import MEAN_OF_SETS
 from lpmr_edge.suite.families.spectrum import spectrum_of_results
 from lpmr_edge.suite.outputs import outputs_path
 
 FORMAT = "lpmr-edge-report/1"
-ALPHA = 0.05  # claim verdicts: family-wise error within a claim
 HTML_FILE, MARKDOWN_FILE, JSON_FILE = "report.html", "report.md", "report.json"
 
 
-@dataclass(frozen=True)
-class Delta:
-    """``result - reference`` for one metric, with its 95% CI, whether the change is significant (the CI
-    excludes 0), the two-sided p-value of that test and, for an accuracy, the exact McNemar p. Against the
-    metric's practical ``margin`` m: ``p_beyond_margin`` (two-sided test that |change| > m, p < 5% iff the CI
-    lies wholly beyond ±m) and ``p_equivalence`` (TOST within ±m; None at m = 0)."""
-
-    value: float
-    ci: tuple[float, float] | None
-    significant: bool
-    better: bool  # the change goes the metric's good way (meaningful when significant)
-    method: str
-    p_value: float | None = None
-    mcnemar_p: float | None = None
-    margin: float = 0.0
-    p_beyond_margin: float | None = None
-    p_equivalence: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form."""
-        return {"value": self.value, "ci": list(self.ci) if self.ci else None, "significant": self.significant,
-                "better": self.better, "method": self.method, "p_value": self.p_value, "mcnemar_p": self.mcnemar_p,
-                "margin": self.margin, "p_beyond_margin": self.p_beyond_margin, "p_equivalence": self.p_equivalence}
-
-
 Comparator = Callable[[Result, Result, MetricSpec, Mapping[str, float]], "Delta | None"]  # margins by metric key
-
-
-def delta_from_interval(spec: MetricSpec, value: float, ci: tuple[float, float] | None, method: str,
-                        p_value: float | None = None, mcnemar_p: float | None = None, margin: float = 0.0,
-                        p_beyond_margin: float | None = None, p_equivalence: float | None = None) -> Delta:
-    """A Delta whose significance is "the CI excludes zero"; p-values not given come from the normal
-    approximation of the CI (its half-width / 1.96 as the standard error): the two-sided test of 0, the
-    two one-sided tests against ±``margin`` (``p_beyond_margin`` = 2 x the smaller) and TOST."""
-    significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
-    if ci is not None and None in (p_value, p_beyond_margin):
-        spread = (ci[1] - ci[0]) / (2 * float(ndtri(0.975)))
-
-        def p_above(null: float) -> float:  # one-sided p of H0: change <= null
-            return float(ndtr((null - value) / spread)) if spread > 0 else float(value <= null)
-
-        def p_below(null: float) -> float:  # one-sided p of H0: change >= null
-            return float(ndtr((value - null) / spread)) if spread > 0 else float(value >= null)
-
-        p_value = p_value if p_value is not None else min(1.0, 2 * min(p_above(0.0), p_below(0.0)))
-        p_beyond_margin = min(1.0, 2 * min(p_above(margin), p_below(-margin)))
-        p_equivalence = max(p_below(margin), p_above(-margin)) if margin > 0 else None
-    return Delta(value, ci, significant, spec.better(value, 0.0), method, p_value, mcnemar_p, margin,
-                 p_beyond_margin, p_equivalence)
 
 
 def unpaired_delta(result: Result, reference: Result, spec: MetricSpec, margins: Mapping[str, float]) -> Delta | None:
@@ -170,10 +118,8 @@ class PairedComparator:
         comparison = self._comparison(result, reference, margins)
         if comparison is None:
             return unpaired_delta(result, reference, spec, margins)
-        keys = spec.expand(spec.paired, result.raw["metrics"])
-        if len(keys) > 1:  # the instances' mean, bootstrapped jointly
-            keys = [spec.paired.format(set=MEAN_OF_SETS)] if spec.combine == MEAN else []
-        entry = comparison["deltas"].get(keys[0]) if keys else None
+        keys = paired_keys(spec, result.raw["metrics"])  # a mean over instances: their joint mean's key
+        entry = comparison["deltas"].get(keys[0]) if len(keys) == 1 else None
         if entry is None:
             return None
         mcnemar = comparison["mcnemar"].get(keys[0].split(".")[0]) if keys[0].endswith(".top1") else None
@@ -264,61 +210,6 @@ def build_rows(results: Sequence[Result], comparator: Comparator,
     return rows
 
 
-def claim_rule(spec: MetricSpec, margin: float, alpha: float = ALPHA) -> str:
-    """How ``assess_claims`` judges a claim on ``spec`` with practical ``margin``, in words."""
-    shown = margin_text(spec, margin)
-    return (f"practical margin ±{shown} ({spec.label}): a comparison counts as better or worse only when its "
-            f"{1 - alpha:.0%} paired interval lies wholly beyond +{shown} or -{shown} (two one-sided tests against "
-            f"the margin at {alpha / 2:.1%} each; p = 2 x the smaller), and as equivalent within the margin when its "
-            f"{1 - 2 * alpha:.0%} interval lies inside ±{shown} (TOST at {alpha:.0%}); both families of p-values "
-            f"Holm-corrected within the claim over its unique comparisons")
-
-
-def assess_claims(rows: Mapping[tuple[str, str], Sequence[Row]],
-                  digest: Callable[[Result], str | None] = outputs_digest) -> list[dict[str, Any]]:
-    """One verdict per claim over all its comparisons (``lpmr_edge.stats.claim_verdicts``, Holm-corrected
-    within the claim) by the practical-margin rule of ``claim_rule``, with the margin each delta was tested
-    against. Comparisons whose result and reference both have identical stored outputs (``digest``) to an
-    earlier comparison's count once and are marked ``duplicate_of`` it."""
-    digests: dict[Path, str | None] = {}
-
-    def pair_hash(row: Row) -> str | None:
-        for result in (row.result, row.reference):
-            if result is not None and result.directory not in digests:
-                digests[result.directory] = digest(result)
-        mine, theirs = digests[row.result.directory], digests[row.reference.directory] if row.reference else None
-        return f"{mine}:{theirs}" if mine and theirs else None
-
-    assessed = []
-    for claim in CLAIMS:
-        spec = METRIC_BY_KEY[claim.metric]
-        compared = [(model, target, row, row.deltas[claim.metric]) for (model, target), group in rows.items()
-                    for row in group
-                    if claim.metric in row.deltas and row.deltas[claim.metric].p_beyond_margin is not None]
-        keys = [f"{target} ({model}): {row.result.variant} vs {row.reference.variant if row.reference else '-'}"
-                for model, target, row, _ in compared]
-        evidence = [Evidence(key, delta.better, delta.p_beyond_margin, pair_hash(row),  # type: ignore[arg-type]
-                             delta.p_equivalence) for key, (_, _, row, delta) in zip(keys, compared)]
-        judged = claim_verdicts({claim.key: (claim.expectation, evidence)}, alpha=ALPHA)[claim.key] if evidence else None
-        margin = compared[0][3].margin if compared else None  # build_rows tests a metric against one margin
-        items = [{"model": model, "target": target, "variant": row.result.variant,
-                  "reference": row.reference.variant if row.reference else None, "delta": delta.to_json(),
-                  "test": f"{delta.method}: tests against the margin ±{margin_text(spec, delta.margin)}",
-                  **{name: judged_row[name] for name in ("p_value", "p_adjusted", "p_equivalence",
-                                                         "p_equivalence_adjusted", "duplicate_of", "significant",
-                                                         "equivalent")}}
-                 for (model, target, row, delta), judged_row in zip(compared, judged["evidence"] if judged else [])]
-        assessed.append({"claim": claim.key, "statement": claim.statement, "metric": claim.metric,
-                         "metric_label": spec.label, "expectation": claim.expectation,
-                         "verdict": judged["verdict"] if judged else NOT_MEASURED,
-                         "summary": (f"{judged['summary']} (margin ±{margin_text(spec, margin)})"  # type: ignore[arg-type]
-                                     if judged else "no quantized result measured this"),
-                         "correction": judged["correction"] if judged else "",
-                         "margin": margin, "rule": claim_rule(spec, margin) if margin is not None else "",
-                         "counts": judged["counts"] if judged else {}, "evidence": items})
-    return assessed
-
-
 def _provenance(results: Sequence[Result]) -> dict[str, Any]:
     """Models (with their labels), host machines, devices, runtime and tool versions, suites and dates of the inputs."""
     def unique(values: Sequence[Any]) -> list[Any]:
@@ -349,6 +240,7 @@ def build_report(results: Sequence[Result], constraints: Constraints,
     the runtimes' ``warnings``),
     ``claims`` (``assess_claims``), ``plots`` (per model and target: figure kind -> file).
     """
+    results = with_joint_intervals(results)  # the mean over OOD sets: the joint interval where outputs are stored
     comparator = comparator or PairedComparator()
     rows = build_rows(results, comparator, metric_margins(constraints))
     choices = pick(results, constraints)
@@ -388,6 +280,12 @@ def _notes(results: Sequence[Result], comparator: Comparator) -> list[str]:
               "images. A worst-group accuracy whose smallest group is below the suite's min_group_size shows "
               "\"not enough data\" and enters no comparison or claim.")]
     notes += [note for family in FAMILIES for note in family.report_notes([r.raw["metrics"] for r in results])]
+    stored_only = [f"{r.target} {r.variant} ({spec.label})" for r in results for spec in METRICS
+                   if spec.key in r.metrics and r.metrics[spec.key].method == BONFERRONI_MEAN]
+    if stored_only:
+        notes.append("Means over OOD sets without stored per-sample outputs (no joint bootstrap possible) show a "
+                     "conservative interval from the per-set intervals alone (each widened to 1 - 5%/k, k sets, then "
+                     f"their bounds averaged: Bonferroni) for: {'; '.join(stored_only)}")
     fallbacks = getattr(comparator, "fallbacks", {})
     unpaired = "; ".join(fallbacks) + f" (e.g. {next(iter(fallbacks.values()))})" if fallbacks else "all results"
     if comparator is unpaired_delta or fallbacks:

@@ -8,6 +8,12 @@ the median latency of one image-tower call at the smallest batch benchmarked, an
 artifact's manifest, and the eager torch reference counts as target ``host``. Each result is compared
 with an FP32 reference (see ``reference_for``). Its metrics are the registered families' ``MetricSpec``s
 (``lpmr_edge.suite.families.METRICS``), read by ``read_estimate``.
+
+A metric that is the mean over several instances (the OOD sets) gets, from the stored tree alone, the
+conservative ``bonferroni_mean`` interval (``BONFERRONI_MEAN``); where the result's per-sample outputs are
+stored, ``lpmr_edge.samples.with_joint_intervals`` replaces it with the interval of the joint bootstrap of
+the mean (``JOINT_BOOTSTRAP``: the ID images drawn once for all sets, as ``compare`` resamples them). Each
+``Estimate`` names its interval's ``method``.
 """
 from __future__ import annotations
 
@@ -16,16 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scipy.special import ndtri
+
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import MANIFEST_NAME, read_json
+from lpmr_edge.stats import CONFIDENCE
 from lpmr_edge.suite.families import METRICS, MetricSpec
-from lpmr_edge.suite.families.base import WORST
+from lpmr_edge.suite.families.base import MEAN, WORST
+from lpmr_edge.suite.families.ood import MEAN_OF_SETS
 from lpmr_edge.suite.outputs import METRICS_FILE
 from lpmr_edge.suite.sizes import sample_sizes
 
 BENCH_PATTERN = "bench*.json"  # bench JSON files found below the inputs
 HOST_TARGET = "host"
 REFERENCE_PRECISION = "fp32"
+JOINT_BOOTSTRAP = "bca: joint bootstrap of the mean over sets (the ID images drawn once for all sets)"
+BONFERRONI_MEAN = ("bonferroni: mean of the sets' bounds, each widened from 95% to 1 - 0.05/k (normal approximation); "
+                   "no per-sample outputs for a joint bootstrap")
 
 @dataclass(frozen=True)
 class Estimate:
@@ -35,6 +48,7 @@ class Estimate:
     ci: tuple[float, float] | None = None
     n: int | None = None  # the samples it was computed on, when the result records them
     status: str | None = None  # why the value must not be used (e.g. "not enough data"); None when usable
+    method: str | None = None  # how the CI was computed (metrics.json's ci_method), when recorded
 
     def overlaps(self, other: Estimate) -> bool:
         """True if the two CIs overlap (without CIs: only equal values overlap)."""
@@ -43,10 +57,11 @@ class Estimate:
         return self.ci[0] <= other.ci[1] and other.ci[0] <= self.ci[1]
 
     def to_json(self) -> dict[str, Any]:
-        """JSON form: ``{"value", "ci": [low, high] | null}`` and ``n`` when known."""
+        """JSON form: ``{"value", "ci": [low, high] | null}`` and ``n``, ``status``, ``ci_method`` when known."""
         return {"value": self.value, "ci": list(self.ci) if self.ci else None,
                 **({"n": self.n} if self.n is not None else {}),
-                **({"status": self.status} if self.status is not None else {})}
+                **({"status": self.status} if self.status is not None else {}),
+                **({"ci_method": self.method} if self.method is not None else {})}
 
 def _estimate(node: Any, name: str) -> Estimate | None:
     if not isinstance(node, Mapping) or not isinstance(node.get(name), (int, float)):
@@ -55,23 +70,49 @@ def _estimate(node: Any, name: str) -> Estimate | None:
     finite = isinstance(ci, list) and len(ci) == 2 and all(isinstance(bound, (int, float)) for bound in ci)
     n = node.get("n")
     status = node.get("status", {}).get(name)
+    method = node.get("ci_method", {}).get(name)
     return Estimate(float(node[name]), (float(ci[0]), float(ci[1])) if finite else None,
                     n if isinstance(n, int) and not isinstance(n, bool) else None,
-                    status if isinstance(status, str) and status != "ok" else None)
+                    status if isinstance(status, str) and status != "ok" else None,
+                    method if isinstance(method, str) else None)
 
-def mean_estimate(estimates: Sequence[Estimate]) -> Estimate:
-    """Mean of several estimates; its CI is the mean of their bounds (wider than the CI of the mean
-    of independent estimates, so conservative)."""
+def bonferroni_mean(estimates: Sequence[Estimate], confidence: float = CONFIDENCE) -> Estimate:
+    """Mean of k estimates with a conservative interval from their own ``confidence`` intervals alone (for
+    results without the per-sample outputs a joint bootstrap needs; ``BONFERRONI_MEAN``).
+
+    Each interval's two halves (estimate to bound) are widened by ndtri(1 - alpha/2k) / ndtri(1 - alpha/2),
+    alpha = 1 - confidence, to approximate its 1 - alpha/k interval (a bound is never moved inwards); the
+    mean's interval is the mean of the widened bounds. When every widened interval covers its instance,
+    which by Bonferroni happens with probability >= ``confidence`` whatever the instances' dependence (the
+    shared ID images), the mean of the bounds covers the mean. No interval if an instance has none.
+    """
     value = sum(estimate.value for estimate in estimates) / len(estimates)
     if any(estimate.ci is None for estimate in estimates):
         return Estimate(value)
-    return Estimate(value, (sum(e.ci[0] for e in estimates) / len(estimates),  # type: ignore[index]
-                            sum(e.ci[1] for e in estimates) / len(estimates)))  # type: ignore[index]
+    alpha = 1.0 - confidence
+    widen = float(ndtri(1.0 - alpha / (2 * len(estimates))) / ndtri(1.0 - alpha / 2))
+    lows = [min(e.ci[0], e.value - widen * (e.value - e.ci[0])) for e in estimates]  # type: ignore[index]
+    highs = [max(e.ci[1], e.value + widen * (e.ci[1] - e.value)) for e in estimates]  # type: ignore[index]
+    return Estimate(value, (sum(lows) / len(lows), sum(highs) / len(highs)), method=BONFERRONI_MEAN)
+
+def joint_mean(spec: MetricSpec, metrics: Mapping[str, Any]) -> bool:
+    """True if ``spec`` is a mean over several instances of a result (``metrics.json`` tree): its interval
+    and its paired delta come from one joint bootstrap of all instances."""
+    return spec.instances is not None and spec.combine == MEAN and len(spec.instances(metrics)) > 1
+
+def paired_keys(spec: MetricSpec, metrics: Mapping[str, Any]) -> list[str]:
+    """The ``compare`` delta keys of a metric, which are also its per-sample values (``lpmr_edge.samples``):
+    one per instance, or for a mean over several instances (``joint_mean``) the one key of their mean
+    bootstrapped jointly (``<family>.mean.<score>.<value>``, the ID images drawn once for all sets)."""
+    if joint_mean(spec, metrics):
+        return [spec.paired.format(set=MEAN_OF_SETS)]
+    return spec.expand(spec.paired, metrics)
 
 def read_estimate(spec: MetricSpec, metrics: Mapping[str, Any]) -> Estimate | None:
     """A metric's estimate from a ``metrics.json`` tree: the value at ``spec.at`` with its CI, or the mean over
-    the spec's instances, or the worst instance's estimate for a ``combine = WORST`` spec (None when the
-    result lacks it, or lacks it for any instance)."""
+    the spec's instances (``bonferroni_mean``: the stored tree holds no joint interval of it), or the worst
+    instance's estimate for a ``combine = WORST`` spec (None when the result lacks it, or lacks it for any
+    instance)."""
     estimates = []
     for path in spec.expand(spec.at, metrics):
         node: Any = metrics
@@ -81,11 +122,11 @@ def read_estimate(spec: MetricSpec, metrics: Mapping[str, Any]) -> Estimate | No
     present = [estimate for estimate in estimates if estimate is not None]
     if not present or len(present) != len(estimates):
         return None
-    if spec.instances is None:
+    if spec.instances is None or len(present) == 1:
         return present[0]
     if spec.combine == WORST:
         return min(present, key=lambda estimate: spec.goodness(estimate.value))
-    return mean_estimate(present)
+    return bonferroni_mean(present)
 
 
 def size_text(spec: MetricSpec, sizes: Mapping[str, Any]) -> str | None:
