@@ -72,7 +72,7 @@ def host_headlines(shared_run: Path) -> dict[str, tuple[float, float]]:
 def test_run_on_the_emulated_device_matches_x86(runner: str, emulator: EmulatedArm64, emulated_device: str,
                                                 shared_run: Path, request: pytest.FixtureRequest) -> None:
     if runner == "native":
-        request.getfixturevalue("prebuilt")  # the session's runner bundles (their build: tests/test_native_runner.py)
+        request.getfixturevalue("aarch64_bundle_in_cache")  # built once a session (tested in test_native_runner.py)
     out = shared_run / "run"
     run = run_cli("run", "--model", "lpmr-tiny-fmnist", "--target", str(shared_run / "arm-et.toml"),
                   "--suite", str(shared_run / "small.toml"), "--device", f"{emulated_device}&runner={runner}",
