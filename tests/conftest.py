@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Fixtures that export real artifacts (or run a pipeline or sweep that does): every test using one is `slow`.
-EXPORTING_FIXTURES = frozenset({"artifacts", "arm_artifacts", "openvino_artifact", "openvino_int8w_artifact",
+EXPORTING_FIXTURES = frozenset({"artifacts", "openvino_artifact", "openvino_int8w_artifact",
                                 "executorch_artifact", "int8_cache", "local_result", "plan_files", "workspace",
                                 "killed_and_resumed"})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -27,6 +28,7 @@ from typer.testing import CliRunner
 from lpmr_edge.devices.emulated import EmulatedArm64
 from lpmr_edge.devices.serve import MARKER
 from lpmr_edge.errors import UserError
+from lpmr_edge.runtimes.executorch.native import build as native_build
 
 SSHD = Path("/usr/sbin/sshd")
 ARCHITECTURE = "lpmr-tiny-1layer-device"  # the stand-in with one layer per tower: lowers in seconds
@@ -121,6 +123,38 @@ def openvino_int8w_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def executorch_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An fp32 ExecuTorch .pte (XNNPACK) for the arm target; it runs on x86 as well."""
     return _export("executorch", "arm", tmp_path_factory.mktemp("executorch"))
+
+
+@pytest.fixture(scope="session")
+def bundle() -> Path:
+    """This host's native ExecuTorch runner bundle, built once (in the user's cache, keyed by content)."""
+    return native_build.build_runner(platform.machine())
+
+
+@pytest.fixture(scope="session")
+def aarch64_bundle() -> Path:
+    """The aarch64 native runner bundle, cross-built once (in the user's cache, keyed by content)."""
+    return native_build.build_runner("aarch64")
+
+
+@pytest.fixture
+def prebuilt(bundle: Path, aarch64_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """The session's bundles are what the ExecuTorch record's native runner builds (each test has its own cache,
+    so a run there would otherwise fetch the device's executorch wheel and compile the runner again)."""
+    built = {platform.machine(): bundle, "aarch64": aarch64_bundle}
+    monkeypatch.setattr(native_build, "build_runner", lambda arch: built[arch])
+    return built
+
+
+@pytest.fixture
+def aarch64_bundle_in_cache(aarch64_bundle: Path, isolated_cache: Path) -> Path:
+    """The session's aarch64 runner bundle placed in this test's cache, where a run's step workers (other
+    processes, which a patch of ``build_runner`` does not reach) find it built instead of building it again."""
+    placed = isolated_cache / "native" / aarch64_bundle.name
+    if placed != aarch64_bundle:
+        placed.parent.mkdir(exist_ok=True)
+        placed.symlink_to(aarch64_bundle)
+    return placed
 
 
 @dataclass

@@ -169,17 +169,16 @@ def _cmdline(proc: Path) -> bytes:
         return b""
 
 
-@pytest.mark.parametrize("name", ["et-fp32", "ov-fp32"])
-def test_fp32_matches_x86(emulated_device: str, artifacts: dict[str, Path], name: str) -> None:
-    x86 = _run_x86(name, artifacts)
-    arm, runtime = _run_arm(emulated_device, name, artifacts)
+def test_openvino_fp32_matches_x86(emulated_device: str, artifacts: dict[str, Path]) -> None:
+    """(ExecuTorch fp32 on the emulated device: tests/test_emulated_eval.py and tests/test_emulated_run.py.)"""
+    x86 = _run_x86("ov-fp32", artifacts)
+    arm, runtime = _run_arm(emulated_device, "ov-fp32", artifacts)
     assert arm.shape == x86.shape == (BATCH, 16)
     assert np.max(np.abs(arm - x86)) <= 1e-4 * np.max(np.abs(x86))
     timing = runtime.timing()
     assert runtime.device_info["machine"] == timing["measured_on"] == "aarch64"
     assert timing["emulated"] is True and timing["note"].startswith("emulated")
-    if name.startswith("ov"):
-        assert {facts["inference_precision"] for facts in runtime.loaded["execution"].values()} == {"f32"}
+    assert {facts["inference_precision"] for facts in runtime.loaded["execution"].values()} == {"f32"}
 
 
 def test_int8_pte_bit_exact_on_arm64(emulated_device: str, artifacts: dict[str, Path]) -> None:

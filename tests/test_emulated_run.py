@@ -5,8 +5,12 @@ on this x86 host.
 To fit CI, the target is the arm target reduced to ExecuTorch fp32 + int8 and the suite is small (256 ID
 images, one OOD set); the stock arm target and the quick suite take the same code path. Stated tolerance:
 top-1 within one prediction of the x86 run and ECE within 0.001 (XNNPACK's aarch64 and x86 kernels agree to
-~1e-7 relative on these towers). Needs the root of `make arm-root` (skipped without it). Run with the Python
-device server and with ExecuTorch's native runner (``?runner=native``: the C++ runner copied to the device).
+~1e-7 relative on these towers). Opening each artifact on the device runs both towers' reference inputs
+(the artifact's reference.npz, whose outputs the exporting x86 host computed with the same program) and
+must agree within the artifact's own tolerance (fp32: cosine >= 0.99999 and max|diff| <= 1e-4 x max|x86|;
+int8: cosine >= 0.999 and <= 2e-2); the results record that agreement per tower and the test checks it.
+Needs the root of `make arm-root` (skipped without it). Run with the Python device server and with
+ExecuTorch's native runner (``?runner=native``: the C++ runner copied to the device).
 """
 from __future__ import annotations
 
@@ -67,6 +71,8 @@ def host_headlines(shared_run: Path) -> dict[str, tuple[float, float]]:
 @pytest.mark.parametrize("runner", ["python", "native"])
 def test_run_on_the_emulated_device_matches_x86(runner: str, emulator: EmulatedArm64, emulated_device: str,
                                                 shared_run: Path, request: pytest.FixtureRequest) -> None:
+    if runner == "native":
+        request.getfixturevalue("aarch64_bundle_in_cache")  # built once a session (tested in test_native_runner.py)
     out = shared_run / "run"
     run = run_cli("run", "--model", "lpmr-tiny-fmnist", "--target", str(shared_run / "arm-et.toml"),
                   "--suite", str(shared_run / "small.toml"), "--device", f"{emulated_device}&runner={runner}",
@@ -84,6 +90,13 @@ def test_run_on_the_emulated_device_matches_x86(runner: str, emulator: EmulatedA
         on_device = out / "results" / "arm-et" / f"executorch-{precision}"
         described = json.loads((on_device / "manifest.json").read_text())["runtime"]
         assert described["device"]["machine"] == "aarch64" and described["timing"]["emulated"] is True
+        artifact = described["artifact"]
+        assert artifact["target"]["arch"] == artifact["abi"]["arch"] == "aarch64"
+        tolerance = artifact["verification"]["tolerance"]
+        assert described["reference_outputs"].keys() == {"image", "text"}, described["reference_outputs"]
+        for tower, agreement in described["reference_outputs"].items():  # the device against the x86 host
+            assert agreement["cosine_min"] >= tolerance["cosine_min"], (precision, tower, agreement)
+            assert agreement["relative_max_diff"] <= tolerance["relative_max_diff"], (precision, tower, agreement)
         assert described["device"]["runner"]["kind"] == runner
         assert (described["device"]["python"] is None) == (runner == "native")
         host_top1, host_ece = request.getfixturevalue("host_headlines")[precision]

@@ -22,6 +22,8 @@ import sysconfig
 import tomllib
 import venv
 import zipfile
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -99,15 +101,39 @@ def _pip_dry_run(python: str, arch: str, tmp_path: Path, *args: str) -> subproce
                           capture_output=True, text=True, env=_clean_pip_env(), check=False, timeout=1200)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("python", PYTHONS)
-def test_pinned_set_resolves_from_pypi(python: str, tmp_path: Path):
+def _resolve_x86_64(python: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """The project's dependencies (with dev's) resolved under constraints.txt; pip's run and its JSON report."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("\n".join([*project["dependencies"], *project["optional-dependencies"]["dev"]]))
     report = tmp_path / "report.json"
-    run = _pip_dry_run(python, "x86_64", tmp_path, "--report", str(report), "-c", str(ROOT / "constraints.txt"),
-                       "-r", str(requirements))
+    return _pip_dry_run(python, "x86_64", tmp_path, "--report", str(report), "-c", str(ROOT / "constraints.txt"),
+                        "-r", str(requirements)), report
+
+
+def _aarch64_wheels(python: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Every pin's aarch64 wheel found (``--no-deps``; the x86_64-only pins left out)."""
+    pins = tmp_path / "pins.txt"
+    pins.write_text("\n".join(f"{name}=={version}" for name, version in _pins().items()
+                              if name not in X86_64_ONLY_PINS))
+    return _pip_dry_run(python, "aarch64", tmp_path, "--no-deps", "-r", str(pins))
+
+
+@pytest.fixture(scope="module")
+def resolutions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Future]]:
+    """The six PyPI resolutions (x86_64 and aarch64, each Python) started at once: each mostly waits on the
+    network, so together they take about as long as the slowest. Keyed by (arch, python); each test asserts
+    its own result."""
+    checks = {"x86_64": _resolve_x86_64, "aarch64": _aarch64_wheels}
+    with ThreadPoolExecutor(max_workers=len(checks) * len(PYTHONS)) as pool:
+        yield {(arch, python): pool.submit(check, python, tmp_path_factory.mktemp(f"pip-{arch}-{python}"))
+               for arch, check in checks.items() for python in PYTHONS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", PYTHONS)
+def test_pinned_set_resolves_from_pypi(python: str, resolutions: dict[tuple[str, str], Future]):
+    run, report = resolutions["x86_64", python].result()
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     resolved = {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"]
                 for item in json.loads(report.read_text())["install"]}
@@ -119,14 +145,11 @@ def test_pinned_set_resolves_from_pypi(python: str, tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("python", PYTHONS)
-def test_every_pin_has_an_aarch64_wheel(python: str, tmp_path: Path):
+def test_every_pin_has_an_aarch64_wheel(python: str, resolutions: dict[tuple[str, str], Future]):
     """pip evaluates environment markers for the machine it runs on, not for ``--platform``, so on aarch64
     only the wheels are checked (``--no-deps``), not the dependency edges; coremltools is an executorch
     dependency on macOS and x86_64 Linux only."""
-    pins = tmp_path / "pins.txt"
-    pins.write_text("\n".join(f"{name}=={version}" for name, version in _pins().items()
-                              if name not in X86_64_ONLY_PINS))
-    run = _pip_dry_run(python, "aarch64", tmp_path, "--no-deps", "-r", str(pins))
+    run = resolutions["aarch64", python].result()
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
 
 

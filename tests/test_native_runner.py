@@ -63,18 +63,6 @@ def tower_inputs(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def bundle() -> Path:
-    """The host's runner bundle, built once (in the user's cache, keyed by content)."""
-    return build_runner(HOST)
-
-
-@pytest.fixture(scope="session")
-def aarch64_bundle() -> Path:
-    """The aarch64 runner bundle, cross-built once (in the user's cache, keyed by content)."""
-    return build_runner("aarch64")
-
-
-@pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """fp32 and int8 .pte of the one-layer stand-in with static batch 3."""
     target = tmp_path_factory.mktemp("target") / "native.toml"
@@ -260,14 +248,6 @@ def test_a_device_without_a_system_library_the_runner_needs_is_named(aarch64_bun
 # ----------------------------------------------------------------------------- through the runtime registry
 
 SETTINGS = EvalSettings(limit=24, batch_size=8)  # three image shards
-
-
-@pytest.fixture
-def prebuilt(bundle: Path, aarch64_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """The session's bundles are what the ExecuTorch record's native runner builds (each test has its own cache)."""
-    built = {HOST: bundle, "aarch64": aarch64_bundle}
-    monkeypatch.setattr(native_build, "build_runner", lambda arch: built[arch])
-    return built
 
 
 def native_spec(sshd: SshServer, workdir: Path) -> str:
