@@ -28,7 +28,7 @@ from scipy.special import ndtr, ndtri
 from lpmr_edge import plots
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_bytes, now_utc
-from lpmr_edge.pick import Constraints, margin_text, pick
+from lpmr_edge.pick import Choice, Constraints, margin_text, pick
 from lpmr_edge.report_document import (
     NOT_MEASURED,
     PLOTS_DIR,
@@ -339,9 +339,10 @@ def _provenance(results: Sequence[Result]) -> dict[str, Any]:
     }
 
 
-def build_report(results: Sequence[Result], constraints: Constraints,
-                 comparator: Comparator | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The report.json content and the figures (file name -> PNG bytes).
+def build_report(results: Sequence[Result], constraints: Constraints, comparator: Comparator | None = None,
+                 choices: Sequence[Choice] | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The report.json content and the figures (file name -> PNG bytes); ``choices`` is ``pick(results,
+    constraints)`` when the caller has it.
 
     report.json: ``format``, ``provenance`` (models with labels, host machines, devices, runtimes, tool_versions,
     suites, dates), ``constraints``, ``recommendations`` (``Choice.to_json``), ``metrics`` (key, label,
@@ -351,7 +352,7 @@ def build_report(results: Sequence[Result], constraints: Constraints,
     """
     comparator = comparator or PairedComparator()
     rows = build_rows(results, comparator, metric_margins(constraints))
-    choices = pick(results, constraints)
+    choices = pick(results, constraints) if choices is None else choices
     figures: dict[str, bytes] = {}
     tables, plot_index = [], []
     for (model, target), group_rows in rows.items():
@@ -413,7 +414,7 @@ def _check_destination(out: Path, results: Sequence[Result]) -> None:
 
 
 def write_report(paths: Sequence[Path], out: Path, constraints: Constraints | None = None,
-                 comparator: Comparator | None = None) -> dict[str, Any]:
+                 comparator: Comparator | None = None, choices: Sequence[Choice] | None = None) -> dict[str, Any]:
     """Write the report for the results below ``paths`` into ``out`` (replacing an earlier report only
     when the new one is complete); returns the report.json content."""
     from lpmr_edge.export import staged_directory
@@ -422,7 +423,7 @@ def write_report(paths: Sequence[Path], out: Path, constraints: Constraints | No
     out = Path(out)
     results = load_results(paths)
     _check_destination(out, results)
-    report, figures = build_report(results, constraints or Constraints(), comparator)
+    report, figures = build_report(results, constraints or Constraints(), comparator, choices)
     blocks = document(report)
     title = blocks[0].text
     with staged_directory(out) as staging:
