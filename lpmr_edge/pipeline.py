@@ -238,12 +238,12 @@ def _in_step(work: Work, threads: int, progress: Progress | None, inputs: Mappin
         return lines, work(lines.append, progress, inputs)
 
 
-def _export_work(request: Any, out_root: Path, fingerprints: tuple[str, str], log: Log, progress: Progress | None,
+def _export_work(request: Any, out_root: Path, hashes: tuple[str, str], log: Log, progress: Progress | None,
                  inputs: Mapping[str, Any]) -> Path:
     from lpmr_edge.export import export_artifact
     from lpmr_edge.manifest import MANIFEST_NAME
 
-    path, current = export_artifact(request, out_root, request_sha256=fingerprints[0], identity_sha256=fingerprints[1])
+    path, current = export_artifact(request, out_root, request_sha256=hashes[0], identity_sha256=hashes[1])
     reused = None if current else read_json(path / MANIFEST_NAME, "manifest").get("reused_from")
     done = "up to date" if current else f"files of {reused['artifact']} reused" if reused else "exported"
     log(f"{request.name}: {done} -> {path}")
@@ -300,7 +300,7 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
     """Add every step of ``plan`` to ``graph``: the reference (first, or after the targets' settling), then per
     target its exports, parity, suites (or settling) and bench."""
     from lpmr_edge.devices.base import in_process
-    from lpmr_edge.export import artifact_path, export_identity, plan_exports, request_fingerprint
+    from lpmr_edge.export import artifact_path, fingerprints, plan_exports
     from lpmr_edge.models import load_model
 
     reference = functools.partial(_reference_work, plan)
@@ -320,12 +320,11 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
         artifacts = [artifact_path(out_root, request).resolve() for request in requests]
         exports = []
         for request in requests:
-            identity = export_identity(request, clip.weights_sha256)
-            fingerprints = request_fingerprint(request, clip.weights_sha256), identity
+            hashes = fingerprints(request, clip.weights_sha256)
             exports.append(graph.add(f"export {target.name}/{request.name}", prefix,
-                                     functools.partial(_export_work, request, out_root, fingerprints),
-                                     EXPORT_THREADS, [first_exports[identity]] if identity in first_exports else []))
-            first_exports.setdefault(identity, exports[-1])
+                                     functools.partial(_export_work, request, out_root, hashes),
+                                     EXPORT_THREADS, [first_exports[hashes[1]]] if hashes[1] in first_exports else []))
+            first_exports.setdefault(hashes[1], exports[-1])
         graph.add(f"parity {target.name}", prefix, functools.partial(
             _parity_work, artifacts, plan.out / "results" / target.name / "parity.json", plan.parity_images,
             target.threads), target.threads, exports)

@@ -190,10 +190,10 @@ COMMON_FIELDS = frozenset({"format", "runtime", "precision", "target", "model", 
                            "machine", "created"})
 
 
-def _write_manifest(directory: Path, request: ExportRequest, fingerprints: tuple[str, str], fields: dict[str, Any],
+def _write_manifest(directory: Path, request: ExportRequest, hashes: tuple[str, str], fields: dict[str, Any],
                     model: dict[str, Any], calibration: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """The artifact manifest of ``request`` in ``directory``: the backend's ``fields``, ``model`` and
-    ``calibration`` (described), the request and its (request, export identity) ``fingerprints``."""
+    ``calibration`` (described), the request and its ``hashes`` (``fingerprints``)."""
     fields = dict(fields)
     warnings = [*request_warnings(request), *fields.pop("warnings", [])]
     if model["kind"] != "pretrained":
@@ -201,7 +201,7 @@ def _write_manifest(directory: Path, request: ExportRequest, fingerprints: tuple
     write_manifest(directory, {
         **fields, **(extra or {}), "format": FORMAT, "runtime": request.runtime, "precision": request.precision,
         "target": {**request.target.describe(), "batch": request.batch}, "model": model, "calibration": calibration,
-        "request": request.describe(), "request_sha256": fingerprints[0], "export_identity": fingerprints[1],
+        "request": request.describe(), "request_sha256": hashes[0], "export_identity": hashes[1],
         "warnings": warnings})
 
 
@@ -211,7 +211,7 @@ def _loaded(clip: ClipModel | None, spec: str) -> ClipModel:
     return clip or load_model(spec)
 
 
-def _export_here(request: ExportRequest, destination: Path, fingerprints: tuple[str, str],
+def _export_here(request: ExportRequest, destination: Path, hashes: tuple[str, str],
                  clip: ClipModel | None = None) -> None:
     """Export in this process into ``destination`` (replaced atomically)."""
     clip = _loaded(clip, request.model)
@@ -219,42 +219,53 @@ def _export_here(request: ExportRequest, destination: Path, fingerprints: tuple[
     backend = importlib.import_module(BACKENDS[request.runtime].exporter)
     with staged_directory(destination) as staging:
         fields = backend.export_towers(clip, request, calibration, staging)
-        _write_manifest(staging, request, fingerprints, fields, clip.describe(), calibration.describe())
+        _write_manifest(staging, request, hashes, fields, clip.describe(), calibration.describe())
 
 
-def _fingerprint(request: ExportRequest, described: dict[str, Any], weights_sha256: str) -> str:
-    return sha256_json({"request": described, "format": FORMAT, "weights_sha256": weights_sha256,
-                        "calibration_sha256": calibration_dataset(request.options).sha256,
-                        "tool_versions": tool_versions(),
-                        "backend_sha256": sha256_file(source_file(BACKENDS[request.runtime].exporter))})
+def _hashed_with(request: ExportRequest, weights_sha256: str) -> dict[str, Any]:
+    """What besides the request shapes an artifact: weights, calibration images, tool versions and the backend
+    exporter's own source (a changed exporter invalidates its artifacts)."""
+    return {"format": FORMAT, "weights_sha256": weights_sha256,
+            "calibration_sha256": calibration_dataset(request.options).sha256, "tool_versions": tool_versions(),
+            "backend_sha256": sha256_file(source_file(BACKENDS[request.runtime].exporter))}
+
+
+def _file_shaping(request: ExportRequest) -> dict[str, Any]:
+    """``request.describe()`` with the target cut to what reaches the files: the towers' batches and the runtime's
+    options (its name, threads and architecture reach only the manifest)."""
+    return {**request.describe(), "target": {"batch": request.batch,
+                                             "options": dict(request.target.runtime(request.runtime).options)}}
+
+
+def fingerprints(request: ExportRequest, weights_sha256: str) -> tuple[str, str]:
+    """``(request_fingerprint, export_identity)`` of ``request``, hashing their shared inputs once."""
+    shared = _hashed_with(request, weights_sha256)
+    return (sha256_json({"request": request.describe(), **shared}),
+            sha256_json({"request": _file_shaping(request), **shared}))
 
 
 def request_fingerprint(request: ExportRequest, weights_sha256: str) -> str:
-    """Hash of everything that shapes an artifact: request, weights, calibration images, tool versions and
-    the backend exporter's own source (a changed exporter invalidates its artifacts)."""
-    return _fingerprint(request, request.describe(), weights_sha256)
+    """Hash of everything that shapes an artifact (its files and manifest): the request and ``_hashed_with``."""
+    return fingerprints(request, weights_sha256)[0]
 
 
 def export_identity(request: ExportRequest, weights_sha256: str) -> str:
     """Hash of what reaches an artifact's files: ``request_fingerprint`` with the target cut to the towers'
-    batches and the runtime's options (its name, threads and architecture reach only the manifest)."""
-    described = {**request.describe(), "target": {"batch": request.batch,
-                                                  "options": dict(request.target.runtime(request.runtime).options)}}
-    return _fingerprint(request, described, weights_sha256)
+    batches and the runtime's options."""
+    return fingerprints(request, weights_sha256)[1]
 
 
 def same_files_artifact(out_root: Path, request: ExportRequest, identity: str) -> Path | None:
     """An artifact under ``out_root/<other target>/`` of ``request``'s export ``identity`` whose files verify
     (its files are what exporting ``request`` would write), if ``request``'s backend can ``retarget``; or None."""
-    if not hasattr(importlib.import_module(BACKENDS[request.runtime].exporter), "retarget"):
-        return None
     destination = artifact_path(out_root, request).resolve()
     for manifest in sorted(Path(out_root).glob(f"*/{glob.escape(request.name)}/{MANIFEST_NAME}")):
         candidate = manifest.parent.resolve()
         try:
             if candidate != destination and read_json(manifest, "manifest").get("export_identity") == identity \
                     and verify_artifact(candidate, request.runtime):
-                return candidate
+                return candidate if hasattr(importlib.import_module(BACKENDS[request.runtime].exporter),
+                                            "retarget") else None
         except UserError:  # being replaced, or broken: not a source
             continue
     return None
@@ -268,7 +279,7 @@ def _link_or_copy(source: Path, destination: Path) -> None:
         shutil.copy2(source, destination)
 
 
-def reuse_files(source: Path, destination: Path, request: ExportRequest, fingerprints: tuple[str, str]) -> None:
+def reuse_files(source: Path, destination: Path, request: ExportRequest, hashes: tuple[str, str]) -> None:
     """Make ``request``'s artifact in ``destination`` (replaced atomically) from the files of ``source``
     (``same_files_artifact``), hardlinked or copied, with its own manifest: the backend's fields retargeted
     and ``reused_from`` naming the source (relative to the artifact root) and its manifest's sha256."""
@@ -282,7 +293,7 @@ def reuse_files(source: Path, destination: Path, request: ExportRequest, fingerp
     with staged_directory(destination) as staging:
         for relative in manifest["files"]:
             _link_or_copy(source / relative, staging / relative)
-        _write_manifest(staging, request, fingerprints, fields, manifest["model"], manifest["calibration"],
+        _write_manifest(staging, request, hashes, fields, manifest["model"], manifest["calibration"],
                         {"reused_from": origin})
 
 
@@ -299,23 +310,23 @@ def export_artifact(request: ExportRequest, out_root: Path = DEFAULT_OUT_ROOT, f
     """
     if request_sha256 is None:
         clip = _loaded(clip, request.model)
-        request_sha256 = request_fingerprint(request, clip.weights_sha256)
+        request_sha256, identity_sha256 = fingerprints(request, clip.weights_sha256)
     destination = artifact_path(out_root, request).resolve()
     if not force and _is_current(destination, request, request_sha256):
         return destination, True
     if identity_sha256 is None:
         clip = _loaded(clip, request.model)
         identity_sha256 = export_identity(request, clip.weights_sha256)
-    fingerprints = request_sha256, identity_sha256
+    hashes = request_sha256, identity_sha256
     source = None if force else same_files_artifact(out_root, request, identity_sha256)
     if source is not None:
-        reuse_files(source, destination, request, fingerprints)
+        reuse_files(source, destination, request, hashes)
     elif not isolate:
-        _export_here(request, destination, fingerprints, clip)
+        _export_here(request, destination, hashes, clip)
     else:
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             try:
-                pool.submit(_export_here, request, destination, fingerprints).result()
+                pool.submit(_export_here, request, destination, hashes).result()
             except BrokenProcessPool:
                 raise UserError(f"the export process for {request.name} died (out of memory?); free memory or "
                                 "export fewer artifacts at once") from None
