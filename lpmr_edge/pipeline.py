@@ -240,13 +240,10 @@ def _in_step(work: Work, threads: int, progress: Progress | None, inputs: Mappin
 
 def _export_work(request: Any, out_root: Path, hashes: tuple[str, str], log: Log, progress: Progress | None,
                  inputs: Mapping[str, Any]) -> Path:
-    from lpmr_edge.export import export_artifact
-    from lpmr_edge.manifest import MANIFEST_NAME
+    from lpmr_edge.export import export_artifact, export_outcome
 
     path, current = export_artifact(request, out_root, request_sha256=hashes[0], identity_sha256=hashes[1])
-    reused = None if current else read_json(path / MANIFEST_NAME, "manifest").get("reused_from")
-    done = "up to date" if current else f"files of {reused['artifact']} reused" if reused else "exported"
-    log(f"{request.name}: {done} -> {path}")
+    log(f"{request.name}: {export_outcome(path, current)} -> {path}")
     return path
 
 

@@ -14,7 +14,7 @@ import pytest
 from factories import small_suite_toml
 
 from lpmr_edge.artifact import verify_artifact
-from lpmr_edge.export import ExportRequest, export_artifact, export_identity, with_image_batch
+from lpmr_edge.export import ExportRequest, export_artifact, export_identity, export_outcome, with_image_batch
 from lpmr_edge.manifest import sha256_file
 from lpmr_edge.quantize import QuantizationOptions
 from lpmr_edge.targets import RuntimeTarget, load_target
@@ -69,6 +69,7 @@ def test_another_target_takes_the_files_with_the_manifest_its_own_export_writes(
         _refuse_exports(patch)
         reused, current = export_artifact(arm, run_root, isolate=False, clip=tiny_random)
         assert not current and reused.relative_to(run_root.resolve()).as_posix() == f"arm/{runtime}-fp32"
+        assert export_outcome(reused, current) == f"files of x86/{runtime}-fp32 reused"
         assert export_artifact(arm, run_root, isolate=False, clip=tiny_random)[1] is True  # resumes
 
     manifest = verify_artifact(reused, runtime)  # the sha256s hold

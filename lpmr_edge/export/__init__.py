@@ -333,6 +333,12 @@ def export_artifact(request: ExportRequest, out_root: Path = DEFAULT_OUT_ROOT, f
     return destination, False
 
 
+def export_outcome(path: Path, current: bool) -> str:
+    """What ``export_artifact`` did for the artifact in ``path`` (``current``: it was up to date), in words."""
+    reused = None if current else read_json(path / MANIFEST_NAME, "manifest").get("reused_from")
+    return "up to date" if current else f"files of {reused['artifact']} reused" if reused else "exported"
+
+
 def plan_exports(model: str, target: Target, runtimes: Sequence[str] | None = None,
                  precisions: Sequence[str] | None = None, options: QuantizationOptions = DEFAULT_OPTIONS,
                  dynamic_batch: bool = False, fuse_head: bool = False) -> tuple[list[ExportRequest], list[str]]:
@@ -381,7 +387,7 @@ def export_target(model_spec: str, target: Target, runtimes: Sequence[str] | Non
     paths = []
     for request in requests:
         path, current = export_artifact(request, out_root, force=force, isolate=isolate, clip=clip)
-        report(f"{request.name}: {'up to date' if current else 'exported'} -> {path}")
+        report(f"{request.name}: {export_outcome(path, current)} -> {path}")
         paths.append(path)
         if advance:
             advance(1)
