@@ -24,8 +24,10 @@ step counts as its target's threads (an export as ``EXPORT_THREADS``, the host r
 target's), caps its process at that many, and a latency benchmark runs alone. Every step computes exactly
 what it computes in a serial run (``jobs=1``, in this process), so results do not depend on ``jobs``.
 
-Work a step would repeat is not redone: each process keeps the evaluation sets it preprocessed for its next
-suite (``PREPROCESSED_BYTES``), and an artifact whose runtime identity (runtime, precision, files' sha256,
+Work a step would repeat is not redone: an export whose files another target's artifact already holds (the same
+``export_identity``: e.g. x86's and arm's ExecuTorch artifacts differ only in threads and architecture, which do
+not reach the files) runs after that artifact's export and takes its files (``lpmr_edge.export.reuse_files``);
+each process keeps the evaluation sets it preprocessed for its next suite (``PREPROCESSED_BYTES``); and an artifact whose runtime identity (runtime, precision, files' sha256,
 executed precision; the device for an on-device runtime) matches one already evaluated on this machine with
 the same suite (e.g. a target's ExecuTorch artifact byte-identical to another target's, both run here) takes
 that result's per-sample outputs instead of running its images again (``lpmr_edge.suite.reuse``); its manifest
@@ -236,12 +238,12 @@ def _in_step(work: Work, threads: int, progress: Progress | None, inputs: Mappin
         return lines, work(lines.append, progress, inputs)
 
 
-def _export_work(request: Any, out_root: Path, fingerprint: str, log: Log, progress: Progress | None,
+def _export_work(request: Any, out_root: Path, hashes: tuple[str, str], log: Log, progress: Progress | None,
                  inputs: Mapping[str, Any]) -> Path:
-    from lpmr_edge.export import export_artifact
+    from lpmr_edge.export import export_artifact, export_outcome
 
-    path, current = export_artifact(request, out_root, request_sha256=fingerprint)
-    log(f"{request.name}: {'up to date' if current else 'exported'} -> {path}")
+    path, current = export_artifact(request, out_root, request_sha256=hashes[0], identity_sha256=hashes[1])
+    log(f"{request.name}: {export_outcome(path, current)} -> {path}")
     return path
 
 
@@ -295,7 +297,7 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
     """Add every step of ``plan`` to ``graph``: the reference (first, or after the targets' settling), then per
     target its exports, parity, suites (or settling) and bench."""
     from lpmr_edge.devices.base import in_process
-    from lpmr_edge.export import artifact_path, plan_exports, request_fingerprint
+    from lpmr_edge.export import artifact_path, fingerprints, plan_exports
     from lpmr_edge.models import load_model
 
     reference = functools.partial(_reference_work, plan)
@@ -304,6 +306,7 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
     clip = load_model(plan.model)
     on_device = not in_process(plan.device)  # what runs on the device runs alone
     settles = []
+    first_exports: dict[str, str] = {}  # export identity -> the step exporting it first (later ones reuse its files)
     for target in targets:
         requests, notes = plan_exports(plan.model, target)
         log(f"target {target.name} ({target.arch}, {target.threads} threads, device {plan.device}): "
@@ -312,10 +315,13 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
             log(f"  note: {note}")
         prefix, out_root = f"{target.name}: ", plan.out / "artifacts"
         artifacts = [artifact_path(out_root, request).resolve() for request in requests]
-        exports = [graph.add(f"export {target.name}/{request.name}", prefix,
-                             functools.partial(_export_work, request, out_root,
-                                               request_fingerprint(request, clip.weights_sha256)), EXPORT_THREADS)
-                   for request in requests]
+        exports = []
+        for request in requests:
+            hashes = fingerprints(request, clip.weights_sha256)
+            exports.append(graph.add(f"export {target.name}/{request.name}", prefix,
+                                     functools.partial(_export_work, request, out_root, hashes),
+                                     EXPORT_THREADS, [first_exports[hashes[1]]] if hashes[1] in first_exports else []))
+            first_exports.setdefault(hashes[1], exports[-1])
         graph.add(f"parity {target.name}", prefix, functools.partial(
             _parity_work, artifacts, plan.out / "results" / target.name / "parity.json", plan.parity_images,
             target.threads), target.threads, exports)
@@ -399,8 +405,9 @@ def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> Ru
             if failed:
                 raise UserError(f"{len(failed)} step(s) failed ({'; '.join(f'{o.name}: {o.error}' for o in failed)}); "
                                 "fix that and run the same command again: finished steps are kept")
-            write_report([results_root], plan.out / "report", plan.constraints)
+            choices = pick(load_results([results_root]), plan.constraints)
+            write_report([results_root], plan.out / "report", plan.constraints, choices=choices)
             done(1)
     settled = {name.split(" ", 1)[1]: outcome.value[1] for name, outcome in outcomes.items()
                if name.startswith("settle ")}
-    return RunOutcome(pick(load_results([results_root]), plan.constraints), settled)
+    return RunOutcome(choices, settled)

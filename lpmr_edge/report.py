@@ -27,7 +27,7 @@ from lpmr_edge import plots
 from lpmr_edge.claims import Delta, assess_claims, delta_from_interval
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_bytes, now_utc
-from lpmr_edge.pick import Constraints, pick
+from lpmr_edge.pick import Choice, Constraints, pick
 from lpmr_edge.report_document import (
     PLOTS_DIR,
     document,
@@ -230,9 +230,10 @@ def _provenance(results: Sequence[Result]) -> dict[str, Any]:
     }
 
 
-def build_report(results: Sequence[Result], constraints: Constraints,
-                 comparator: Comparator | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The report.json content and the figures (file name -> PNG bytes).
+def build_report(results: Sequence[Result], constraints: Constraints, comparator: Comparator | None = None,
+                 choices: Sequence[Choice] | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The report.json content and the figures (file name -> PNG bytes); ``choices`` is ``pick(results,
+    constraints)`` when the caller has it.
 
     report.json: ``format``, ``provenance`` (models with labels, host machines, devices, runtimes, tool_versions,
     suites, dates), ``constraints``, ``recommendations`` (``Choice.to_json``), ``metrics`` (key, label,
@@ -243,7 +244,7 @@ def build_report(results: Sequence[Result], constraints: Constraints,
     results = with_joint_intervals(results)  # the mean over OOD sets: the joint interval where outputs are stored
     comparator = comparator or PairedComparator()
     rows = build_rows(results, comparator, metric_margins(constraints))
-    choices = pick(results, constraints)
+    choices = pick(results, constraints) if choices is None else choices
     figures: dict[str, bytes] = {}
     tables, plot_index = [], []
     for (model, target), group_rows in rows.items():
@@ -311,7 +312,7 @@ def _check_destination(out: Path, results: Sequence[Result]) -> None:
 
 
 def write_report(paths: Sequence[Path], out: Path, constraints: Constraints | None = None,
-                 comparator: Comparator | None = None) -> dict[str, Any]:
+                 comparator: Comparator | None = None, choices: Sequence[Choice] | None = None) -> dict[str, Any]:
     """Write the report for the results below ``paths`` into ``out`` (replacing an earlier report only
     when the new one is complete); returns the report.json content."""
     from lpmr_edge.export import staged_directory
@@ -320,7 +321,7 @@ def write_report(paths: Sequence[Path], out: Path, constraints: Constraints | No
     out = Path(out)
     results = load_results(paths)
     _check_destination(out, results)
-    report, figures = build_report(results, constraints or Constraints(), comparator)
+    report, figures = build_report(results, constraints or Constraints(), comparator, choices)
     blocks = document(report)
     title = blocks[0].text
     with staged_directory(out) as staging:

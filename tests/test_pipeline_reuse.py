@@ -43,3 +43,19 @@ def test_a_result_of_the_same_identity_gives_its_outputs(tmp_path: Path):
     assert reused["from"] == "results/x86/torch-fp32" and reused["sets"] == [name[:-4] for name in outputs]
     assert "reused_outputs" not in json.loads((first / "manifest.json").read_text())
     assert not [path for path in second.parent.iterdir() if path.name.startswith(".")], "staging left behind"
+
+
+def test_an_export_another_target_makes_with_the_same_files_runs_after_it(tmp_path: Path):
+    from lpmr_edge.pipeline import RunPlan, _Graph, _plan_graph
+    from lpmr_edge.targets import load_target
+
+    plan = RunPlan(model="lpmr-tiny-fmnist", targets=("x86", "arm"), out=tmp_path)
+    graph = _Graph()
+    _plan_graph(plan, [load_target(name) for name in plan.targets], graph, lambda line: None)
+    exports = {step.name: step.after for step in graph.steps if step.name.startswith("export ")}
+    # arm's ExecuTorch precisions and OpenVINO fp32/fp16 are x86's files; x86 exports nothing twice
+    assert {name: after for name, after in exports.items() if after} == {
+        f"export arm/{name}": (f"export x86/{name}",)
+        for name in ("executorch-fp32", "executorch-int8", "executorch-int8-dyn", "executorch-int4-w",
+                     "openvino-fp32", "openvino-fp16")}
+    assert len(exports) == 16

@@ -23,6 +23,15 @@ dynamic); text tower input: int64 ``[text_batch, context_length]``; outputs: unn
 The common code here adds model, target, calibration, file hashes and tool versions, and moves the staged
 directory into place atomically. Exports are resumable: an artifact whose manifest verifies and whose
 request hash matches is kept as is. What a runtime checks before loading an artifact is lpmr_edge/artifact.py.
+
+Files exported once serve every target that would export the same bytes: a backend whose files depend on the
+target only through its batches and its runtime's options defines (contract)::
+
+    def retarget(fields: dict, request: ExportRequest) -> dict
+
+which, given the backend manifest fields of an artifact with the same ``export_identity`` made for another
+target, returns ``request``'s (threads, architecture and the notes that depend on them restated). An export
+then hardlinks (or copies) that artifact's files instead of exporting, and its manifest says ``reused_from``.
 """
 from __future__ import annotations
 
@@ -46,6 +55,7 @@ from lpmr_edge.backends import BACKENDS, source_file
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import (
     MANIFEST_NAME,
+    read_json,
     sha256_file,
     sha256_json,
     tool_versions,
@@ -174,62 +184,159 @@ def staged_directory(destination: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _export_here(request: ExportRequest, destination: Path, request_sha256: str,
-                 clip: ClipModel | None = None) -> None:
-    """Export in this process into ``destination`` (replaced atomically)."""
+# What the common code writes into a manifest (the rest is the backend's ``export_towers`` fields).
+COMMON_FIELDS = frozenset({"format", "runtime", "precision", "target", "model", "calibration", "request",
+                           "request_sha256", "export_identity", "reused_from", "warnings", "files", "tool_versions",
+                           "machine", "created"})
+
+
+def _write_manifest(directory: Path, request: ExportRequest, hashes: tuple[str, str], fields: dict[str, Any],
+                    model: dict[str, Any], calibration: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """The artifact manifest of ``request`` in ``directory``: the backend's ``fields``, ``model`` and
+    ``calibration`` (described), the request and its ``hashes`` (``fingerprints``)."""
+    fields = dict(fields)
+    warnings = [*request_warnings(request), *fields.pop("warnings", [])]
+    if model["kind"] != "pretrained":
+        warnings.append(f"model '{model['spec']}' is {model['label']}")
+    write_manifest(directory, {
+        **fields, **(extra or {}), "format": FORMAT, "runtime": request.runtime, "precision": request.precision,
+        "target": {**request.target.describe(), "batch": request.batch}, "model": model, "calibration": calibration,
+        "request": request.describe(), "request_sha256": hashes[0], "export_identity": hashes[1],
+        "warnings": warnings})
+
+
+def _loaded(clip: ClipModel | None, spec: str) -> ClipModel:
     from lpmr_edge.models import load_model
 
-    clip = clip or load_model(request.model)
+    return clip or load_model(spec)
+
+
+def _export_here(request: ExportRequest, destination: Path, hashes: tuple[str, str],
+                 clip: ClipModel | None = None) -> None:
+    """Export in this process into ``destination`` (replaced atomically)."""
+    clip = _loaded(clip, request.model)
     calibration = load_calibration_inputs(clip, request.options)
     backend = importlib.import_module(BACKENDS[request.runtime].exporter)
     with staged_directory(destination) as staging:
         fields = backend.export_towers(clip, request, calibration, staging)
-        warnings = [*request_warnings(request), *fields.pop("warnings", [])]
-        if clip.kind != "pretrained":
-            warnings.append(f"model '{clip.spec}' is {clip.label}")
-        write_manifest(staging, {
-            **fields, "format": FORMAT, "runtime": request.runtime, "precision": request.precision,
-            "target": {**request.target.describe(), "batch": request.batch}, "model": clip.describe(),
-            "calibration": calibration.describe(), "request": request.describe(),
-            "request_sha256": request_sha256, "warnings": warnings})
+        _write_manifest(staging, request, hashes, fields, clip.describe(), calibration.describe())
+
+
+def _hashed_with(request: ExportRequest, weights_sha256: str) -> dict[str, Any]:
+    """What besides the request shapes an artifact: weights, calibration images, tool versions and the backend
+    exporter's own source (a changed exporter invalidates its artifacts)."""
+    return {"format": FORMAT, "weights_sha256": weights_sha256,
+            "calibration_sha256": calibration_dataset(request.options).sha256, "tool_versions": tool_versions(),
+            "backend_sha256": sha256_file(source_file(BACKENDS[request.runtime].exporter))}
+
+
+def _file_shaping(request: ExportRequest) -> dict[str, Any]:
+    """``request.describe()`` with the target cut to what reaches the files: the towers' batches and the runtime's
+    options (its name, threads and architecture reach only the manifest)."""
+    return {**request.describe(), "target": {"batch": request.batch,
+                                             "options": dict(request.target.runtime(request.runtime).options)}}
+
+
+def fingerprints(request: ExportRequest, weights_sha256: str) -> tuple[str, str]:
+    """``(request_fingerprint, export_identity)`` of ``request``, hashing their shared inputs once."""
+    shared = _hashed_with(request, weights_sha256)
+    return (sha256_json({"request": request.describe(), **shared}),
+            sha256_json({"request": _file_shaping(request), **shared}))
 
 
 def request_fingerprint(request: ExportRequest, weights_sha256: str) -> str:
-    """Hash of everything that shapes an artifact: request, weights, calibration images, tool versions and
-    the backend exporter's own source (a changed exporter invalidates its artifacts)."""
-    return sha256_json({"request": request.describe(), "format": FORMAT, "weights_sha256": weights_sha256,
-                        "calibration_sha256": calibration_dataset(request.options).sha256,
-                        "tool_versions": tool_versions(),
-                        "backend_sha256": sha256_file(source_file(BACKENDS[request.runtime].exporter))})
+    """Hash of everything that shapes an artifact (its files and manifest): the request and ``_hashed_with``."""
+    return fingerprints(request, weights_sha256)[0]
+
+
+def export_identity(request: ExportRequest, weights_sha256: str) -> str:
+    """Hash of what reaches an artifact's files: ``request_fingerprint`` with the target cut to the towers'
+    batches and the runtime's options."""
+    return fingerprints(request, weights_sha256)[1]
+
+
+def same_files_artifact(out_root: Path, request: ExportRequest, identity: str) -> Path | None:
+    """An artifact under ``out_root/<other target>/`` of ``request``'s export ``identity`` whose files verify
+    (its files are what exporting ``request`` would write), if ``request``'s backend can ``retarget``; or None."""
+    destination = artifact_path(out_root, request).resolve()
+    for manifest in sorted(Path(out_root).glob(f"*/{glob.escape(request.name)}/{MANIFEST_NAME}")):
+        candidate = manifest.parent.resolve()
+        try:
+            if candidate != destination and read_json(manifest, "manifest").get("export_identity") == identity \
+                    and verify_artifact(candidate, request.runtime):
+                return candidate if hasattr(importlib.import_module(BACKENDS[request.runtime].exporter),
+                                            "retarget") else None
+        except UserError:  # being replaced, or broken: not a source
+            continue
+    return None
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, destination)
+    except OSError:  # another file system, or no hard links there
+        shutil.copy2(source, destination)
+
+
+def reuse_files(source: Path, destination: Path, request: ExportRequest, hashes: tuple[str, str]) -> None:
+    """Make ``request``'s artifact in ``destination`` (replaced atomically) from the files of ``source``
+    (``same_files_artifact``), hardlinked or copied, with its own manifest: the backend's fields retargeted
+    and ``reused_from`` naming the source (relative to the artifact root) and its manifest's sha256."""
+    manifest = read_json(source / MANIFEST_NAME, "manifest")
+    backend = importlib.import_module(BACKENDS[request.runtime].exporter)
+    fields = backend.retarget({key: value for key, value in manifest.items() if key not in COMMON_FIELDS}, request)
+    origin = {"artifact": source.relative_to(source.parents[1]).as_posix(),
+              "manifest_sha256": sha256_file(source / MANIFEST_NAME),
+              "why": "same export identity (model, weights, runtime, precision, quantization and calibration, "
+                     "batches, runtime options, tools): the files are those this export would write"}
+    with staged_directory(destination) as staging:
+        for relative in manifest["files"]:
+            _link_or_copy(source / relative, staging / relative)
+        _write_manifest(staging, request, hashes, fields, manifest["model"], manifest["calibration"],
+                        {"reused_from": origin})
 
 
 def export_artifact(request: ExportRequest, out_root: Path = DEFAULT_OUT_ROOT, force: bool = False,
                     isolate: bool = True, clip: ClipModel | None = None,
-                    request_sha256: str | None = None) -> tuple[Path, bool]:
+                    request_sha256: str | None = None, identity_sha256: str | None = None) -> tuple[Path, bool]:
     """Export one artifact unless an up-to-date one exists; returns its directory and whether it was current.
 
-    With ``isolate`` the export runs in a fresh 'spawn' subprocess (bounding memory); ``clip`` saves
-    reloading the model for the up-to-date check, and ``request_sha256`` (the request's
-    ``request_fingerprint``, when the caller has it) saves loading the model unless it has to export.
+    Unless ``force``, an artifact of another target under ``out_root`` with the same ``export_identity`` gives
+    its files (``reuse_files``) instead of an export. With ``isolate`` the export runs in a fresh 'spawn'
+    subprocess (bounding memory); ``clip`` saves reloading the model for the up-to-date check, and
+    ``request_sha256`` and ``identity_sha256`` (the request's ``request_fingerprint`` and ``export_identity``,
+    when the caller has them) save loading the model unless it has to export.
     """
     if request_sha256 is None:
-        from lpmr_edge.models import load_model
-
-        clip = clip or load_model(request.model)
-        request_sha256 = request_fingerprint(request, clip.weights_sha256)
+        clip = _loaded(clip, request.model)
+        request_sha256, identity_sha256 = fingerprints(request, clip.weights_sha256)
     destination = artifact_path(out_root, request).resolve()
     if not force and _is_current(destination, request, request_sha256):
         return destination, True
-    if not isolate:
-        _export_here(request, destination, request_sha256, clip)
-        return destination, False
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        try:
-            pool.submit(_export_here, request, destination, request_sha256).result()
-        except BrokenProcessPool:
-            raise UserError(f"the export process for {request.name} died (out of memory?); free memory or "
-                            "export fewer artifacts at once") from None
+    if identity_sha256 is None:
+        clip = _loaded(clip, request.model)
+        identity_sha256 = export_identity(request, clip.weights_sha256)
+    hashes = request_sha256, identity_sha256
+    source = None if force else same_files_artifact(out_root, request, identity_sha256)
+    if source is not None:
+        reuse_files(source, destination, request, hashes)
+    elif not isolate:
+        _export_here(request, destination, hashes, clip)
+    else:
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            try:
+                pool.submit(_export_here, request, destination, hashes).result()
+            except BrokenProcessPool:
+                raise UserError(f"the export process for {request.name} died (out of memory?); free memory or "
+                                "export fewer artifacts at once") from None
     return destination, False
+
+
+def export_outcome(path: Path, current: bool) -> str:
+    """What ``export_artifact`` did for the artifact in ``path`` (``current``: it was up to date), in words."""
+    reused = None if current else read_json(path / MANIFEST_NAME, "manifest").get("reused_from")
+    return "up to date" if current else f"files of {reused['artifact']} reused" if reused else "exported"
 
 
 def plan_exports(model: str, target: Target, runtimes: Sequence[str] | None = None,
@@ -280,7 +387,7 @@ def export_target(model_spec: str, target: Target, runtimes: Sequence[str] | Non
     paths = []
     for request in requests:
         path, current = export_artifact(request, out_root, force=force, isolate=isolate, clip=clip)
-        report(f"{request.name}: {'up to date' if current else 'exported'} -> {path}")
+        report(f"{request.name}: {export_outcome(path, current)} -> {path}")
         paths.append(path)
         if advance:
             advance(1)

@@ -372,6 +372,18 @@ def portable_warning(tower: str, delegation: dict[str, Any]) -> list[str]:
     return [warning]
 
 
+def portable_warnings(delegation: dict[str, dict[str, Any]]) -> list[str]:
+    """The towers' warnings about ops left outside XNNPACK."""
+    return [warning for tower in TOWERS for warning in portable_warning(tower, delegation[tower])]
+
+
+def retarget(fields: dict[str, Any], request: ExportRequest) -> dict[str, Any]:
+    """The manifest fields of ``request``'s artifact from those of the same .pte files exported for another
+    target: the threads and architecture are the target's (a .pte holds neither)."""
+    return {**fields, "runtime_config": {**fields["runtime_config"], "threads": request.target.threads},
+            "abi": {**fields["abi"], "arch": request.target.arch}, "warnings": portable_warnings(fields["delegation"])}
+
+
 def export_towers(clip: ClipModel, request: ExportRequest, calibration: CalibrationInputs,
                   staging_dir: Path) -> dict[str, Any]:
     """Write ``image.pte``, ``text.pte`` and ``reference.npz``; return the backend's manifest fields."""
@@ -388,7 +400,7 @@ def export_towers(clip: ClipModel, request: ExportRequest, calibration: Calibrat
         "delegation": delegation,
         "lowering": {tower: {"seconds": result.lowered.seconds, "process_peak_rss_mb": result.peak_rss_mb}
                      for tower, result in exported.items()},
-        "warnings": [warning for tower in TOWERS for warning in portable_warning(tower, delegation[tower])],
+        "warnings": portable_warnings(delegation),
         "quantization": merge_records({tower: result.lowered.quantization for tower, result in exported.items()}),
         "runtime_config": {"backend": BACKEND, "method": "forward", "threads": request.target.threads,
                            "executed_precision": executed_precision(request.precision, delegation)},
