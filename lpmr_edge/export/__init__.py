@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from lpmr_edge.artifact import FORMAT, verify_artifact
 from lpmr_edge.backends import BACKENDS, source_file
 from lpmr_edge.errors import UserError
+from lpmr_edge.lifetime import exit_with_parent
 from lpmr_edge.manifest import (
     MANIFEST_NAME,
     read_json,
@@ -324,7 +325,8 @@ def export_artifact(request: ExportRequest, out_root: Path = DEFAULT_OUT_ROOT, f
     elif not isolate:
         _export_here(request, destination, hashes, clip)
     else:
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
+                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             try:
                 pool.submit(_export_here, request, destination, hashes).result()
             except BrokenProcessPool:

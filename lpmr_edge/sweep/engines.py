@@ -17,8 +17,6 @@ means running). ``fn`` is ``build_artifact`` or ``run_job`` from ``lpmr_edge.swe
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lpmr_edge.errors import UserError
+from lpmr_edge.lifetime import exit_with_parent
 
 ENGINES = ("local", "ray")
 Task = Callable[[Any], dict[str, Any]]
@@ -45,12 +44,6 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
 def _init_worker(threads: int, parent: int, log: str | None) -> None:
     """Pool worker start-up: output to ``log`` (None: the driver's streams, inherited), quiet libraries, cap
     threads before torch loads, die with the driver."""
@@ -66,7 +59,7 @@ def _init_worker(threads: int, parent: int, log: str | None) -> None:
     warnings.filterwarnings("ignore")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    exit_with_parent(parent)
 
 
 class LocalEngine:
