@@ -146,17 +146,6 @@ def prebuilt(bundle: Path, aarch64_bundle: Path, monkeypatch: pytest.MonkeyPatch
     return built
 
 
-@pytest.fixture
-def aarch64_bundle_in_cache(aarch64_bundle: Path, isolated_cache: Path) -> Path:
-    """The session's aarch64 runner bundle placed in this test's cache, where a run's step workers (other
-    processes, which a patch of ``build_runner`` does not reach) find it built instead of building it again."""
-    placed = isolated_cache / "native" / aarch64_bundle.name
-    if placed != aarch64_bundle:
-        placed.parent.mkdir(exist_ok=True)
-        placed.symlink_to(aarch64_bundle)
-    return placed
-
-
 @dataclass
 class SshServer:
     """A running sshd and what a client needs to reach it."""

@@ -9,8 +9,9 @@ top-1 within one prediction of the x86 run and ECE within 0.001 (XNNPACK's aarch
 (the artifact's reference.npz, whose outputs the exporting x86 host computed with the same program) and
 must agree within the artifact's own tolerance (fp32: cosine >= 0.99999 and max|diff| <= 1e-4 x max|x86|;
 int8: cosine >= 0.999 and <= 2e-2); the results record that agreement per tower and the test checks it.
-Needs the root of `make arm-root` (skipped without it). Run with the Python device server and with
-ExecuTorch's native runner (``?runner=native``: the C++ runner copied to the device).
+Needs the root of `make arm-root` (skipped without it). Run with the Python device server, the default; the
+native runner on the same emulated device (both towers, fp32 and int8, against x86 within the artifact's
+tolerance, with the root's Python hidden) is tested in test_native_runner.py.
 """
 from __future__ import annotations
 
@@ -48,8 +49,7 @@ def _headline(result_dir: Path) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One run directory for both runners: the second run reuses the exported artifacts and the host
-    reference (same manifests) and re-evaluates only what the runner kind changes (the runtime identity)."""
+    """The run directory, with the reduced arm target and the small suite (shared with ``host_headlines``)."""
     directory = tmp_path_factory.mktemp("emulated-run")
     (directory / "arm-et.toml").write_text(TARGET)
     (directory / "small.toml").write_text(SUITE)
@@ -68,14 +68,11 @@ def host_headlines(shared_run: Path) -> dict[str, tuple[float, float]]:
     return headlines
 
 
-@pytest.mark.parametrize("runner", ["python", "native"])
-def test_run_on_the_emulated_device_matches_x86(runner: str, emulator: EmulatedArm64, emulated_device: str,
-                                                shared_run: Path, request: pytest.FixtureRequest) -> None:
-    if runner == "native":
-        request.getfixturevalue("aarch64_bundle_in_cache")  # built once a session (tested in test_native_runner.py)
+def test_run_on_the_emulated_device_matches_x86(emulator: EmulatedArm64, emulated_device: str, shared_run: Path,
+                                                request: pytest.FixtureRequest) -> None:
     out = shared_run / "run"
     run = run_cli("run", "--model", "lpmr-tiny-fmnist", "--target", str(shared_run / "arm-et.toml"),
-                  "--suite", str(shared_run / "small.toml"), "--device", f"{emulated_device}&runner={runner}",
+                  "--suite", str(shared_run / "small.toml"), "--device", emulated_device,
                   "--out", str(out), "--json")
     assert run.exit_code == 0, run.output
     wait_until(lambda: not processes_inside(emulator.root), "the emulated device servers to end")
@@ -97,8 +94,7 @@ def test_run_on_the_emulated_device_matches_x86(runner: str, emulator: EmulatedA
         for tower, agreement in described["reference_outputs"].items():  # the device against the x86 host
             assert agreement["cosine_min"] >= tolerance["cosine_min"], (precision, tower, agreement)
             assert agreement["relative_max_diff"] <= tolerance["relative_max_diff"], (precision, tower, agreement)
-        assert described["device"]["runner"]["kind"] == runner
-        assert (described["device"]["python"] is None) == (runner == "native")
+        assert described["device"]["runner"]["kind"] == "python" and described["device"]["python"] is not None
         host_top1, host_ece = request.getfixturevalue("host_headlines")[precision]
         device_top1, device_ece = _headline(on_device)
         assert abs(device_top1 - host_top1) <= 1 / ID_IMAGES, (precision, device_top1, host_top1)
