@@ -27,9 +27,9 @@ what it computes in a serial run (``jobs=1``, in this process), so results do no
 Work a step would repeat is not redone: an export whose files another target's artifact already holds (the same
 ``export_identity``: e.g. x86's and arm's ExecuTorch artifacts differ only in threads and architecture, which do
 not reach the files) runs after that artifact's export and takes its files (``lpmr_edge.export.reuse_files``);
-each process keeps the evaluation sets it preprocessed for its next suite (``PREPROCESSED_BYTES``); and an artifact whose runtime identity (runtime, precision, files' sha256,
-executed precision; the device for an on-device runtime) matches one already evaluated on this machine with
-the same suite (e.g. a target's ExecuTorch artifact byte-identical to another target's, both run here) takes
+each process keeps the evaluation sets it preprocessed for its next suite (``PREPROCESSED_BYTES``); and an
+artifact whose runtime identity (runtime, precision, files' sha256, executed precision; the device for an
+on-device runtime) matches one already evaluated on this machine with the same suite (e.g. a target's ExecuTorch artifact byte-identical to another target's, both run here) takes
 that result's per-sample outputs instead of running its images again (``lpmr_edge.suite.reuse``); its manifest
 records ``reused_outputs`` (from which result directory, which sets) and its metrics are scored from them.
 """
