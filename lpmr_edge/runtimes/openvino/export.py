@@ -236,12 +236,12 @@ def export_towers(clip: ClipModel, request: ExportRequest, calibration: Calibrat
     return {"towers": towers, "runtime_config": config, "quantization": quantization, "warnings": notes, **extras}
 
 
-
 def retarget(fields: dict[str, Any], request: ExportRequest) -> dict[str, Any]:
     """The manifest fields of ``request``'s artifact from those of the same IR files exported for another target:
     the runtime configuration and its notes are the target's (the IR holds none of them)."""
     config, notes = runtime_config(request)
     return {**fields, "runtime_config": config, "warnings": notes}
+
 
 def run_fp32(model: ov.Model, inputs: np.ndarray) -> np.ndarray:
     """Run a dynamic-batch model's first output in true f32, in chunks."""
