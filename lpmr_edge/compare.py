@@ -8,6 +8,10 @@ respects each metric's direction (each family's ``MetricSpec``). Accuracy also g
 Given a practical margin m per metric (``margins``, by metric key; default 0), each delta also carries
 ``p_beyond_margin`` (two-sided test that |delta| > m: p < 5% iff the interval lies wholly beyond ±m) and
 ``p_equivalence`` (TOST within ±m; None at m = 0), and its verdict is "equivalent within ±m" when TOST rejects.
+
+``store_comparison`` keeps a comparison in the result's directory (``COMPARISON_FILE``), keyed by both results'
+metrics files and the settings, so ``lpmr-edge run`` computes each one as a step of its own, beside the others,
+and the report (``stored_comparison``) reads it instead of computing it again.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lpmr_edge.errors import UserError
+from lpmr_edge.manifest import atomic_write_json, read_json, sha256_file, sha256_json
 from lpmr_edge.results import read_result
 from lpmr_edge.stats import (
     BCA,
@@ -32,6 +37,7 @@ from lpmr_edge.stats import (
 from lpmr_edge.suite.config import stored_suite
 from lpmr_edge.suite.families.base import Compared, MetricSpec
 from lpmr_edge.suite.families.spectrum import DEFAULT_HEAD_FRACTION, spectrum_of_results
+from lpmr_edge.suite.outputs import METRICS_FILE
 from lpmr_edge.suite.run import load_suite_outputs, suite_probes
 
 
@@ -107,6 +113,40 @@ def compare(result_dir: Path, reference_dir: Path, n_resamples: int | None = Non
         "deltas": comparison, "mcnemar": mcnemar,
         "spectrum": {name: value for name, value in spectrum.items() if name != "per_rank"},
     }
+
+
+COMPARISON_FILE = "comparison.json"  # in the result's directory: {"inputs_sha256", "comparison"}
+
+
+def _comparison_key(result_dir: Path, reference_dir: Path, n_resamples: int | None,
+                    margins: Mapping[str, float]) -> str:
+    return sha256_json({"result": sha256_file(Path(result_dir) / METRICS_FILE),
+                        "reference": sha256_file(Path(reference_dir) / METRICS_FILE),
+                        "resamples": n_resamples, "margins": sorted(margins.items())})
+
+
+def stored_comparison(result_dir: Path, reference_dir: Path, n_resamples: int | None,
+                      margins: Mapping[str, float]) -> dict[str, Any] | None:
+    """``compare(result_dir, reference_dir, n_resamples, margins=margins)`` as ``store_comparison`` kept it,
+    or None when none is kept for these two results (as they are now) and settings."""
+    path = Path(result_dir) / COMPARISON_FILE
+    if not path.is_file():
+        return None
+    kept = read_json(path, str(path))
+    return kept["comparison"] if kept.get("inputs_sha256") == _comparison_key(result_dir, reference_dir, n_resamples,
+                                                                               margins) else None
+
+
+def store_comparison(result_dir: Path, reference_dir: Path, n_resamples: int | None,
+                     margins: Mapping[str, float]) -> dict[str, Any]:
+    """The comparison of ``compare``, kept in ``result_dir`` (written atomically; an up-to-date one is read)."""
+    kept = stored_comparison(result_dir, reference_dir, n_resamples, margins)
+    if kept is not None:
+        return kept
+    key = _comparison_key(result_dir, reference_dir, n_resamples, margins)
+    comparison = compare(result_dir, reference_dir, n_resamples, margins=margins)
+    atomic_write_json(Path(result_dir) / COMPARISON_FILE, {"inputs_sha256": key, "comparison": comparison})
+    return comparison
 
 
 def _identity(result: Mapping[str, Any], directory: Path) -> dict[str, Any]:

@@ -18,7 +18,9 @@ shard, on the ID set until the decision on the objective is settled or the budge
 covers the ID images it saw, and the host reference (evaluated after the targets) the images any saw.
 
 Steps that do not need each other's output run concurrently (``RunPlan.jobs``): each export, each artifact's
-suite, each target's parity check and the host reference are steps of a dependency graph run on the sweep's
+suite, each target's parity check, the host reference and each quantized result's paired comparison with its
+FP32 reference (kept for the report, ``lpmr_edge.compare.store_comparison``; one thread) are steps of a
+dependency graph run on the sweep's
 local engine (``lpmr_edge.sweep.engines.run_steps``) with at most ``os.cpu_count()`` threads in flight; a
 step counts as its target's threads (an export as ``EXPORT_THREADS``, the host reference as the smallest
 target's), caps its process at that many, and a latency benchmark runs alone. Every step computes exactly
@@ -48,6 +50,7 @@ from lpmr_edge.data import PreprocessedSets
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
 from lpmr_edge.pick import Choice, Constraints
+from lpmr_edge.results import REFERENCE_PRECISION
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.sequential import SettleSettings
 from lpmr_edge.suite import EvalSettings, Progress, evaluate, progress_task
@@ -61,6 +64,7 @@ Log = Callable[[str], None]
 HOST_ARCH = platform.machine()
 EXPORT_THREADS = 1  # an export is mostly single-threaded Python (tracing, lowering); its process is capped at this
 PREPROCESSED_BYTES = 256 << 20  # preprocessed images a step's process keeps for its next suite
+HOST_RESULT = "host/torch-fp32"  # the host's torch FP32 reference, under results/
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,7 @@ def _settle_work(plan: RunPlan, target: Target, artifacts: Sequence[Path], log: 
 def _reference_work(plan: RunPlan, log: Log, progress: Progress | None, inputs: Mapping[str, Any]) -> None:
     settled = {name.split(" ", 1)[1]: value[1] for name, value in inputs.items()
                if name.startswith("settle ")}
-    _evaluate_reference(plan, plan.out / "results" / "host" / "torch-fp32", settled, log, progress)
+    _evaluate_reference(plan, plan.out / "results" / HOST_RESULT, settled, log, progress)
 
 
 @dataclass
@@ -307,6 +311,7 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
     on_device = not in_process(plan.device)  # what runs on the device runs alone
     settles = []
     first_exports: dict[str, str] = {}  # export identity -> the step exporting it first (later ones reuse its files)
+    evaluated: dict[str, list[tuple[Path, str, str]]] = {}  # target -> (artifact, precision, its evaluating step)
     for target in targets:
         requests, notes = plan_exports(plan.model, target)
         log(f"target {target.name} ({target.arch}, {target.threads} threads, device {plan.device}): "
@@ -329,18 +334,48 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
             settles.append(graph.add(f"settle {target.name}", prefix,
                                      functools.partial(_settle_work, plan, target, artifacts), target.threads,
                                      exports, on_device, weight=len(artifacts)))
+            evaluated[target.name] = [(artifact, request.precision, settles[-1])
+                                      for request, artifact in zip(requests, artifacts)]
         else:
             if plan.until is not None:
                 log(f"  {target.name}: settling: one artifact, nothing to decide between; evaluating every image")
-            for export, artifact in zip(exports, artifacts):
-                graph.add(f"suite {target.name}/{artifact.name}", prefix,
-                          functools.partial(_suite_work, plan, target, artifact), target.threads, [export], on_device)
+            evaluated[target.name] = [
+                (artifact, request.precision,
+                 graph.add(f"suite {target.name}/{artifact.name}", prefix,
+                           functools.partial(_suite_work, plan, target, artifact), target.threads, [export], on_device))
+                for request, export, artifact in zip(requests, exports, artifacts)]
         graph.add(f"bench {target.name}", prefix,
                   functools.partial(_bench_work, target, artifacts, plan.device,
                                     plan.out / "results" / target.name / "bench.json"),
                   target.threads, exports, exclusive=True)
     if plan.until is not None:
         graph.add("reference", "reference: ", reference, _host_threads(targets), settles)
+    for target in targets:
+        steps = evaluated[target.name]
+        candidates = [artifact for artifact, precision, _ in steps if precision == REFERENCE_PRECISION]
+        references = {step for _, precision, step in steps if precision == REFERENCE_PRECISION}
+        for artifact, precision, step in steps:
+            if precision != REFERENCE_PRECISION:
+                graph.add(f"compare {target.name}/{artifact.name}", f"{target.name}: ",
+                          functools.partial(_compare_work, plan, target.name, artifact.name, candidates), 1,
+                          sorted({step, "reference", *references}))
+
+
+def _compare_work(plan: RunPlan, target: str, variant: str, candidates: Sequence[Path], log: Log,
+                  progress: Progress | None, inputs: Mapping[str, Any]) -> None:
+    """Keep the paired comparison of a target's result with the FP32 result the report compares it with
+    (``reference_for`` among the target's FP32 results and the host reference) for the report to read."""
+    from lpmr_edge.compare import store_comparison
+    from lpmr_edge.report import metric_margins
+    from lpmr_edge.results import read_result, reference_for
+
+    results_root = plan.out / "results"
+    result = read_result(results_root / target / variant)
+    references = [read_result(results_root / target / artifact.name) for artifact in candidates]
+    reference = reference_for(result, [*references, read_result(results_root / HOST_RESULT)])
+    if reference is not None:
+        store_comparison(result.directory, reference.directory, None, metric_margins(plan.constraints))
+        log(f"  compare: {variant} vs {reference.target}/{reference.variant} kept")
 
 
 def _parity_work(artifacts: Sequence[Path], out: Path, images: int, threads: int, log: Log,
@@ -374,7 +409,7 @@ def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> Ru
 
     targets = [load_target(name) for name in plan.targets]
     results_root = plan.out / "results"
-    most_steps = 1 + sum(2 * len(target.runtime(name).precisions) + 2 for target in targets for name in target.runtimes)
+    most_steps = 1 + sum(3 * len(target.runtime(name).precisions) + 2 for target in targets for name in target.runtimes)
     with contextlib.ExitStack() as running:
         graph = _Graph()
         engine, budget = open_step_engine(plan.jobs, most_steps)

@@ -10,8 +10,9 @@ replaces any previous report only once everything is written:
 
 Every quantized result is compared with its FP32 reference (``lpmr_edge.results.reference_for``) by a
 ``Comparator``: by default ``PairedComparator`` (the suite's paired bootstrap on the stored per-sample
-outputs, ``lpmr_edge.compare``), falling back to ``unpaired_delta`` (the two stored CIs combined) for
-results without outputs. The claims are judged over those comparisons by ``lpmr_edge.claims``.
+outputs, ``lpmr_edge.compare``; one that ``lpmr-edge run`` kept beside the result is read), falling back
+to ``unpaired_delta`` (the two stored CIs combined) for results without outputs. The claims are judged
+over those comparisons by ``lpmr_edge.claims``.
 """
 from __future__ import annotations
 
@@ -96,11 +97,12 @@ class PairedComparator:
         if not (has_outputs(result) and has_outputs(reference)):
             self.fallbacks[pair] = "no per-sample outputs stored beside the metrics"
             return None
-        from lpmr_edge.compare import compare
+        from lpmr_edge.compare import compare, stored_comparison
 
         try:
-            self._comparisons[key] = compare(result.directory, reference.directory, self.n_resamples,
-                                             margins=margins)
+            self._comparisons[key] = (
+                stored_comparison(result.directory, reference.directory, self.n_resamples, margins)
+                or compare(result.directory, reference.directory, self.n_resamples, margins=margins))
         except UserError as error:
             self.fallbacks[pair] = str(error)
         return self._comparisons[key]

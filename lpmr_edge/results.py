@@ -9,11 +9,12 @@ artifact's manifest, and the eager torch reference counts as target ``host``. Ea
 with an FP32 reference (see ``reference_for``). Its metrics are the registered families' ``MetricSpec``s
 (``lpmr_edge.suite.families.METRICS``), read by ``read_estimate``.
 
-A metric that is the mean over several instances (the OOD sets) gets, from the stored tree alone, the
-conservative ``bonferroni_mean`` interval (``BONFERRONI_MEAN``); where the result's per-sample outputs are
-stored, ``lpmr_edge.samples.with_joint_intervals`` replaces it with the interval of the joint bootstrap of
-the mean (``JOINT_BOOTSTRAP``: the ID images drawn once for all sets, as ``compare`` resamples them). Each
-``Estimate`` names its interval's ``method``.
+A metric that is the mean over several instances (the OOD sets) reads the interval of the joint bootstrap of
+the mean (``JOINT_BOOTSTRAP``: the ID images drawn once for all sets, as ``compare`` resamples them) that the
+suite stored beside it (``MetricSpec.mean_at``). A result without it (written before the suite stored it)
+gets, from the stored tree alone, the conservative ``bonferroni_mean`` interval (``BONFERRONI_MEAN``), which
+``lpmr_edge.samples.with_joint_intervals`` replaces with the joint one where the per-sample outputs are
+stored. Each ``Estimate`` names its interval's ``method``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import MANIFEST_NAME, read_json
 from lpmr_edge.stats import CONFIDENCE
 from lpmr_edge.suite.families import METRICS, MetricSpec
-from lpmr_edge.suite.families.base import MEAN, WORST
+from lpmr_edge.suite.families.base import JOINT_BOOTSTRAP, MEAN, WORST
 from lpmr_edge.suite.families.ood import MEAN_OF_SETS
 from lpmr_edge.suite.outputs import METRICS_FILE
 from lpmr_edge.suite.sizes import sample_sizes
@@ -36,7 +37,6 @@ from lpmr_edge.suite.sizes import sample_sizes
 BENCH_PATTERN = "bench*.json"  # bench JSON files found below the inputs
 HOST_TARGET = "host"
 REFERENCE_PRECISION = "fp32"
-JOINT_BOOTSTRAP = "bca: joint bootstrap of the mean over sets (the ID images drawn once for all sets)"
 BONFERRONI_MEAN = ("bonferroni: mean of the sets' bounds, each widened from 95% to 1 - 0.05/k (normal approximation); "
                    "no per-sample outputs for a joint bootstrap")
 
@@ -108,17 +108,25 @@ def paired_keys(spec: MetricSpec, metrics: Mapping[str, Any]) -> list[str]:
         return [spec.paired.format(set=MEAN_OF_SETS)]
     return spec.expand(spec.paired, metrics)
 
+def _node(metrics: Mapping[str, Any], path: Sequence[str]) -> Any:
+    node: Any = metrics
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
 def read_estimate(spec: MetricSpec, metrics: Mapping[str, Any]) -> Estimate | None:
     """A metric's estimate from a ``metrics.json`` tree: the value at ``spec.at`` with its CI, or the mean over
-    the spec's instances (``bonferroni_mean``: the stored tree holds no joint interval of it), or the worst
-    instance's estimate for a ``combine = WORST`` spec (None when the result lacks it, or lacks it for any
-    instance)."""
+    the spec's instances (as the suite stored it at ``spec.mean_at`` from one joint bootstrap, else
+    ``bonferroni_mean``), or the worst instance's estimate for a ``combine = WORST`` spec (None when the
+    result lacks it, or lacks it for any instance)."""
+    if spec.mean_at and joint_mean(spec, metrics):
+        stored = _estimate(_node(metrics, spec.mean_at[:-1]), spec.mean_at[-1])
+        if stored is not None and stored.method == JOINT_BOOTSTRAP:
+            return stored
     estimates = []
     for path in spec.expand(spec.at, metrics):
-        node: Any = metrics
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, Mapping) else None
-        estimates.append(_estimate(node, path[-1]))
+        estimates.append(_estimate(_node(metrics, path[:-1]), path[-1]))
     present = [estimate for estimate in estimates if estimate is not None]
     if not present or len(present) != len(estimates):
         return None

@@ -7,6 +7,7 @@ import pytest
 from lpmr_edge.errors import UserError
 from lpmr_edge.metrics import ood_scores
 from lpmr_edge.stats import MetricRule, paired_metric_decisions
+from lpmr_edge.suite.families.base import JOINT_BOOTSTRAP
 from lpmr_edge.suite.families.corruptions import CorruptionConfig, corruption_error_probe, corruption_probe
 from lpmr_edge.suite.families.ood import OodConfig, class_split_scores, summarise_sets, tagged_set
 
@@ -81,10 +82,11 @@ def test_summaries_over_sets_name_the_worst_and_flag_chance():
     sets = {name: {"msp": {"auroc": auroc, "fpr_at_95_tpr": 1 - auroc,
                            "ci": {"auroc": [auroc - 0.1, auroc + 0.1], "fpr_at_95_tpr": [0.0, 1.0]}}}
             for name, auroc in (("digits", 0.8), ("textiles", 0.36), ("class-split", 0.5))}
-    summary = summarise_sets(sets, list(sets), "msp", [0.5, 0.6])
+    summary = summarise_sets(sets, list(sets), "msp", {"auroc": [0.5, 0.6], "fpr_at_95_tpr": [0.2, 0.4]})
     assert summary["worst_set"] == "textiles" and summary["auroc"] == 0.36 and summary["ci"]["auroc"] == pytest.approx([0.26, 0.46])
     assert summary["mean_auroc"] == pytest.approx(0.5533333) and summary["below_chance"] == ["textiles", "class-split"]
     assert summary["ci"]["mean_auroc"] == [0.5, 0.6]  # the joint bootstrap's interval, given by the caller
+    assert summary["ci"]["mean_fpr_at_95_tpr"] == [0.2, 0.4] and summary["ci_method"]["mean_auroc"] == JOINT_BOOTSTRAP
     assert summarise_sets(sets, ["digits"], "msp")["ci"]["mean_auroc"] == pytest.approx([0.7, 0.9])  # one set: its CI
     with pytest.raises(UserError, match="'mean'"):
         OodConfig(sets=("mean",))

@@ -1,6 +1,6 @@
 """`lpmr-edge run` with its independent steps on two workers gives what the serial run gives: the same
-artifacts (sha256 of every file), per-sample outputs, metrics.json (apart from when it was written), parity
-and recommendation; and each runtime there runs on the target's threads."""
+artifacts (sha256 of every file), per-sample outputs, metrics.json (apart from when it was written), parity,
+the paired comparison kept for the report and the recommendation; and each runtime there runs on the target's threads."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import pytest
 from conftest import target_toml
 from factories import small_suite_toml
 
+from lpmr_edge.compare import COMPARISON_FILE
 from lpmr_edge.pick import Constraints
 from lpmr_edge.pipeline import RunPlan, run
 
@@ -55,8 +56,8 @@ def _files(out: Path) -> dict[str, dict[str, str]]:
 def test_a_concurrent_run_gives_the_serial_runs_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     serial, serial_choices, serial_lines = _run(tmp_path, monkeypatch, "serial", jobs=1)
     concurrent, choices, lines = _run(tmp_path, monkeypatch, "concurrent", jobs=2)
-    assert "9 steps, up to 1 at once within" in "\n".join(serial_lines)
-    assert "9 steps, up to 2 at once within" in "\n".join(lines)
+    assert "10 steps, up to 1 at once within" in "\n".join(serial_lines)
+    assert "10 steps, up to 2 at once within" in "\n".join(lines)
 
     assert _files(concurrent) == _files(serial) and len(_files(serial)) == 3
     expected, got = _results(serial), _results(concurrent)
@@ -72,6 +73,9 @@ def test_a_concurrent_run_gives_the_serial_runs_results(tmp_path: Path, monkeypa
                for check in json.loads((out / "results" / "tiny-arm" / "parity.json").read_text())["checks"]]
               for out in (serial, concurrent)]
     assert parity[0] == parity[1] and len(parity[0]) == 3
+    kept = [json.loads((out / "results" / "tiny-arm" / "openvino-int8" / COMPARISON_FILE).read_text())  # for the report
+            ["comparison"]["deltas"] for out in (serial, concurrent)]
+    assert kept[0] == kept[1] and "id.top1" in kept[0]
 
     assert len(choices) == len(serial_choices) == 1
     assert choices[0].recommended is not None

@@ -13,15 +13,16 @@ import pytest
 from factories import DEFAULTS, metrics_json
 from scipy.special import ndtr
 
+from lpmr_edge.compare import COMPARISON_FILE, compare, store_comparison, stored_comparison
 from lpmr_edge.metrics import ood_metrics
 from lpmr_edge.pick import Constraints, pick
-from lpmr_edge.report import build_report
+from lpmr_edge.report import build_report, metric_margins
 from lpmr_edge.results import BONFERRONI_MEAN, JOINT_BOOTSTRAP, Estimate, bonferroni_mean, load_results
-from lpmr_edge.samples import score_orders
+from lpmr_edge.samples import joint_estimates, score_orders
 from lpmr_edge.stats import bca_estimates, bootstrap_draws, paired_decisions
 from lpmr_edge.suite import BUILTIN_SUITES
 from lpmr_edge.suite.families.base import Probe
-from lpmr_edge.suite.families.ood import CLASS_SPLIT, OodConfig, OodProbes
+from lpmr_edge.suite.families.ood import AUROC, CLASS_SPLIT, FPR95, OodConfig, OodProbes
 from lpmr_edge.suite.outputs import write_result
 from lpmr_edge.suite.run import score_outputs
 
@@ -186,9 +187,32 @@ def test_picker_and_report_give_the_same_intervals_for_the_same_data(ood_results
     assert decision.difference == pytest.approx(delta["value"]) and decision.p_superiority == delta["p_value"]
 
 
+def test_the_stored_joint_interval_is_the_one_recomputed_from_the_outputs(ood_results: Path, tmp_path: Path):
+    results = load_results([ood_results])
+    for result in results:
+        recomputed = joint_estimates(result, (AUROC, FPR95))
+        for spec in (AUROC, FPR95):  # what the suite stored beside the mean, read without its outputs
+            assert result.metrics[spec.key] == recomputed[spec.key] and recomputed[spec.key].method == JOINT_BOOTSTRAP
+    shutil.copytree(ood_results, tmp_path / "results")
+    shutil.rmtree(tmp_path / "results" / "x86" / "openvino-int8" / "outputs")
+    without_outputs = {r.variant: r for r in load_results([tmp_path / "results"])}["openvino int8"]
+    assert without_outputs.metrics["auroc"] == {r.variant: r for r in results}["openvino int8"].metrics["auroc"]
+
+
+def _as_written_before_joint_means(metrics_file: Path) -> None:
+    """Drop what the suite stores of the joint bootstrap of the mean over sets (results of before it did)."""
+    raw = json.loads(metrics_file.read_text())
+    for by_score in raw["metrics"]["ood"]["summary"].values():
+        for summary in by_score.values():
+            summary.pop("ci_method", None)
+    metrics_file.write_text(json.dumps(raw))
+
+
 def test_without_outputs_the_mean_falls_back_to_the_stored_intervals_and_says_so(ood_results: Path,
                                                                                    tmp_path: Path):
     shutil.copytree(ood_results, tmp_path / "results")
+    for variant in ("openvino-fp32", "openvino-int8"):
+        _as_written_before_joint_means(tmp_path / "results" / "x86" / variant / "metrics.json")
     shutil.rmtree(tmp_path / "results" / "x86" / "openvino-int8" / "outputs")
     results = load_results([tmp_path / "results"])
     report, _ = build_report(results, Constraints(objective="auroc"))
@@ -204,3 +228,28 @@ def test_without_outputs_the_mean_falls_back_to_the_stored_intervals_and_says_so
     assert stored["ci"][0] < np.mean([e.ci[0] for e in per_set]) and stored["ci"][1] > np.mean(
         [e.ci[1] for e in per_set])
     assert any("x86 openvino int8 (OOD AUROC)" in note and "Bonferroni" in note for note in report["notes"])
+
+
+def test_a_kept_comparison_is_what_the_report_reads_until_a_result_changes(ood_results: Path, tmp_path: Path):
+    shutil.copytree(ood_results, tmp_path / "results")
+    result, reference = (tmp_path / "results" / "x86" / f"openvino-{p}" for p in ("int8", "fp32"))
+    margins = metric_margins(Constraints(objective="auroc"))
+    kept = store_comparison(result, reference, None, margins)
+    assert kept == compare(result, reference, margins=margins)  # what the report would compute
+    assert stored_comparison(result, reference, None, margins) == kept
+    assert stored_comparison(result, reference, None, {**margins, "auroc": 0.5}) is None  # other settings
+
+    def report_delta() -> float:
+        report, _ = build_report(load_results([tmp_path / "results"]), Constraints(objective="auroc"))
+        return {row["variant"]: row for row in report["tables"][0]["rows"]}["openvino int8"]["metrics"]["auroc"][
+            "delta"]["value"]
+
+    assert report_delta() == kept["deltas"]["ood.mean.msp.auroc"]["delta"]
+    kept_file = json.loads((result / COMPARISON_FILE).read_text())
+    kept_file["comparison"]["deltas"]["ood.mean.msp.auroc"]["delta"] = 0.125  # marks what the report reads
+    (result / COMPARISON_FILE).write_text(json.dumps(kept_file))
+    assert report_delta() == 0.125
+    metrics = json.loads((reference / "metrics.json").read_text())
+    (reference / "metrics.json").write_text(json.dumps({**metrics, "created": "2026-02-03T04:05:06+00:00"}))
+    assert stored_comparison(result, reference, None, margins) is None  # the reference changed: not read
+    assert report_delta() == kept["deltas"]["ood.mean.msp.auroc"]["delta"]

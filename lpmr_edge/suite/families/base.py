@@ -24,6 +24,7 @@ from lpmr_edge.suite.outputs import EvalSet, SetOutputs
 PERCENT = "%"  # unit of a fraction shown in percent
 POINTS, DIFFERENCE = "percentage points", "difference"  # delta kinds: how a change (result - reference) reads
 MEAN, WORST = "mean", "worst"  # how a metric over several instances combines them
+JOINT_BOOTSTRAP = "bca: joint bootstrap of the mean over sets (the ID images drawn once for all sets)"
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class MetricSpec:
     for each of ``instances(metrics)`` (e.g. the OOD sets) and the metric ``combine``s them: their
     mean, or the worst instance's value (``WORST``: lowest when higher is better). ``paired`` is
     its key in ``compare``'s deltas (``"{set}"`` likewise); ``datasets`` the prefix of the evaluation
-    sets it reads besides ``id``.
+    sets it reads besides ``id``. ``mean_at`` is where the suite stores the mean over all instances with the
+    interval of one joint bootstrap of them (read when its ``ci_method`` is ``JOINT_BOOTSTRAP``).
     """
 
     key: str
@@ -47,6 +49,7 @@ class MetricSpec:
     datasets: str = "id"
     instances: Callable[[Mapping[str, Any]], list[str]] | None = None
     combine: str = MEAN
+    mean_at: tuple[str, ...] = ()
 
     @property
     def percent(self) -> bool:

@@ -47,6 +47,7 @@ TAGS = (NEAR, FAR)
 CLASS_SPLIT = "class-split"  # the near-OOD pair made by splitting the ID set's classes
 MEAN_OF_SETS = "mean"  # the "set" of compare's deltas of the mean over all sets (``ood.mean.<score>.<value>``)
 ALL_SETS = "all"
+MEAN_VALUES = ("auroc", "fpr_at_95_tpr")  # the values whose mean over a scope's sets the summary stores
 CHANCE = 0.5
 
 
@@ -56,10 +57,12 @@ def ood_sets(metrics: Mapping[str, Any]) -> list[str]:
 
 
 AUROC = base.MetricSpec("auroc", "OOD AUROC", True, at=("ood", "sets", "{set}", OOD_SCORE, "auroc"),
-                        paired=f"ood.{{set}}.{OOD_SCORE}.auroc", datasets="ood-", instances=ood_sets)
+                        paired=f"ood.{{set}}.{OOD_SCORE}.auroc", datasets="ood-", instances=ood_sets,
+                        mean_at=("ood", "summary", ALL_SETS, OOD_SCORE, "mean_auroc"))
 FPR95 = base.MetricSpec("fpr95", "OOD FPR@95%TPR", False, base.PERCENT, base.POINTS,
                         at=("ood", "sets", "{set}", OOD_SCORE, "fpr_at_95_tpr"),
-                        paired=f"ood.{{set}}.{OOD_SCORE}.fpr_at_95_tpr", datasets="ood-", instances=ood_sets)
+                        paired=f"ood.{{set}}.{OOD_SCORE}.fpr_at_95_tpr", datasets="ood-", instances=ood_sets,
+                        mean_at=("ood", "summary", ALL_SETS, OOD_SCORE, "mean_fpr_at_95_tpr"))
 
 
 def tagged_set(entry: str) -> tuple[str, str]:
@@ -168,19 +171,21 @@ class OodProbes:
 
 
 def summarise_sets(sets: Mapping[str, Mapping[str, Any]], names: Sequence[str], score: str,
-                   mean_ci: list[float | None] | None = None) -> dict[str, Any]:
-    """The worst of ``names`` (lowest AUROC, with its own CI and FPR@95) and, beside it, their mean AUROC
-    (``mean_ci``: its interval from the joint bootstrap, ``OodProbes.mean_probe``; one set's own CI when
-    ``names`` is one set) and the sets at or below chance."""
+                   mean_cis: Mapping[str, list[float | None]] | None = None) -> dict[str, Any]:
+    """The worst of ``names`` (lowest AUROC, with its own CI and FPR@95) and, beside it, their mean AUROC and
+    mean FPR@95 (``mean_cis`` by value name: their intervals from the joint bootstrap,
+    ``OodProbes.mean_probe``, with ``ci_method`` ``JOINT_BOOTSTRAP``; one set's own CIs when ``names`` is one
+    set) and the sets at or below chance."""
     values = {name: sets[name][score] for name in names}
     worst = min(names, key=lambda name: values[name]["auroc"])
-    if len(names) == 1:
-        mean_ci = values[worst]["ci"]["auroc"]
+    means = {f"mean_{value}": float(np.mean([values[name][value] for name in names])) for value in MEAN_VALUES}
+    joint = len(names) > 1 and mean_cis is not None
+    cis = {f"mean_{value}": values[worst]["ci"][value] if len(names) == 1 else
+           mean_cis[value] if mean_cis is not None else None for value in MEAN_VALUES}
     return {"worst_set": worst, "auroc": values[worst]["auroc"], "fpr_at_95_tpr": values[worst]["fpr_at_95_tpr"],
-            "mean_auroc": float(np.mean([values[name]["auroc"] for name in names])), "sets": list(names),
-            "below_chance": [name for name in names if values[name]["auroc"] <= CHANCE],
-            "ci": {"auroc": values[worst]["ci"]["auroc"], "fpr_at_95_tpr": values[worst]["ci"]["fpr_at_95_tpr"],
-                   "mean_auroc": mean_ci}}
+            **means, "sets": list(names), "below_chance": [name for name in names if values[name]["auroc"] <= CHANCE],
+            "ci": {"auroc": values[worst]["ci"]["auroc"], "fpr_at_95_tpr": values[worst]["ci"]["fpr_at_95_tpr"], **cis},
+            **({"ci_method": dict.fromkeys(cis, base.JOINT_BOOTSTRAP)} if joint else {})}
 
 
 class Ood(base.Family):
@@ -233,10 +238,14 @@ class Ood(base.Family):
         scopes = {ALL_SETS: list(sets), **{tag: [name for name in sets if tags[name] == tag] for tag in TAGS}}
         mean_cis = {tuple(names): probe.mean_probe(names, OOD_SCORES).with_ci(resamples, seed)["ci"]
                     for names in {tuple(names) for names in scopes.values() if len(names) > 1}}
+
+        def scope_cis(names: Sequence[str], score: str) -> dict[str, list[float | None]] | None:
+            cis = mean_cis.get(tuple(names))
+            return None if cis is None else {value: cis[f"{score}/{value}"] for value in MEAN_VALUES}
+
         ood = {"positive_class": ID_POSITIVE, "scores": list(OOD_SCORES), "id_n": len(context.outputs[ID_SET].labels),
                "logit_scale": context.logit_scale, "mcm_temperature": config.mcm_temperature, "sets": sets,
-               "summary": {scope: {score: summarise_sets(sets, names, score,
-                                                         mean_cis.get(tuple(names), {}).get(f"{score}/auroc"))
+               "summary": {scope: {score: summarise_sets(sets, names, score, scope_cis(names, score))
                                    for score in OOD_SCORES}
                            for scope, names in scopes.items() if names}}
         if config.class_split:
