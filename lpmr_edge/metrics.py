@@ -206,8 +206,8 @@ def _average_precision(true_positives: np.ndarray, false_positives: np.ndarray) 
     return float(np.sum(np.diff(_prepend(0.0, recall)) * precision))
 
 
-def ood_metrics(id_scores: np.ndarray, ood_scores_: np.ndarray) -> dict[str, float]:
-    """AUROC, FPR@95%TPR, AUPR-in and AUPR-out with ID as the positive class (one sort)."""
+def ood_metrics(id_scores: np.ndarray, ood_scores_: np.ndarray, aupr: bool = True) -> dict[str, float]:
+    """AUROC, FPR@95%TPR, AUPR-in and AUPR-out (unless not ``aupr``) with ID as the positive class (one sort)."""
     n_id, n_ood = len(id_scores), len(ood_scores_)
     scores = np.concatenate([id_scores, ood_scores_])
     order = np.argsort(-scores, kind="stable")
@@ -215,12 +215,14 @@ def ood_metrics(id_scores: np.ndarray, ood_scores_: np.ndarray) -> dict[str, flo
     id_above = np.cumsum(order < n_id)[last_of_tie]          # ID samples scoring >= each threshold
     ood_above = last_of_tie + 1 - id_above                    # OOD samples scoring >= each threshold
     tpr, fpr = _prepend(0.0, id_above / n_id), _prepend(0.0, ood_above / n_ood)
+    ranking = {"auroc": float(np.trapezoid(tpr, fpr)),
+               "fpr_at_95_tpr": float(fpr[np.flatnonzero(tpr >= TPR_LEVEL - 1e-12)[0]])}
+    if not aupr:
+        return ranking
     # AUPR-out: OOD positive, thresholds ascending; "at or below" a tie group = total minus strictly above.
     ood_below = (n_ood - _prepend(0, ood_above[:-1]))[::-1]
     id_below = (n_id - _prepend(0, id_above[:-1]))[::-1]
-    return {"auroc": float(np.trapezoid(tpr, fpr)),
-            "fpr_at_95_tpr": float(fpr[np.flatnonzero(tpr >= TPR_LEVEL - 1e-12)[0]]),
-            "aupr_in": _average_precision(id_above, ood_above),
+    return {**ranking, "aupr_in": _average_precision(id_above, ood_above),
             "aupr_out": _average_precision(ood_below, id_below)}
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -102,10 +102,18 @@ def ood_set_name(dataset: str) -> str:
     return "ood-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset).strip("_")
 
 
+def _all_values(tables: Sequence[Table]) -> dict[str, float]:
+    return ood_metrics(tables[0]["score"], tables[1]["score"])
+
+
+def _compared_values(tables: Sequence[Table]) -> dict[str, float]:
+    """The values ``compare`` tests (``Ood.comparisons``): AUROC and FPR@95%TPR."""
+    return ood_metrics(tables[0]["score"], tables[1]["score"], aupr=False)
+
+
 def ood_probe(id_scores: np.ndarray, ood_scores_: np.ndarray) -> base.Probe:
     """AUROC, FPR@95%TPR, AUPR-in/-out for one score; ID and OOD resampled separately."""
-    return base.Probe(lambda tables: ood_metrics(tables[0]["score"], tables[1]["score"]),
-                      [{"score": id_scores}, {"score": ood_scores_}], "score")
+    return base.Probe(_all_values, [{"score": id_scores}, {"score": ood_scores_}], "score")
 
 
 def class_split_head(cosine: np.ndarray, labels: np.ndarray, id_classes: np.ndarray, logit_scale: float,
@@ -160,9 +168,10 @@ class OodProbes:
             values: dict[str, float] = {}
             for score in scores:
                 id_scores = np.concatenate([table[score] for table in ids])
-                per_set = [ood_metrics(id_scores, table[score]) for table in oods]
+                per_set = [ood_metrics(id_scores, table[score], aupr=False) for table in oods]
                 if with_split:
-                    per_set.append(ood_metrics(ids[0][f"{CLASS_SPLIT}/{score}"], ids[1][f"{CLASS_SPLIT}/{score}"]))
+                    per_set.append(ood_metrics(ids[0][f"{CLASS_SPLIT}/{score}"], ids[1][f"{CLASS_SPLIT}/{score}"],
+                                               aupr=False))
                 for value in ("auroc", "fpr_at_95_tpr"):
                     values[f"{score}/{value}"] = float(np.mean([metrics[value] for metrics in per_set]))
             return values
@@ -265,7 +274,8 @@ class Ood(base.Family):
                              reference.mean_probe(names, (OOD_SCORE,)),
                              ((f"{OOD_SCORE}/auroc", f"OOD AUROC, {over}", AUROC),
                               (f"{OOD_SCORE}/fpr_at_95_tpr", f"OOD FPR@95%TPR, {over}", FPR95)))
-        return [base.Compared(f"ood.{name}.{score}", probe, reference.sets[name][score],
+        return [base.Compared(f"ood.{name}.{score}", replace(probe, summary=_compared_values),
+                              replace(reference.sets[name][score], summary=_compared_values),
                               (("auroc", f"OOD AUROC {name} ({score})", AUROC),
                                ("fpr_at_95_tpr", f"OOD FPR@95%TPR {name} ({score})", FPR95)))
                 for name, by_score in result.sets.items() for score, probe in by_score.items()] + [mean]
