@@ -25,6 +25,7 @@ import numpy as np
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_file, sha256_json
 from lpmr_edge.results import read_result
+from lpmr_edge.samples import score_orders
 from lpmr_edge.stats import (
     BCA,
     CONFIDENCE,
@@ -59,12 +60,25 @@ def _delta(label: str, spec: MetricSpec, decision: PairedDecision) -> dict[str, 
                          f"p={decision.p_superiority:.3g})"}
 
 
+def _score_orders(compared: Compared) -> list[np.ndarray | None] | None:
+    """For an OOD probe (its metrics depend only on the rows drawn), each table's rows by the reference's
+    descending score: both sides' resamples then come nearly sorted (quantization rarely reorders scores), which
+    the OOD metrics sort faster, and no number changes; None for other probes."""
+    reference = compared.reference
+    if reference.sort_key is not None:
+        return [np.argsort(-table[reference.sort_key], kind="stable") if reference.sort_key in table else None
+                for table in reference.tables]
+    if compared.prefix.startswith("ood."):
+        return score_orders(reference.tables, [name for name, _, _ in compared.values])
+    return None
+
+
 def _compare_probe(compared: Compared, n_resamples: int, seed: int,
                    margins: Mapping[str, float]) -> dict[str, dict[str, Any]]:
     """Deltas of the compared values of one probe, keyed ``<prefix>.<value name with dots>``."""
     rules = {name: MetricRule(spec.higher_is_better, margins.get(spec.key, 0.0)) for name, _, spec in compared.values}
     decisions = paired_metric_decisions(compared.result.summary, compared.result.tables, compared.reference.tables,
-                                        rules, n_resamples=n_resamples, seed=seed)
+                                        rules, n_resamples=n_resamples, seed=seed, orders=_score_orders(compared))
     return {f"{compared.prefix}.{name.replace('/', '.')}": _delta(label, spec, decisions[name])
             for name, label, spec in compared.values}
 

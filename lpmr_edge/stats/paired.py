@@ -162,10 +162,12 @@ def _decide(candidate: str, reference: str, metric: str, rule: MetricRule, value
 
 
 def _paired_bootstrap(summary: Summary, candidates: Mapping[str, Sequence[Table]], reference: str,
-                      metrics: Sequence[str], n_resamples: int, seed: int,
-                      jackknife_groups: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+                      metrics: Sequence[str], n_resamples: int, seed: int, jackknife_groups: int,
+                      orders: Sequence[np.ndarray | None] | None = None,
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
     """Draws and jackknife values of candidate - reference for every other candidate and metric
-    (keys ``candidate SEP metric``), all from the same resampled rows; and the rows compared."""
+    (keys ``candidate SEP metric``), all from the same resampled rows (emitted in ``orders``, see
+    ``bootstrap_draws``); and the rows compared."""
     others = [name for name in candidates if name != reference]
 
     def differences(joint: Sequence[Table]) -> dict[str, float]:
@@ -178,7 +180,7 @@ def _paired_bootstrap(summary: Summary, candidates: Mapping[str, Sequence[Table]
     n = sum(table_length(table) for table in joint)
     if not others:
         return {}, {}, n
-    return (bootstrap_draws(differences, joint, n_resamples, seed),
+    return (bootstrap_draws(differences, joint, n_resamples, seed, orders),
             jackknife_values(differences, joint, jackknife_groups, seed), n)
 
 
@@ -223,15 +225,18 @@ def paired_decisions(summary: Summary, candidates: Mapping[str, Sequence[Table]]
 def paired_metric_decisions(summary: Summary, result: Sequence[Table], reference: Sequence[Table],
                             rules: Mapping[str, MetricRule], names: tuple[str, str] = ("result", "reference"),
                             n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE,
-                            jackknife_groups: int = JACKKNIFE_GROUPS) -> dict[str, PairedDecision]:
+                            jackknife_groups: int = JACKKNIFE_GROUPS,
+                            orders: Sequence[np.ndarray | None] | None = None) -> dict[str, PairedDecision]:
     """``result`` against ``reference`` (same samples) on every metric of ``rules``, from one paired bootstrap.
 
-    ``rules`` maps a value name of ``summary`` to its direction and margin; ``names`` label the two sides.
+    ``rules`` maps a value name of ``summary`` to its direction and margin; ``names`` label the two sides;
+    ``orders`` (one permutation of its rows or None per table) emits each resample's rows in that order, which
+    changes no value of a summary that depends only on the rows drawn (``bootstrap_draws``).
     """
     _check_rules(rules)
     mine, theirs = summary(result), summary(reference)
     draws, jackknife, n = _paired_bootstrap(summary, dict(zip(names, (result, reference))), names[1], list(rules),
-                                            n_resamples, seed, jackknife_groups)
+                                            n_resamples, seed, jackknife_groups, orders)
     return {metric: _decide(names[0], names[1], metric, rule, float(mine[metric]), float(theirs[metric]),
                             draws[f"{names[0]}{SEPARATOR}{metric}"], jackknife[f"{names[0]}{SEPARATOR}{metric}"], n,
                             n_resamples, confidence)
