@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from factories import small_suite_toml
 
 from lpmr_edge.models import load_model
 from lpmr_edge.runtimes.torch_runtime import TorchRuntime
 from lpmr_edge.suite import EvalSettings, evaluate
+from lpmr_edge.suite import run as run_module
+from lpmr_edge.suite.config import load_suite
 from lpmr_edge.suite.reuse import evaluate_reusing, same_outputs_result
+from lpmr_edge.suite.run import metrics_of_same_outputs
 
 SUITE = small_suite_toml(limit=120, corrupted_images=20)
 
 
-def test_a_result_of_the_same_identity_gives_its_outputs(tmp_path: Path):
+def test_a_result_of_the_same_identity_gives_its_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "small.toml").write_text(SUITE)
     suite = str(tmp_path / "small.toml")
     results = tmp_path / "run" / "results"
@@ -28,9 +32,11 @@ def test_a_result_of_the_same_identity_gives_its_outputs(tmp_path: Path):
     assert same_outputs_result(results, runtime.identity, "quick", second) is None  # another suite
     assert same_outputs_result(results, runtime.identity, suite, second) == first
 
-    ran, lines = runtime.call_seconds, []
+    ran, lines, scorings = runtime.call_seconds, [], []
+    monkeypatch.setattr(run_module, "score_outputs", lambda *args: scorings.append(args))
     evaluate_reusing(runtime, second, first, suite, lines.append, None)
     assert runtime.call_seconds == ran, "the runtime ran again"
+    assert not scorings, "the same outputs were scored again"  # the metrics are the source's
     assert lines == ["  suite: per-sample outputs of results/x86/torch-fp32 reused (same runtime identity)"]
     outputs = sorted(path.name for path in (first / "outputs").glob("*.npz"))
     assert outputs == sorted(path.name for path in (second / "outputs").glob("*.npz")) and len(outputs) == 3  # id, ood-digits, one corruption
@@ -43,6 +49,15 @@ def test_a_result_of_the_same_identity_gives_its_outputs(tmp_path: Path):
     assert reused["from"] == "results/x86/torch-fp32" and reused["sets"] == [name[:-4] for name in outputs]
     assert "reused_outputs" not in json.loads((first / "manifest.json").read_text())
     assert not [path for path in second.parent.iterdir() if path.name.startswith(".")], "staging left behind"
+
+    # the metrics are taken only for the very outputs, suite and seed the source scored
+    stored_suite = load_suite(suite)
+    assert metrics_of_same_outputs(first, second, stored_suite, 0) == json.loads((first / "metrics.json").read_text())[
+        "metrics"]
+    assert metrics_of_same_outputs(first, second, stored_suite, 1) is None  # another seed
+    changed = second / "outputs" / outputs[0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    assert metrics_of_same_outputs(first, second, stored_suite, 0) is None  # one set's outputs differ
 
 
 def test_an_export_another_target_makes_with_the_same_files_runs_after_it(tmp_path: Path):

@@ -53,7 +53,8 @@ def evaluate_reusing(runtime: Runtime, out_dir: Path, source: Path, suite: str, 
                      progress: Progress | None, preprocessed: PreprocessedSets | None = None) -> None:
     """Evaluate ``suite`` through ``runtime`` into ``out_dir`` starting from the per-sample outputs of ``source``
     (``same_outputs_result``): every set they hold is reused (each is checked against the runtime identity,
-    dataset and prompts before use; anything else runs), the metrics are scored from them, and the manifest's
+    dataset and prompts before use; anything else runs), the metrics are scored from them (taken from ``source``
+    when every set was reused: the same outputs, suite and seed score the same), and the manifest's
     ``reused_outputs`` names ``source`` (relative to the run's directory, ``source/../..``) and the sets
     taken as they were. ``out_dir`` appears complete or not at all."""
     from lpmr_edge.export import staged_directory
@@ -61,7 +62,8 @@ def evaluate_reusing(runtime: Runtime, out_dir: Path, source: Path, suite: str, 
     origin = source.resolve().relative_to(source.resolve().parents[2]).as_posix()
     with staged_directory(out_dir) as staging:
         shutil.copytree(source / OUTPUTS_DIR, staging / OUTPUTS_DIR)
-        evaluate(runtime, staging, EvalSettings(suite=suite), progress=progress, preprocessed=preprocessed)
+        evaluate(runtime, staging, EvalSettings(suite=suite), progress=progress, preprocessed=preprocessed,
+                 scored_by=source)
         sets = [path.stem for path in sorted((source / OUTPUTS_DIR).glob("*.npz"))
                 if (staging / OUTPUTS_DIR / path.name).read_bytes() == path.read_bytes()]
         manifest = read_json(staging / MANIFEST_NAME, "results manifest")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lpmr_edge.data import ImageDataset, PreprocessedSets, load_dataset, preprocess_batches
-from lpmr_edge.manifest import machine_info, now_utc, sha256_json, tool_versions
+from lpmr_edge.manifest import machine_info, now_utc, read_json, sha256_json, tool_versions
 from lpmr_edge.models import build_preprocess, build_tokenizer
 from lpmr_edge.runtimes.base import CallTimer, Runtime
 from lpmr_edge.stats import BCA, CONFIDENCE, JACKKNIFE_GROUPS
@@ -26,7 +26,15 @@ from lpmr_edge.suite.config import load_suite, with_overrides
 from lpmr_edge.suite.families import FAMILIES
 from lpmr_edge.suite.families.base import HeadlineRow, PlanContext, labelled
 from lpmr_edge.suite.families.classification import ID_SET, score_context
-from lpmr_edge.suite.outputs import EvalSet, SetOutputs, collect_outputs, load_outputs, write_result
+from lpmr_edge.suite.outputs import (
+    METRICS_FILE,
+    OUTPUTS_DIR,
+    EvalSet,
+    SetOutputs,
+    collect_outputs,
+    load_outputs,
+    write_result,
+)
 from lpmr_edge.suite.sizes import sample_sizes
 from lpmr_edge.zeroshot import class_embeddings
 
@@ -106,6 +114,19 @@ def score_outputs(out_dir: Path, suite: Any, seed: int) -> dict[str, Any]:
     return metrics
 
 
+def metrics_of_same_outputs(source: Path, out_dir: Path, suite: Any, seed: int) -> dict[str, Any] | None:
+    """``source``'s metrics if it scored exactly ``out_dir``'s per-sample outputs (every set's file byte for
+    byte) with ``suite`` and ``seed`` — scoring is a function of those alone —, else None."""
+    raw = read_json(Path(source) / METRICS_FILE, "metrics")
+    if sha256_json(raw.get("suite")) != sha256_json(asdict(suite)) or raw.get("settings", {}).get("seed") != seed:
+        return None
+    mine, theirs = (sorted((Path(directory) / OUTPUTS_DIR).glob("*.npz")) for directory in (out_dir, source))
+    if [path.name for path in mine] != [path.name for path in theirs] or any(
+            path.read_bytes() != other.read_bytes() for path, other in zip(mine, theirs)):
+        return None
+    return {name: value for name, value in raw["metrics"].items() if name != "sequential"}
+
+
 def record_ci_methods(node: Any, method: str = BCA) -> None:
     """Give every values node with a ``ci`` table a ``ci_method`` table naming each interval's method
     (``method`` unless the family recorded another, e.g. exact intervals)."""
@@ -129,12 +150,13 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
              progress: Progress | None = None, suite: Any = None,
              preprocessed: PreprocessedSets | None = None, id_indices: Sequence[int] | None = None,
              sequential: Mapping[str, Any] | None = None,
-             subsets: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+             subsets: Mapping[str, Sequence[int]] | None = None, scored_by: Path | None = None) -> dict[str, Any]:
     """Run a suite (``suite``, else ``settings.suite``) through ``runtime``; write and return ``metrics.json``.
 
     ``preprocessed`` keeps the preprocessed images for later evaluations in this process (sweep workers).
     ``id_indices`` evaluates only those images of the ID set (``plan_sets``; ``subsets`` those of other sets)
     and ``sequential`` (how they were chosen, ``lpmr_edge.suite.settle``) is recorded as ``metrics["sequential"]``.
+    ``scored_by``: a result whose metrics are taken when it scored these very outputs (``metrics_of_same_outputs``).
     The results manifest's ``timing`` (``CallTimer``) says how much of this call's wall time was spent inside
     the runtime's calls.
     """
@@ -161,7 +183,8 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
             if not collect_outputs(runtime, eval_set, embeddings, batches(eval_set.dataset), out_dir,
                                    advance) and advance:
                 advance(len(eval_set.dataset))
-    metrics = score_outputs(out_dir, suite, settings.seed)
+    metrics = (scored_by and metrics_of_same_outputs(scored_by, out_dir, suite, settings.seed)) \
+        or score_outputs(out_dir, suite, settings.seed)
     metrics["accuracy"]["available"] = available.get(suite.id)  # the ID images the cap chose from
     if sequential is not None:
         metrics["sequential"] = dict(sequential)
