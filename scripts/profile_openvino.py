@@ -7,8 +7,9 @@ Each argument is an artifact directory (its manifest's ``runtime_config`` proper
 ``--set KEY=VALUE`` overrides a CPU property for every model; ``--set N:KEY=VALUE`` for the N-th (0-based) only.
 
 Prints, for each model:
-* the median and the fastest latency of ``--calls`` calls without PERF_COUNT and their speed-ups over the first
-  model (all models timed round-robin in one loop, so the machine's load affects them alike);
+* the median and the fastest latency, and the median process CPU time, of ``--calls`` calls without PERF_COUNT,
+  with their speed-ups over the first model (all models timed round-robin in one loop, so the machine's load
+  affects them alike; CPU time is the least affected by other processes);
 * the per-node profile of ``--profile-calls`` calls with PERF_COUNT=YES, summed per node type and execution
   kernel (``exec_type``, e.g. ``brgemm_avx512_I8`` or ``jit_avx512_f32``): each node's fastest time (robust to
   another process taking the core), in ms and in % of the total;
@@ -85,17 +86,21 @@ def leftovers(compiled: ov.CompiledModel) -> dict[str, Counter]:
     return {layer: counts for layer, counts in found.items() if counts}
 
 
-def interleaved_times(requests: list[ov.InferRequest], batch: np.ndarray, calls: int) -> list[list[float]]:
-    """ms of ``calls`` calls of each request, timed round-robin."""
-    times: list[list[float]] = [[] for _ in requests]
+def interleaved_times(requests: list[ov.InferRequest], batch: np.ndarray,
+                      calls: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Wall and process CPU ms of ``calls`` calls of each request, timed round-robin. CPU time (all threads of
+    this process) counts the work done, not the waits while another process holds a core."""
+    wall: list[list[float]] = [[] for _ in requests]
+    cpu: list[list[float]] = [[] for _ in requests]
     for request in requests:
         request.infer({0: batch})
     for _ in range(calls):
         for index, request in enumerate(requests):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             request.infer({0: batch})
-            times[index].append((time.perf_counter() - start) * 1e3)
-    return times
+            wall[index].append((time.perf_counter() - start) * 1e3)
+            cpu[index].append((time.process_time() - start_cpu) * 1e3)
+    return wall, cpu
 
 
 def print_profile(name: str, totals: dict[tuple[str, str], float], top: int) -> None:
@@ -127,19 +132,19 @@ def main() -> None:
     batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     print(f"load average {os.getloadavg()}, OpenVINO {ov.get_version()}, batch {shape[0]}, threads {args.threads}")
     plain, profiled = [], []
-    for (xml, properties), override, model in zip(sources, overrides, models):
+    for index, ((xml, properties), override, model) in enumerate(zip(sources, overrides, models)):
         properties = {**properties, **override, "INFERENCE_NUM_THREADS": args.threads}
         plain.append(core.compile_model(model, "CPU", properties))
         profiled.append(core.compile_model(model, "CPU", {**properties, "PERF_COUNT": True}))
-        print(f"  {xml}: {properties}")
-    times = interleaved_times([compiled.create_infer_request() for compiled in plain], batch, args.calls)
+        print(f"  [{index}] {xml}: {properties}")
+    wall, cpu = interleaved_times([compiled.create_infer_request() for compiled in plain], batch, args.calls)
     print(f"load average after timing {os.getloadavg()}")
-    medians, fastest = [statistics.median(series) for series in times], [min(series) for series in times]
-    for index, path in enumerate(args.models):
-        print(f"  [{index}] {path}: median {medians[index]:.2f} ms ({medians[0] / medians[index]:.2f}x the first), "
-              f"fastest {fastest[index]:.2f} ms ({fastest[0] / fastest[index]:.2f}x)")
-    for path, compiled in zip(args.models, profiled):
-        print_profile(str(path), profile(compiled, batch, args.profile_calls), args.top)
+    for name, series in (("wall median", wall), ("wall fastest", wall), ("CPU median", cpu)):
+        figures = [(min if name == "wall fastest" else statistics.median)(values) for values in series]
+        print(f"{name}: " + ", ".join(f"[{index}] {ms:.1f} ms ({figures[0] / ms:.2f}x)"
+                                       for index, ms in enumerate(figures)))
+    for index, (path, compiled) in enumerate(zip(args.models, profiled)):
+        print_profile(f"[{index}] {path}", profile(compiled, batch, args.profile_calls), args.top)
         print(f"  compute layers (inputs/weights): {executed_layers(compiled)}")
         print(f"  leftovers: {({layer: dict(counts) for layer, counts in leftovers(compiled).items()})}")
 
