@@ -14,7 +14,9 @@ Prints, for each model:
   kernel (``exec_type``, e.g. ``brgemm_avx512_I8`` or ``jit_avx512_f32``): each node's fastest time (robust to
   another process taking the core), in ms and in % of the total;
 * from the compiled runtime model, the compute layers per input/weight precision and how many Reorder,
-  Convert and FakeQuantize nodes remain.
+  Convert and FakeQuantize nodes remain;
+* the same profile per layer role of a ViT image tower (q, k, v, out_proj, the fused attention kernel, MLP,
+  patch convolution, ...), for every model side by side, with the first model's time over each other's.
 
 Figures are printed, never asserted; state the load average (printed) with them.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -37,6 +40,13 @@ from lpmr_edge.runtimes.openvino.loader import executed_layers
 X86_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                   "ENABLE_CPU_PINNING": False}
 LEFTOVER_TYPES = ("Reorder", "Convert", "FakeQuantize")
+# Layer roles of an open_clip ViT image tower, matched in order against a runtime node's original layer names
+# (nodes that match none keep their node type as role).
+ROLES = (("q", r"attention/MatMul(/|,|$)"), ("k", r"attention/MatMul_1(/|,|$)"), ("v", r"attention/MatMul_2(/|,|$)"),
+         ("out_proj", r"attention/MatMul_3"), ("attention kernel", r"Softmax"), ("mlp.c_fc", r"mlp\.c_fc"),
+         ("mlp.c_proj", r"mlp\.c_proj"), ("patch conv", r"conv1"),
+         ("smooth-quant/quantize", r"nncf_smooth_quant|fq_output"), ("residual add", r"aten::add"),
+         ("layer norm", r"layer_norm"), ("final projection", r"aten::matmul"))
 
 
 def model_source(path: Path) -> tuple[Path, dict[str, Any]]:
@@ -58,9 +68,11 @@ def parse_overrides(pairs: list[str], count: int) -> list[dict[str, str]]:
     return overrides
 
 
-def profile(compiled: ov.CompiledModel, batch: np.ndarray, calls: int) -> dict[tuple[str, str], float]:
-    """ms of each (node type, exec type): the sum over its nodes of each node's fastest time in ``calls`` profiled
-    calls (the minimum discards the calls where another process took the core)."""
+def profile(compiled: ov.CompiledModel, batch: np.ndarray, calls: int) -> dict[tuple[str, str, str], float]:
+    """Each executed node's fastest ms in ``calls`` profiled calls, keyed by (node type, exec type, role); the
+    minimum discards the calls where another process took the core."""
+    original = {node.get_friendly_name(): node.get_rt_info()["originalLayersNames"].astype(str)
+                for node in compiled.get_runtime_model().get_ordered_ops()}
     request = compiled.create_infer_request()
     request.infer({0: batch})
     fastest: dict[tuple[str, str, str], float] = {}
@@ -70,10 +82,20 @@ def profile(compiled: ov.CompiledModel, batch: np.ndarray, calls: int) -> dict[t
             if info.status == info.Status.EXECUTED:
                 key = (info.node_type, info.exec_type, info.node_name)
                 fastest[key] = min(fastest.get(key, np.inf), info.real_time.total_seconds() * 1e3)
-    totals: dict[tuple[str, str], float] = defaultdict(float)
-    for (node_type, exec_type, _), ms in fastest.items():
-        totals[(node_type, exec_type)] += ms
+    totals: dict[tuple[str, str, str], float] = defaultdict(float)
+    for (node_type, exec_type, name), ms in fastest.items():
+        names = original.get(name, name)
+        role = next((role for role, pattern in ROLES if re.search(pattern, names)), node_type)
+        totals[(node_type, exec_type, role)] += ms
     return dict(totals)
+
+
+def summed(totals: dict[tuple[str, str, str], float], *fields: int) -> dict[tuple[str, ...], float]:
+    """``totals`` summed over the key fields not in ``fields`` (0: node type, 1: exec type, 2: role)."""
+    sums: dict[tuple[str, ...], float] = defaultdict(float)
+    for key, ms in totals.items():
+        sums[tuple(key[field] for field in fields)] += ms
+    return dict(sums)
 
 
 def leftovers(compiled: ov.CompiledModel) -> dict[str, Counter]:
@@ -103,16 +125,28 @@ def interleaved_times(requests: list[ov.InferRequest], batch: np.ndarray,
     return wall, cpu
 
 
-def print_profile(name: str, totals: dict[tuple[str, str], float], top: int) -> None:
+def print_profile(name: str, totals: dict[tuple[str, str, str], float], top: int) -> None:
     overall = sum(totals.values())
     print(f"\n{name}: sum of per-node fastest times {overall:.2f} ms")
-    by_type: dict[str, float] = defaultdict(float)
-    for (node_type, _), ms in totals.items():
-        by_type[node_type] += ms
-    print("  by node type: " + ", ".join(f"{node_type} {ms:.2f} ms ({100 * ms / overall:.1f}%)"
-                                         for node_type, ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:top]))
-    for (node_type, exec_type), ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"  {node_type:<18} {exec_type:<32} {ms:9.2f} ms {100 * ms / overall:5.1f}%")
+    for title, fields in (("by node type", (0,)), ("by node type and kernel", (0, 1))):
+        rows = sorted(summed(totals, *fields).items(), key=lambda kv: -kv[1])[:top]
+        print(f"  {title}: " + ", ".join(f"{' '.join(key)} {ms:.2f} ms ({100 * ms / overall:.1f}%)" for key, ms in rows))
+
+
+def print_roles(names: list[str], profiles: list[dict[tuple[str, str, str], float]]) -> None:
+    """Per layer role: each model's ms and % of its total, and the first model's ms over each other's."""
+    by_role = [summed(totals, 2) for totals in profiles]
+    overall = [sum(roles.values()) for roles in by_role]
+    print("\nby layer role (ms, % of the model's total, first model's time / this model's):")
+    print(f"  {'role':<24}" + "".join(f"{name:>30}" for name in names))
+    for role in sorted({key for roles in by_role for key in roles}, key=lambda key: -by_role[0].get(key, 0)):
+        cells = []
+        for roles, total in zip(by_role, overall):
+            ms = roles.get(role, 0.0)
+            speed_up = f"{by_role[0][role] / ms:5.2f}x" if ms and role in by_role[0] else "     -"
+            cells.append(f"{ms:10.2f} ({100 * ms / total:4.1f}%) {speed_up}")
+        print(f"  {role[0]:<24}" + "".join(f"{cell:>30}" for cell in cells))
+    print(f"  {'total':<24}" + "".join(f"{total:10.2f}        {overall[0] / total:5.2f}x".rjust(30) for total in overall))
 
 
 def main() -> None:
@@ -143,10 +177,12 @@ def main() -> None:
         figures = [(min if name == "wall fastest" else statistics.median)(values) for values in series]
         print(f"{name}: " + ", ".join(f"[{index}] {ms:.1f} ms ({figures[0] / ms:.2f}x)"
                                        for index, ms in enumerate(figures)))
-    for index, (path, compiled) in enumerate(zip(args.models, profiled)):
-        print_profile(f"[{index}] {path}", profile(compiled, batch, args.profile_calls), args.top)
+    profiles = [profile(compiled, batch, args.profile_calls) for compiled in profiled]
+    for index, (path, compiled, totals) in enumerate(zip(args.models, profiled, profiles)):
+        print_profile(f"[{index}] {path}", totals, args.top)
         print(f"  compute layers (inputs/weights): {executed_layers(compiled)}")
         print(f"  leftovers: {({layer: dict(counts) for layer, counts in leftovers(compiled).items()})}")
+    print_roles([f"[{index}]" for index in range(len(profiles))], profiles)
 
 
 if __name__ == "__main__":
