@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 Infer = Callable[[Any], Any]
+# In an OpenVINO-delegated artifact's executed_precision: the precision OpenVINO's CPU plugin defaults to here
+# (that delegate cannot set one; lpmr_edge.runtimes.executorch.openvino_delegate.CPU_DEFAULT)
+OPENVINO_CPU_DEFAULT = "ov-cpu-default"
 
 
 def set_threads(threads: int) -> int:
@@ -40,6 +43,20 @@ def method_runner(program: bytes | Path, method: str = "forward") -> Infer:
     return lambda batch: loaded.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
 
 
+def openvino_cpu_default() -> str:
+    """The inference precision OpenVINO's CPU plugin picks on this machine when none is set (e.g. bf16, f32)."""
+    import openvino
+
+    return openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+
+
+def executed_precision(config: dict[str, Any]) -> str:
+    """The manifest's executed precision, with OpenVINO's CPU default resolved on this machine."""
+    executed = config["executed_precision"]
+    return executed.replace(OPENVINO_CPU_DEFAULT, openvino_cpu_default()) if OPENVINO_CPU_DEFAULT in executed \
+        else executed
+
+
 def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[str, Infer], dict[str, Any]]:
     """Load both towers' ``method`` with the manifest's backend, ExecuTorch's threadpool at ``threads``."""
     import executorch
@@ -47,8 +64,9 @@ def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[
 
     config = manifest["runtime_config"]
     if not Runtime.get().backend_registry.is_available(config["backend"]):
-        raise ImportError(f"the ExecuTorch build at {Path(executorch.__file__).parent} has no {config['backend']}; "
-                          "install the executorch wheel from PyPI, which includes XNNPACK")
+        raise ImportError(f"the ExecuTorch build at {Path(executorch.__file__).parent} has no usable "
+                          f"{config['backend']}; install the executorch wheel from PyPI, which includes XNNPACK and "
+                          "OpenVINO (OpenvinoBackend also needs the openvino wheel)")
     threads = set_threads(threads)
     towers = {}
     for tower in manifest["towers"]:
@@ -59,12 +77,13 @@ def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[
             raise ValueError(f"ExecuTorch {metadata.version('executorch')} cannot load the {tower} tower {path} "
                              f"({error}); re-export the artifact with this ExecuTorch version") from None
     return towers, {"version": metadata.version("executorch"), "threads": threads,
-                    "executed_precision": config["executed_precision"]}
+                    "executed_precision": executed_precision(config)}
 
 
 def warnings(manifest: dict[str, Any], info: dict[str, Any], where: str) -> list[str]:
-    """ExecuTorch executes what the artifact was lowered to: nothing to report beyond the target's machine."""
-    return []
+    """ExecuTorch executes what the artifact was lowered to; an OpenVINO-delegated one ignores the threads."""
+    note = manifest["runtime_config"].get("threads_note")
+    return [note] if note else []
 
 
 def description(manifest: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
