@@ -40,7 +40,11 @@ def method_runner(program: bytes | Path, method: str = "forward") -> Infer:
     from executorch.runtime import Runtime
 
     loaded = Runtime.get().load_program(program).load_method(method)
-    return lambda batch: loaded.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
+
+    def infer(batch: Any, _program: bytes | Path = program) -> Any:  # the program's bytes live as long as this
+        return loaded.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
+
+    return infer
 
 
 def openvino_cpu_default() -> str:
@@ -58,7 +62,11 @@ def executed_precision(config: dict[str, Any]) -> str:
 
 
 def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[str, Infer], dict[str, Any]]:
-    """Load both towers' ``method`` with the manifest's backend, ExecuTorch's threadpool at ``threads``."""
+    """Load both towers' ``method`` with the manifest's backend, ExecuTorch's threadpool at ``threads``.
+
+    An OpenVINO-delegated program is read into memory first: loaded from its path (memory-mapped), it crashes
+    the first ``execute`` (executorch 1.5.1 + openvino 2026.4.1; probably because the backend frees the mapped blob after
+    ``ov_core_import_model``, and the imported model still reads from it)."""
     import executorch
     from executorch.runtime import Runtime
 
@@ -72,7 +80,8 @@ def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[
     for tower in manifest["towers"]:
         path = Path(directory) / manifest["towers"][tower]["file"]
         try:
-            towers[tower] = method_runner(path, config["method"])
+            towers[tower] = method_runner(path.read_bytes() if config.get("delegate") == "openvino" else path,
+                                          config["method"])
         except RuntimeError as error:
             raise ValueError(f"ExecuTorch {metadata.version('executorch')} cannot load the {tower} tower {path} "
                              f"({error}); re-export the artifact with this ExecuTorch version") from None
