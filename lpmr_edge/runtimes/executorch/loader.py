@@ -64,9 +64,9 @@ def executed_precision(config: dict[str, Any]) -> str:
 def load(directory: Path, manifest: dict[str, Any], threads: int) -> tuple[dict[str, Infer], dict[str, Any]]:
     """Load both towers' ``method`` with the manifest's backend, ExecuTorch's threadpool at ``threads``.
 
-    An OpenVINO-delegated program is read into memory first: loaded from its path (memory-mapped), it crashes
-    the first ``execute`` (executorch 1.5.1 + openvino 2026.4.1; probably because the backend frees the mapped blob after
-    ``ov_core_import_model``, and the imported model still reads from it)."""
+    An OpenVINO-delegated program is read into memory first: loaded from its path (memory-mapped), it crashed
+    the first ``execute`` (executorch 1.5.1, openvino 2026.4.1; probably because the backend frees the mapped
+    blob after ``ov_core_import_model`` while the imported model still reads from it)."""
     import executorch
     from executorch.runtime import Runtime
 
