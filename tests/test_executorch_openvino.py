@@ -85,8 +85,16 @@ def test_delegate_option_is_checked() -> None:
         requested_options(_request(_target("arm", delegate="openvino")))
 
 
-def test_loader_resolves_the_delegates_cpu_default() -> None:
+def test_loader_resolves_the_delegates_cpu_default(tmp_path: Path) -> None:
+    import openvino
+
     assert loader.OPENVINO_CPU_DEFAULT == openvino_delegate.CPU_DEFAULT
+    reported = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    assert loader.openvino_cpu_default() == reported  # the loader's rule agrees with OpenVINO on this CPU
     resolved = loader.executed_precision({"executed_precision": openvino_delegate.EXECUTED["int8"]})
-    assert resolved == "int8+" + loader.openvino_cpu_default() and resolved.split("+")[1] in ("f32", "bf16", "f16")
+    assert resolved == "int8+" + reported
     assert loader.executed_precision({"executed_precision": "int8+fp32"}) == "int8+fp32"
+    flags = tmp_path / "cpuinfo"
+    for line, expected in (("flags\t: fpu avx512f avx512_vnni\n", "f32"), ("flags\t: avx512f avx512_bf16\n", "bf16")):
+        flags.write_text(line)
+        assert loader.openvino_cpu_default(flags) == expected
