@@ -81,6 +81,9 @@ def test_delegate_option_is_checked() -> None:
         requested_options(_request(_target(delegate="qnn")))
     with pytest.raises(UserError, match="not supported by ExecuTorch's OpenVINO delegate"):
         requested_options(_request(_target(delegate="openvino"), "int8-dyn"))
+    with pytest.raises(UserError, match="keep_fp is not supported"):
+        requested_options(replace(_request(_target(delegate="openvino"), "int8"),
+                                  options=QuantizationOptions(keep_fp=("clip.visual.transformer",))))
     with pytest.raises(UserError, match="x86_64 targets only"):
         requested_options(_request(_target("arm", delegate="openvino")))
 

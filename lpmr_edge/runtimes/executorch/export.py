@@ -260,12 +260,13 @@ def delegation_coverage(graph_module: Any) -> dict[str, Any]:
                               if breakdown.non_delegated}}
 
 
-def executed_precision(precision: str, delegation: dict[str, dict[str, Any]], delegate: str = DEFAULT_DELEGATE) -> str:
+def executed_precision(precision: str, delegation: dict[str, dict[str, Any]],
+                       delegate: str = DEFAULT_DELEGATE) -> str:
     """What runs: quantized precisions count only if the delegate took (de)quantize nodes in every tower."""
     executed = openvino_delegate.EXECUTED if delegate == "openvino" else EXECUTED
     if precision == "fp32" or all(tower["quantize_nodes_delegated"] for tower in delegation.values()):
         return executed[precision]
-    return f"{executed['fp32']} ({delegate} took no quantized ops: weights are dequantized and run in floating point)"
+    return f"{executed['fp32']} ({delegate} took no quantized ops: weights are dequantized, run in floating point)"
 
 
 def _xnnpack_program(module: torch.nn.Module, example: torch.Tensor, precision: str, samples: np.ndarray,
@@ -296,7 +297,7 @@ def _openvino_program(module: torch.nn.Module, example: torch.Tensor, precision:
     prepared, quantization = module, {"method": "none (fp32 weights and activations)"}
     if precision == "int8":
         prepared, quantization = openvino_delegate.quantize(module, _batches(samples, len(example)), options)
-        quantization = {**quantization, "kept_fp": list(options.keep_fp), "samples": len(samples)}
+        quantization = {**quantization, "samples": len(samples)}
     return openvino_delegate.partitioned(torch.export.export(prepared, (example,))), None, quantization
 
 

@@ -54,11 +54,14 @@ def compile_spec() -> dict[str, str]:
 
 
 def check_request(request: ExportRequest) -> None:
-    """UserError unless the delegate can export ``request``: an x86_64 target at fp32 or int8."""
+    """UserError unless the delegate can export ``request``: an x86_64 target at fp32 or int8, no ``keep_fp``."""
     if request.target.arch != ARCH:
         raise UserError(f"target '{request.target.name}': delegate = \"openvino\" compiles for OpenVINO's CPU "
                         f"plugin on this host and supports {ARCH} targets only; use delegate = \"xnnpack\" for "
                         f"{request.target.arch}")
+    if request.options.keep_fp:
+        raise UserError("keep_fp is not supported with ExecuTorch's OpenVINO delegate; drop it, or use "
+                        "delegate = \"xnnpack\"")
     if request.precision not in PRECISIONS:
         raise UserError(f"precision '{request.precision}' is not supported by ExecuTorch's OpenVINO delegate; use "
                         f"one of {', '.join(PRECISIONS)}, or delegate = \"xnnpack\"")
