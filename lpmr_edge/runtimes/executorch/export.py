@@ -1,4 +1,5 @@
-"""ExecuTorch export: both CLIP towers as XNNPACK-delegated ``.pte`` programs.
+"""ExecuTorch export: both CLIP towers as XNNPACK-delegated ``.pte`` programs (or, with the target option
+``delegate = "openvino"``, delegated to ExecuTorch's OpenVINO backend: see ``openvino_delegate``).
 
 Per tower: ``torch.export`` at static shapes (for the quantizer: with concatenations split straight back
 dropped, ``rewrites.drop_concat_split_round_trips``) -> quantization (below) -> rewrite of the ops XNNPACK has no
@@ -41,6 +42,7 @@ from lpmr_edge.artifact import TOWERS, feature_agreement
 from lpmr_edge.errors import UserError
 from lpmr_edge.export import ExportRequest
 from lpmr_edge.manifest import atomic_write_bytes, tool_versions
+from lpmr_edge.runtimes.executorch import openvino_delegate
 from lpmr_edge.runtimes.executorch.loader import method_runner
 from lpmr_edge.runtimes.executorch.rewrites import (
     drop_concat_split_round_trips,
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 
 INPUT_NAMES = {"image": "images", "text": "tokens"}
 BACKEND = "XnnpackBackend"
+DELEGATES = {"xnnpack": BACKEND, "openvino": openvino_delegate.BACKEND}  # target option ``delegate``
+DEFAULT_DELEGATE = "xnnpack"
 REFERENCE_FILE = "reference.npz"
 REFERENCE_ROWS = 4  # real calibration rows in the reference input; the rest of the static batch is zeros
 # Same program on another CPU: XNNPACK picks other microkernels (summation order, FMA), so outputs may differ
@@ -256,16 +260,18 @@ def delegation_coverage(graph_module: Any) -> dict[str, Any]:
                               if breakdown.non_delegated}}
 
 
-def executed_precision(precision: str, delegation: dict[str, dict[str, Any]]) -> str:
-    """What runs: quantized precisions count only if XNNPACK took (de)quantize nodes in every tower."""
+def executed_precision(precision: str, delegation: dict[str, dict[str, Any]],
+                       delegate: str = DEFAULT_DELEGATE) -> str:
+    """What runs: quantized precisions count only if the delegate took (de)quantize nodes in every tower."""
+    executed = openvino_delegate.EXECUTED if delegate == "openvino" else EXECUTED
     if precision == "fp32" or all(tower["quantize_nodes_delegated"] for tower in delegation.values()):
-        return EXECUTED[precision]
-    return "fp32 (XNNPACK took no quantized ops: weights are dequantized and run in fp32)"
+        return executed[precision]
+    return f"{executed['fp32']} ({delegate} took no quantized ops: weights are dequantized, run in floating point)"
 
 
-def lower_tower(module: torch.nn.Module, example: torch.Tensor, precision: str, samples: np.ndarray,
-                options: QuantizationOptions, int8_method: str = DEFAULT_INT8_METHOD) -> LoweredTower:
-    """Quantize (per ``precision``), export and lower one tower to an XNNPACK-delegated ExecuTorch program."""
+def _xnnpack_program(module: torch.nn.Module, example: torch.Tensor, precision: str, samples: np.ndarray,
+                     options: QuantizationOptions, int8_method: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The edge program partitioned for XNNPACK, its ExecuTorch backend config and the quantization applied."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.utils.configs import (
@@ -274,15 +280,43 @@ def lower_tower(module: torch.nn.Module, example: torch.Tensor, precision: str, 
     )
     from executorch.exir import to_edge_transform_and_lower
 
+    prepared, quantization = prepare_module(module, example, precision, samples, options, int8_method)
+    exported = torch.export.export(prepared, (example,)).run_decompositions(xnnpack_decompositions())
+    edge = to_edge_transform_and_lower(exported, transform_passes=fold_constants_pass(),
+                                       partitioner=[XnnpackPartitioner()],
+                                       compile_config=get_xnnpack_edge_compile_config())
+    return edge, get_xnnpack_executorch_backend_config(), quantization
+
+
+def _openvino_program(module: torch.nn.Module, example: torch.Tensor, precision: str, samples: np.ndarray,
+                      options: QuantizationOptions) -> tuple[Any, None, dict[str, Any]]:
+    """The edge program partitioned for ExecuTorch's OpenVINO delegate and the quantization applied (int8:
+    calibrated at the export batch, NNCF's ``quantize_pt2e`` needs static shapes)."""
+    import torch
+
+    prepared, quantization = module, {"method": "none (fp32 weights and activations)"}
+    if precision == "int8":
+        prepared, quantization = openvino_delegate.quantize(module, _batches(samples, len(example)), options)
+        quantization = {**quantization, "samples": len(samples)}
+    return openvino_delegate.partitioned(torch.export.export(prepared, (example,))), None, quantization
+
+
+def lower_tower(module: torch.nn.Module, example: torch.Tensor, precision: str, samples: np.ndarray,
+                options: QuantizationOptions, int8_method: str = DEFAULT_INT8_METHOD,
+                delegate: str = DEFAULT_DELEGATE) -> LoweredTower:
+    """Quantize (per ``precision``), export and lower one tower to an ExecuTorch program delegated to XNNPACK
+    (or to OpenVINO, ``delegate = "openvino"``)."""
+    import torch
+
     start = time.perf_counter()
     with torch.no_grad():
-        prepared, quantization = prepare_module(module.eval(), example, precision, samples, options, int8_method)
-        exported = torch.export.export(prepared, (example,)).run_decompositions(xnnpack_decompositions())
-        edge = to_edge_transform_and_lower(exported, transform_passes=fold_constants_pass(),
-                                           partitioner=[XnnpackPartitioner()],
-                                           compile_config=get_xnnpack_edge_compile_config())
+        if delegate == "openvino":
+            edge, config, quantization = _openvino_program(module.eval(), example, precision, samples, options)
+        else:
+            edge, config, quantization = _xnnpack_program(module.eval(), example, precision, samples, options,
+                                                          int8_method)
         delegation = delegation_coverage(edge.exported_program().graph_module)
-        program = edge.to_executorch(get_xnnpack_executorch_backend_config()).buffer
+        program = edge.to_executorch(config).buffer
     return LoweredTower(program=program, delegation=delegation, quantization=quantization,
                         seconds=round(time.perf_counter() - start, 2))
 
@@ -317,18 +351,26 @@ def _program_format(program: bytes) -> str:
     return program[4:8].decode("ascii", errors="replace")
 
 
-def requested_int8_method(request: ExportRequest) -> str:
-    """The target's ``int8_method`` option (checked); refuses dynamic batches and unknown options."""
+def _quoted(names: Any) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def requested_options(request: ExportRequest) -> tuple[str, str]:
+    """The target's ``delegate`` and ``int8_method`` options (checked); refuses dynamic batches, unknown
+    options and what the delegate cannot export."""
     if request.dynamic_batch:
         raise UserError("ExecuTorch artifacts have static shapes (XNNPACK plans memory for them); drop "
                         "--dynamic-batch, or set image_batch/text_batch in the target")
     options = dict(request.target.runtime("executorch").options)
+    delegate = options.pop("delegate", DEFAULT_DELEGATE)
     method = options.pop("int8_method", DEFAULT_INT8_METHOD)
-    if options or method not in INT8_METHODS:
+    if options or method not in INT8_METHODS or delegate not in DELEGATES:
         raise UserError(f"target '{request.target.name}': [runtimes.executorch] options are "
-                        f"{dict(request.target.runtime('executorch').options)}; the only option is int8_method = "
-                        f"one of {', '.join(repr(name) for name in INT8_METHODS)}")
-    return method
+                        f"{dict(request.target.runtime('executorch').options)}; the options are int8_method = one "
+                        f"of {_quoted(INT8_METHODS)} and delegate = one of {_quoted(DELEGATES)}")
+    if delegate == "openvino":
+        openvino_delegate.check_request(request)
+    return delegate, method
 
 
 @dataclass(frozen=True)
@@ -342,12 +384,13 @@ class ExportedTower:
 
 
 def export_tower(tower: str, module: torch.nn.Module, samples: np.ndarray, request: ExportRequest,
-                 staging_dir: Path, method: str) -> ExportedTower:
+                 staging_dir: Path, method: str, delegate: str = DEFAULT_DELEGATE) -> ExportedTower:
     """Lower one tower at the request's precision and static batch, write ``<tower>.pte`` and run it once."""
     import torch
 
     inputs = reference_input(samples, request.batch[tower])
-    lowered = lower_tower(module, torch.from_numpy(inputs), request.precision, samples, request.options, method)
+    lowered = lower_tower(module, torch.from_numpy(inputs), request.precision, samples, request.options, method,
+                          delegate)
     atomic_write_bytes(staging_dir / f"{tower}.pte", lowered.program)
     expected = run_program(lowered.program, inputs)
     with torch.no_grad():
@@ -361,36 +404,38 @@ def export_tower(tower: str, module: torch.nn.Module, samples: np.ndarray, reque
                          peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-def portable_warning(tower: str, delegation: dict[str, Any]) -> list[str]:
-    """A warning naming the ops left outside XNNPACK, if any."""
+def portable_warning(tower: str, delegation: dict[str, Any], backend: str = BACKEND) -> list[str]:
+    """A warning naming the ops left outside the delegate ``backend``, if any."""
     outside = delegation["non_delegated"]
     if not outside:
         return []
     named = ", ".join(f"{op} x{count}" for op, count in outside.items())
     warning = (f"{tower} tower: {sum(outside.values())} node(s) run in ExecuTorch's portable kernels outside "
-               f"XNNPACK (slow, single-threaded): {named}")
+               f"{backend} (slow, single-threaded): {named}")
     return [warning]
 
 
-def portable_warnings(delegation: dict[str, dict[str, Any]]) -> list[str]:
-    """The towers' warnings about ops left outside XNNPACK."""
-    return [warning for tower in TOWERS for warning in portable_warning(tower, delegation[tower])]
+def portable_warnings(delegation: dict[str, dict[str, Any]], backend: str = BACKEND) -> list[str]:
+    """The towers' warnings about ops left outside the delegate ``backend``."""
+    return [warning for tower in TOWERS for warning in portable_warning(tower, delegation[tower], backend)]
 
 
 def retarget(fields: dict[str, Any], request: ExportRequest) -> dict[str, Any]:
     """The manifest fields of ``request``'s artifact from those of the same .pte files exported for another
     target: the threads and architecture are the target's (a .pte holds neither)."""
     return {**fields, "runtime_config": {**fields["runtime_config"], "threads": request.target.threads},
-            "abi": {**fields["abi"], "arch": request.target.arch}, "warnings": portable_warnings(fields["delegation"])}
+            "abi": {**fields["abi"], "arch": request.target.arch},
+            "warnings": portable_warnings(fields["delegation"], fields["runtime_config"]["backend"])}
 
 
 def export_towers(clip: ClipModel, request: ExportRequest, calibration: CalibrationInputs,
                   staging_dir: Path) -> dict[str, Any]:
     """Write ``image.pte``, ``text.pte`` and ``reference.npz``; return the backend's manifest fields."""
-    method = requested_int8_method(request)
+    delegate, method = requested_options(request)
+    backend = DELEGATES[delegate]
     modules = {"image": clip.image_tower(), "text": clip.text_tower()}
     samples = {"image": calibration.images, "text": calibration.tokens}
-    exported = {tower: export_tower(tower, modules[tower], samples[tower], request, staging_dir, method)
+    exported = {tower: export_tower(tower, modules[tower], samples[tower], request, staging_dir, method, delegate)
                 for tower in TOWERS}
     atomic_write_bytes(staging_dir / REFERENCE_FILE,
                        _npz_bytes({name: array for tower in exported.values() for name, array in tower.reference.items()}))
@@ -400,17 +445,20 @@ def export_towers(clip: ClipModel, request: ExportRequest, calibration: Calibrat
         "delegation": delegation,
         "lowering": {tower: {"seconds": result.lowered.seconds, "process_peak_rss_mb": result.peak_rss_mb}
                      for tower, result in exported.items()},
-        "warnings": portable_warnings(delegation),
+        "warnings": portable_warnings(delegation, backend),
         "quantization": merge_records({tower: result.lowered.quantization for tower, result in exported.items()}),
-        "runtime_config": {"backend": BACKEND, "method": "forward", "threads": request.target.threads,
-                           "executed_precision": executed_precision(request.precision, delegation)},
+        "runtime_config": {"backend": backend, "method": "forward", "threads": request.target.threads,
+                           "delegate": delegate,
+                           **(openvino_delegate.manifest_fields() if delegate == "openvino" else {}),
+                           "executed_precision": executed_precision(request.precision, delegation, delegate)},
         "abi": {"arch": request.target.arch, "program_format": _program_format(exported["image"].lowered.program),
-                "executorch": tool_versions()["executorch"], "backends": [BACKEND],
+                "executorch": tool_versions()["executorch"], "backends": [backend],
                 "portable_operators": sorted({op for entry in delegation.values() for op in entry["non_delegated"]}),
-                "note": "a .pte is CPU-independent: XNNPACK picks microkernels for the CPU at load time; the "
-                        "runtime needs the XNNPACK backend and the portable operators listed"},
-        "verification": {"file": REFERENCE_FILE, "tolerance": TOLERANCES["fp32" if request.precision == "fp32"
-                                                                         else "quantized"],
+                "note": openvino_delegate.ABI_NOTE if delegate == "openvino" else
+                "a .pte is CPU-independent: XNNPACK picks microkernels for the CPU at load time; the "
+                "runtime needs the XNNPACK backend and the portable operators listed"},
+        "verification": {"file": REFERENCE_FILE, "tolerance": TOLERANCES[
+                             "fp32" if request.precision == "fp32" and delegate == "xnnpack" else "quantized"],
                          "towers": {tower: {"input": f"{tower}_input", "expected": f"{tower}_expected"}
                                     for tower in TOWERS},
                          "expected_from": f"this program in the ExecuTorch Python runtime on the exporting host "
