@@ -256,7 +256,9 @@ def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSetti
 
 def _timing_row(source: RuntimeSource, description: dict[str, Any], batch: int, tower: str,
                 durations: list[float]) -> dict[str, Any]:
-    return {"source": source.label, "runtime": description["runtime"], "precision": description["precision"],
+    delegate = description.get("artifact", {}).get("runtime_config", {}).get("delegate")
+    return {"source": source.label, "runtime": description["runtime"], **({"delegate": delegate} if delegate else {}),
+            "precision": description["precision"],
             "executed_precision": description["executed_precision"], "threads": description["threads"],
             "model": description["model"]["spec"], "model_label": description["model"]["label"], "tower": tower,
             "batch": batch, "artifact_mb": _tower_megabytes(source, description, tower), **_figures(durations, batch)}
@@ -351,12 +353,14 @@ def benchmark_towers(sources: list[RuntimeSource], settings: BenchSettings, towe
 
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median-latency speed-up of every row over the fp32 row of the same runtime, tower and batch (same run)."""
-    def key(row: dict[str, Any]) -> tuple[str, str, int]:
-        return row["runtime"], row["tower"], row["batch"]
+    """Median-latency speed-up of every row over the fp32 row of the same runtime (and delegate), tower and batch
+    (same run)."""
+    def key(row: dict[str, Any]) -> tuple[str, str | None, str, int]:
+        return row["runtime"], row.get("delegate"), row["tower"], row["batch"]
 
     baselines = {key(row): row for row in rows if row["precision"] == "fp32"}
-    return [{"runtime": row["runtime"], "tower": row["tower"], "batch": row["batch"], "precision": row["precision"],
+    return [{"runtime": row["runtime"], **({"delegate": row["delegate"]} if row.get("delegate") else {}),
+             "tower": row["tower"], "batch": row["batch"], "precision": row["precision"],
              "executed_precision": row["executed_precision"],
              "speedup_over_fp32": baselines[key(row)]["median_ms"] / row["median_ms"]}
             for row in rows if key(row) in baselines and row["precision"] != "fp32"]

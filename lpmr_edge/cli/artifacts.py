@@ -258,7 +258,8 @@ def bench_command(
             f"p99 {row['p99_ms']:.1f} ({row['calls']} calls), {row['throughput_per_s']:.1f} items/s, "
             f"peak RSS {row['peak_rss_mb']} MB{size}"))
     for speedup in report["speedups"]:
-        console.print(f"{speedup['tower']}: {speedup['runtime']} {speedup['precision']} vs {speedup['runtime']} fp32, batch "
+        runtime = speedup["runtime"] + (f" ({speedup['delegate']} delegate)" if speedup.get("delegate") else "")
+        console.print(f"{speedup['tower']}: {runtime} {speedup['precision']} vs {runtime} fp32, batch "
                       f"{speedup['batch']}, {settings.threads or 'target'} threads: {speedup['speedup_over_fp32']:.2f}x "
                       "(median latency, same interleaved run)")
 
