@@ -256,7 +256,7 @@ def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSetti
 
 def _timing_row(source: RuntimeSource, description: dict[str, Any], batch: int, tower: str,
                 durations: list[float]) -> dict[str, Any]:
-    delegate = description.get("artifact", {}).get("runtime_config", {}).get("delegate")
+    delegate = description.get("delegate")  # ExecuTorch's: XNNPACK or OpenVINO
     return {"source": source.label, "runtime": description["runtime"], **({"delegate": delegate} if delegate else {}),
             "precision": description["precision"],
             "executed_precision": description["executed_precision"], "threads": description["threads"],

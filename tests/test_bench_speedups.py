@@ -3,6 +3,7 @@ OpenVINO delegates are two baselines), tower and batch, from the same run."""
 from __future__ import annotations
 
 from lpmr_edge.bench import speedups
+from lpmr_edge.runtimes.executorch.loader import description
 
 
 def _row(precision: str, median_ms: float, delegate: str | None = None, batch: int = 1) -> dict:
@@ -15,3 +16,8 @@ def test_each_int8_is_paired_with_the_fp32_of_its_own_delegate():
             _row("int8", 10.0, batch=32)]
     found = {(row.get("delegate"), row["batch"]): row["speedup_over_fp32"] for row in speedups(rows)}
     assert found == {(None, 1): 2.5, ("openvino", 1): 2.0}  # batch 32 has no fp32 row: no speed-up
+
+
+def test_an_executorch_artifact_from_before_the_delegate_option_is_xnnpacks():
+    assert description({"runtime_config": {"backend": "XnnpackBackend"}}, {})["delegate"] == "xnnpack"
+    assert description({"runtime_config": {"delegate": "openvino"}}, {})["delegate"] == "openvino"

@@ -101,5 +101,6 @@ def warnings(manifest: dict[str, Any], info: dict[str, Any], where: str) -> list
 
 
 def description(manifest: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """What a runtime's ``describe()`` adds for this backend: the delegation recorded at export."""
-    return {"delegation": manifest.get("delegation")}
+    """What a runtime's ``describe()`` adds for this backend: the delegate (artifacts exported before the
+    ``delegate`` option are all XNNPACK's) and the delegation recorded at export."""
+    return {"delegate": manifest["runtime_config"].get("delegate", "xnnpack"), "delegation": manifest.get("delegation")}
