@@ -20,11 +20,11 @@ covers the ID images it saw, and the host reference (evaluated after the targets
 Steps that do not need each other's output run concurrently (``RunPlan.jobs``): each export, each artifact's
 suite, each target's parity check, the host reference and each quantized result's paired comparison with its
 FP32 reference (kept for the report, ``lpmr_edge.compare.store_comparison``; one thread) are steps of a
-dependency graph run on the sweep's
-local engine (``lpmr_edge.sweep.engines.run_steps``) with at most ``os.cpu_count()`` threads in flight; a
-step counts as its target's threads (an export as ``EXPORT_THREADS``, the host reference as the smallest
-target's), caps its process at that many, and a latency benchmark runs alone. Every step computes exactly
-what it computes in a serial run (``jobs=1``, in this process), so results do not depend on ``jobs``.
+dependency graph run on the sweep's local engine (``lpmr_edge.sweep.engines.run_steps``) with at most
+``os.cpu_count()`` threads in flight; a step counts as its target's threads (an export as ``EXPORT_THREADS``,
+the host reference as the smallest target's), caps its process at that many, and a latency benchmark runs
+alone. Every step computes exactly what it computes in a serial run (``jobs=1``, in this process), so results
+do not depend on ``jobs``.
 
 Work a step would repeat is not redone: an export whose files another target's artifact already holds (the same
 ``export_identity``: e.g. x86's and arm's ExecuTorch artifacts differ only in threads and architecture, which do
@@ -373,9 +373,15 @@ def _compare_work(plan: RunPlan, target: str, variant: str, candidates: Sequence
     result = read_result(results_root / target / variant)
     references = [read_result(results_root / target / artifact.name) for artifact in candidates]
     reference = reference_for(result, [*references, read_result(results_root / HOST_RESULT)])
-    if reference is not None:
+    if reference is None:
+        return
+    against = f"{variant} vs {reference.target}/{reference.variant}"
+    try:
         store_comparison(result.directory, reference.directory, None, metric_margins(plan.constraints))
-        log(f"  compare: {variant} vs {reference.target}/{reference.variant} kept")
+    except UserError as error:  # e.g. settled results that saw different images: the report falls back, as here
+        log(f"  compare: {against} not paired ({error})")
+        return
+    log(f"  compare: {against} kept")
 
 
 def _parity_work(artifacts: Sequence[Path], out: Path, images: int, threads: int, log: Log,
