@@ -101,3 +101,11 @@ def test_loader_resolves_the_delegates_cpu_default(tmp_path: Path) -> None:
     for line, expected in (("flags\t: fpu avx512f avx512_vnni\n", "f32"), ("flags\t: avx512f avx512_bf16\n", "bf16")):
         flags.write_text(line)
         assert loader.openvino_cpu_default(flags) == expected
+
+
+@pytest.mark.slow
+def test_an_aarch64_target_is_refused_even_where_it_could_take_an_x86_artifacts_files(ov_artifacts, standin):
+    x86 = _target(delegate="openvino")
+    aarch64 = replace(x86, name="x86-files-on-arm", arch="aarch64")  # the same export identity as x86's
+    with pytest.raises(UserError, match="x86_64 targets only"):
+        export_artifact(_request(aarch64), ov_artifacts["fp32"].parents[1], isolate=False, clip=standin)

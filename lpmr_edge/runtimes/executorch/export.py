@@ -422,7 +422,9 @@ def portable_warnings(delegation: dict[str, dict[str, Any]], backend: str = BACK
 
 def retarget(fields: dict[str, Any], request: ExportRequest) -> dict[str, Any]:
     """The manifest fields of ``request``'s artifact from those of the same .pte files exported for another
-    target: the threads and architecture are the target's (a .pte holds neither)."""
+    target: the threads and architecture are the target's (a .pte holds neither). Refuses what an export of
+    ``request`` would refuse (e.g. the OpenVINO delegate for an aarch64 target)."""
+    requested_options(request)
     return {**fields, "runtime_config": {**fields["runtime_config"], "threads": request.target.threads},
             "abi": {**fields["abi"], "arch": request.target.arch},
             "warnings": portable_warnings(fields["delegation"], fields["runtime_config"]["backend"])}
