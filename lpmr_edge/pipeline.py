@@ -33,7 +33,8 @@ each process keeps the evaluation sets it preprocessed for its next suite (``PRE
 artifact whose runtime identity (runtime, precision, files' sha256, executed precision; the device for an
 on-device runtime) matches one already evaluated on this machine with the same suite (e.g. a target's ExecuTorch artifact byte-identical to another target's, both run here) takes
 that result's per-sample outputs instead of running its images again (``lpmr_edge.suite.reuse``); its manifest
-records ``reused_outputs`` (from which result directory, which sets) and its metrics are scored from them.
+records ``reused_outputs`` (from which result directory, which sets) and its metrics are scored from them
+(taken from that result when it scored the very same outputs with the same suite and seed).
 """
 from __future__ import annotations
 
