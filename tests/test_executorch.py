@@ -26,11 +26,11 @@ from lpmr_edge.runtimes.executorch.export import (
     executed_precision,
     export_towers,
     lower_tower,
-    quantize_static,
     run_program,
 )
 from lpmr_edge.runtimes.executorch.loader import set_threads
 from lpmr_edge.runtimes.executorch.runtime import ExecuTorchRuntime
+from lpmr_edge.runtimes.executorch.xnnpack_quantize import quantize_static
 from lpmr_edge.targets import RuntimeTarget, load_target
 
 ARCHITECTURE = "lpmr-tiny-1layer"

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from lpmr_edge.quantize import QuantizationOptions
-from lpmr_edge.runtimes.executorch.export import CALIBRATION_BATCH, quantize_static
+from lpmr_edge.runtimes.executorch.xnnpack_quantize import CALIBRATION_BATCH, quantize_static
 
 SAMPLES = np.random.default_rng(0).standard_normal((40, 16)).astype(np.float32)
 
