@@ -225,10 +225,12 @@ def _export_here(request: ExportRequest, destination: Path, hashes: tuple[str, s
 
 def _hashed_with(request: ExportRequest, weights_sha256: str) -> dict[str, Any]:
     """What besides the request shapes an artifact: weights, calibration images, tool versions and the backend
-    exporter's own source (a changed exporter invalidates its artifacts)."""
+    exporter's source: every module of its runtime folder (a changed exporter, or a module it calls there such as
+    a quantizer, invalidates its artifacts)."""
     return {"format": FORMAT, "weights_sha256": weights_sha256,
             "calibration_sha256": calibration_dataset(request.options).sha256, "tool_versions": tool_versions(),
-            "backend_sha256": sha256_file(source_file(BACKENDS[request.runtime].exporter))}
+            "backend_sha256": sha256_json({path.name: sha256_file(path) for path in
+                                           sorted(source_file(BACKENDS[request.runtime].exporter).parent.glob("*.py"))})}
 
 
 def _file_shaping(request: ExportRequest) -> dict[str, Any]:
