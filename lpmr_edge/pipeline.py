@@ -51,7 +51,7 @@ from lpmr_edge.data import PreprocessedSets
 from lpmr_edge.errors import UserError
 from lpmr_edge.manifest import atomic_write_json, read_json, sha256_json
 from lpmr_edge.pick import Choice, Constraints
-from lpmr_edge.results import REFERENCE_PRECISION
+from lpmr_edge.results import HOST_TARGET, REFERENCE_PRECISION
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.sequential import SettleSettings
 from lpmr_edge.suite import EvalSettings, Progress, evaluate, progress_task
@@ -65,7 +65,7 @@ Log = Callable[[str], None]
 HOST_ARCH = platform.machine()
 EXPORT_THREADS = 1  # an export is mostly single-threaded Python (tracing, lowering); its process is capped at this
 PREPROCESSED_BYTES = 256 << 20  # preprocessed images a step's process keeps for its next suite
-HOST_RESULT = "host/torch-fp32"  # the host's torch FP32 reference, under results/
+HOST_RESULT = f"{HOST_TARGET}/torch-{REFERENCE_PRECISION}"  # the host's torch FP32 reference, under results/
 
 
 @dataclass(frozen=True)
