@@ -18,7 +18,8 @@ shard, on the ID set until the decision on the objective is settled or the budge
 covers the ID images it saw, and the host reference (evaluated after the targets) the images any saw.
 
 Steps that do not need each other's output run concurrently (``RunPlan.jobs``): each export, each artifact's
-suite, each target's parity check, the host reference and each quantized result's paired comparison with its
+suite (two steps: its images through the runtime at the target's threads, then the single-threaded scoring at
+one thread, so that scoring runs beside the next artifact's images), each target's parity check, the host reference and each quantized result's paired comparison with its
 FP32 reference (kept for the report, ``lpmr_edge.compare.store_comparison``; one thread) are steps of a
 dependency graph run on the sweep's local engine (``lpmr_edge.sweep.engines.run_steps``) with at most
 ``os.cpu_count()`` threads in flight; a step counts as its target's threads (an export as ``EXPORT_THREADS``,
@@ -54,7 +55,7 @@ from lpmr_edge.pick import Choice, Constraints
 from lpmr_edge.results import HOST_TARGET, REFERENCE_PRECISION
 from lpmr_edge.runtimes.base import Runtime
 from lpmr_edge.sequential import SettleSettings
-from lpmr_edge.suite import EvalSettings, Progress, evaluate, progress_task
+from lpmr_edge.suite import Collected, EvalSettings, Progress, collect, evaluate, finish, progress_task
 from lpmr_edge.suite.reuse import evaluate_reusing, holds_result, same_outputs_result
 from lpmr_edge.suite.settle import Settled, reference_images
 from lpmr_edge.suite.settle_plan import objective_loss
@@ -253,16 +254,35 @@ def _export_work(request: Any, out_root: Path, hashes: tuple[str, str], log: Log
 
 
 def _suite_work(plan: RunPlan, target: Target, artifact: Path, log: Log, progress: Progress | None,
-                inputs: Mapping[str, Any]) -> None:
+                inputs: Mapping[str, Any]) -> Collected | None:
+    """Evaluate an artifact's suite unless its result is up to date: from another result's outputs when a runtime
+    of the same identity made them (scored here), else run its images and return the outputs for the score step
+    (``_score_work``) to score."""
     results_root = plan.out / "results"
     out_dir = results_root / target.name / artifact.name
     runtime = _open(artifact, plan.device, target.threads)
     try:
+        if holds_result(out_dir, runtime.identity, plan.suite, None):
+            log(f"  suite: up to date ({out_dir})")
+            return None
         source = same_outputs_result(results_root, runtime.identity, plan.suite, out_dir)
-        _evaluate_once(runtime, out_dir, plan.suite, log, progress, None if source is None else functools.partial(
-            evaluate_reusing, runtime, out_dir, source, plan.suite, log, progress, _preprocessed()))
+        if source is not None:
+            evaluate_reusing(runtime, out_dir, source, plan.suite, log, progress, _preprocessed())
+            log(f"  suite: done ({out_dir})")
+            return None
+        return collect(runtime, out_dir, EvalSettings(suite=plan.suite), progress=progress,
+                       preprocessed=_preprocessed())
     finally:
         runtime.close()
+
+
+def _score_work(suite_step: str, log: Log, progress: Progress | None, inputs: Mapping[str, Any]) -> None:
+    """Score the outputs the suite step ``suite_step`` collected (nothing when it left an up-to-date or reused
+    result): the bootstrap is single-threaded, so it runs as a one-thread step beside other work."""
+    collected: Collected | None = inputs[suite_step][1]
+    if collected is not None:
+        finish(collected)
+        log(f"  suite: done ({collected.out_dir})")
 
 
 def _settle_work(plan: RunPlan, target: Target, artifacts: Sequence[Path], log: Log, progress: Progress | None,
@@ -293,6 +313,16 @@ class _Graph:
         return name
 
 
+def _add_suite(plan: RunPlan, graph: _Graph, target: Target, artifact: Path, after: Sequence[str],
+               on_device: bool) -> str:
+    """Add an artifact's suite as two steps: its images through the runtime at the target's threads, then the
+    scoring at one thread; returns the scoring step's name (the result is complete when it ends)."""
+    name, prefix = f"{target.name}/{artifact.name}", f"{target.name}: "
+    suite = graph.add(f"suite {name}", prefix, functools.partial(_suite_work, plan, target, artifact), target.threads,
+                      after, on_device)
+    return graph.add(f"score {name}", prefix, functools.partial(_score_work, suite), 1, [suite])
+
+
 def _host_threads(targets: Sequence[Target]) -> int:
     """Threads of the host's torch reference: the smallest target's, within the cores."""
     return max(1, min([os.cpu_count() or 1, *(target.threads for target in targets)]))
@@ -312,6 +342,8 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
     on_device = not in_process(plan.device)  # what runs on the device runs alone
     settles = []
     first_exports: dict[str, str] = {}  # export identity -> the step exporting it first (later ones reuse its files)
+    first_results: dict[str, str] = {}  # export identity -> the step finishing its first result (later ones may reuse
+    # its per-sample outputs: ``same_outputs_result``, so their suites wait for it)
     evaluated: dict[str, list[tuple[Path, str, str]]] = {}  # target -> (artifact, precision, its evaluating step)
     for target in targets:
         requests, notes = plan_exports(plan.model, target)
@@ -321,9 +353,10 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
             log(f"  note: {note}")
         prefix, out_root = f"{target.name}: ", plan.out / "artifacts"
         artifacts = [artifact_path(out_root, request).resolve() for request in requests]
-        exports = []
+        exports, identities = [], []
         for request in requests:
             hashes = fingerprints(request, clip.weights_sha256)
+            identities.append(hashes[1])
             exports.append(graph.add(f"export {target.name}/{request.name}", prefix,
                                      functools.partial(_export_work, request, out_root, hashes),
                                      EXPORT_THREADS, [first_exports[hashes[1]]] if hashes[1] in first_exports else []))
@@ -340,11 +373,11 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
         else:
             if plan.until is not None:
                 log(f"  {target.name}: settling: one artifact, nothing to decide between; evaluating every image")
-            evaluated[target.name] = [
-                (artifact, request.precision,
-                 graph.add(f"suite {target.name}/{artifact.name}", prefix,
-                           functools.partial(_suite_work, plan, target, artifact), target.threads, [export], on_device))
-                for request, export, artifact in zip(requests, exports, artifacts)]
+            evaluated[target.name] = [(artifact, request.precision, _add_suite(plan, graph, target, artifact, [
+                export, *([first_results[identity]] if identity in first_results else [])], on_device))
+                for request, export, artifact, identity in zip(requests, exports, artifacts, identities)]
+            for identity, (_, _, step) in zip(identities, evaluated[target.name]):
+                first_results.setdefault(identity, step)
         graph.add(f"bench {target.name}", prefix,
                   functools.partial(_bench_work, target, artifacts, plan.device,
                                     plan.out / "results" / target.name / "bench.json"),
@@ -416,7 +449,7 @@ def run(plan: RunPlan, log: Log = print, progress: Progress | None = None) -> Ru
 
     targets = [load_target(name) for name in plan.targets]
     results_root = plan.out / "results"
-    most_steps = 1 + sum(3 * len(target.runtime(name).precisions) + 2 for target in targets for name in target.runtimes)
+    most_steps = 1 + sum(4 * len(target.runtime(name).precisions) + 2 for target in targets for name in target.runtimes)
     with contextlib.ExitStack() as running:
         graph = _Graph()
         engine, budget = open_step_engine(plan.jobs, most_steps)

@@ -74,3 +74,17 @@ def test_an_export_another_target_makes_with_the_same_files_runs_after_it(tmp_pa
         for name in ("executorch-fp32", "executorch-int8", "executorch-int8-dyn", "executorch-int4-w",
                      "openvino-fp32", "openvino-fp16")}
     assert len(exports) == 16
+    # their suites wait for x86's result of the same files (whose outputs they take); each suite is scored in
+    # a one-thread step after it
+    steps = {step.name: step for step in graph.steps}
+    suites = {name: step.after for name, step in steps.items() if name.startswith("suite arm/")}
+    assert {name: after[1:] for name, after in suites.items() if after[1:]} == {
+        f"suite arm/{name}": (f"score x86/{name}",)
+        for name in ("executorch-fp32", "executorch-int8", "executorch-int8-dyn", "executorch-int4-w",
+                     "openvino-fp32", "openvino-fp16")}
+    scores = {name: step for name, step in steps.items() if name.startswith("score ")}
+    assert len(scores) == 16 and all(step.threads == 1 and step.after == (f"suite {name.split(' ', 1)[1]}",)
+                                     for name, step in scores.items())
+    compares = [step.after for name, step in steps.items() if name.startswith("compare ")]
+    assert compares and all(any(after.startswith("score ") for after in afters) and
+                            not any(after.startswith("suite ") for after in afters) for afters in compares)

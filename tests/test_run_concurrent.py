@@ -56,8 +56,8 @@ def _files(out: Path) -> dict[str, dict[str, str]]:
 def test_a_concurrent_run_gives_the_serial_runs_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     serial, serial_choices, serial_lines = _run(tmp_path, monkeypatch, "serial", jobs=1)
     concurrent, choices, lines = _run(tmp_path, monkeypatch, "concurrent", jobs=2)
-    assert "10 steps, up to 1 at once within" in "\n".join(serial_lines)
-    assert "10 steps, up to 2 at once within" in "\n".join(lines)
+    assert "13 steps, up to 1 at once within" in "\n".join(serial_lines)
+    assert "13 steps, up to 2 at once within" in "\n".join(lines)
 
     assert _files(concurrent) == _files(serial) and len(_files(serial)) == 3
     expected, got = _results(serial), _results(concurrent)

@@ -19,7 +19,7 @@ _EXPORTS = {
     "families.shift": ("SHIFT_SET", "ShiftConfig"),
     "families.spurious": ("SPURIOUS_SET", "SpuriousConfig"),
     "outputs": ("METRICS_FILE", "EvalSet", "SetOutputs", "load_outputs", "write_result"),
-    "run": ("EvalSettings", "Progress", "evaluate", "headline_metrics", "key_metrics", "load_suite_outputs",
+    "run": ("Collected", "EvalSettings", "Progress", "collect", "evaluate", "finish", "headline_metrics", "key_metrics", "load_suite_outputs",
             "progress_task", "score_outputs", "suite_probes", "suite_set_names"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -146,20 +147,29 @@ def progress_task(progress: Progress | None, label: str, total: int) -> typing.C
     return progress(label, total) if progress else contextlib.nullcontext()
 
 
-def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSettings(),
-             progress: Progress | None = None, suite: Any = None,
-             preprocessed: PreprocessedSets | None = None, id_indices: Sequence[int] | None = None,
-             sequential: Mapping[str, Any] | None = None,
-             subsets: Mapping[str, Sequence[int]] | None = None, scored_by: Path | None = None) -> dict[str, Any]:
-    """Run a suite (``suite``, else ``settings.suite``) through ``runtime``; write and return ``metrics.json``.
+@dataclass(frozen=True)
+class Collected:
+    """A suite's per-sample outputs, written to ``out_dir`` by ``collect``, and what ``finish`` needs to score
+    them into a result: everything the result and its manifest record besides the metrics."""
 
-    ``preprocessed`` keeps the preprocessed images for later evaluations in this process (sweep workers).
-    ``id_indices`` evaluates only those images of the ID set (``plan_sets``; ``subsets`` those of other sets)
-    and ``sequential`` (how they were chosen, ``lpmr_edge.suite.settle``) is recorded as ``metrics["sequential"]``.
-    ``scored_by``: a result whose metrics are taken when it scored these very outputs (``metrics_of_same_outputs``).
-    The results manifest's ``timing`` (``CallTimer``) says how much of this call's wall time was spent inside
-    the runtime's calls.
-    """
+    out_dir: Path
+    suite: Any
+    settings: EvalSettings
+    result: dict[str, Any]  # metrics.json without "metrics" and "created"
+    manifest: dict[str, Any]  # manifest.json without "created" and "timing"
+    available: int | None  # the ID images the suite's cap chose from
+    sequential: dict[str, Any] | None
+    timing: dict[str, float]  # the collection's CallTimer timing
+
+
+def collect(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSettings(),
+            progress: Progress | None = None, suite: Any = None,
+            preprocessed: PreprocessedSets | None = None, id_indices: Sequence[int] | None = None,
+            sequential: Mapping[str, Any] | None = None,
+            subsets: Mapping[str, Sequence[int]] | None = None) -> Collected:
+    """Run every set of a suite (``suite``, else ``settings.suite``) through ``runtime`` and store its
+    per-sample outputs in ``out_dir`` (sets already stored for the same inputs are kept); the arguments are
+    ``evaluate``'s. Needs the runtime; ``finish`` then scores without it."""
     out_dir = Path(out_dir)
     timer = CallTimer(runtime)
     suite = apply_overrides(suite or load_suite(settings.suite), settings)
@@ -183,27 +193,58 @@ def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSetti
             if not collect_outputs(runtime, eval_set, embeddings, batches(eval_set.dataset), out_dir,
                                    advance) and advance:
                 advance(len(eval_set.dataset))
-    metrics = (scored_by and metrics_of_same_outputs(scored_by, out_dir, suite, settings.seed)) \
-        or score_outputs(out_dir, suite, settings.seed)
-    metrics["accuracy"]["available"] = available.get(suite.id)  # the ID images the cap chose from
-    if sequential is not None:
-        metrics["sequential"] = dict(sequential)
     description = runtime.describe()
     datasets = {eval_set.name: eval_set.dataset.describe() for eval_set in sets}
-    created = now_utc()
     result = {
         "model": model_info["spec"], "model_label": model_info["label"], "runtime": runtime.name,
         "precision": description["precision"], "executed_precision": description["executed_precision"],
         "n": len(sets[0].dataset), "dataset": datasets[ID_SET], "datasets": datasets,
         "settings": asdict(settings), "suite": asdict(suite), "logit_scale": model_info["logit_scale"],
-        "scoring": model_info.get("scoring"),
-        "conventions": conventions(suite, settings.seed), "metrics": metrics, "created": created,
+        "scoring": model_info.get("scoring"), "conventions": conventions(suite, settings.seed),
     }
-    write_result(out_dir, result, {"runtime": description, "dataset": datasets[ID_SET], "datasets": datasets,
-                                   "suite": asdict(suite), "settings": asdict(settings),
-                                   "tool_versions": tool_versions(), "machine": machine_info(), "created": created,
-                                   "timing": timer.timing()})
+    manifest = {"runtime": description, "dataset": datasets[ID_SET], "datasets": datasets, "suite": asdict(suite),
+                "settings": asdict(settings), "tool_versions": tool_versions(), "machine": machine_info()}
+    return Collected(out_dir, suite, settings, result, manifest, available.get(suite.id),
+                     None if sequential is None else dict(sequential), timer.timing())
+
+
+def finish(collected: Collected, scored_by: Path | None = None) -> dict[str, Any]:
+    """Score ``collected``'s stored outputs (every metric family, bootstrap intervals) and write its
+    ``metrics.json`` and manifest; returns the result. ``scored_by``: a result whose metrics are taken when it
+    scored these very outputs (``metrics_of_same_outputs``). The manifest's ``timing`` adds the scoring's wall
+    time to the collection's."""
+    started = time.perf_counter()
+    suite, seed = collected.suite, collected.settings.seed
+    metrics = (scored_by and metrics_of_same_outputs(scored_by, collected.out_dir, suite, seed)) \
+        or score_outputs(collected.out_dir, suite, seed)
+    metrics["accuracy"]["available"] = collected.available
+    if collected.sequential is not None:
+        metrics["sequential"] = collected.sequential
+    inside, wall = collected.timing["runtime_s"], collected.timing["wall_s"] + time.perf_counter() - started
+    timing = {"runtime_s": inside, "wall_s": wall, "overhead": min(1.0, max(0.0, 1 - inside / wall)) if wall else 0.0}
+    created = now_utc()
+    result = {**collected.result, "metrics": metrics, "created": created}
+    write_result(collected.out_dir, result, {**collected.manifest, "created": created, "timing": timing})
     return result
+
+
+def evaluate(runtime: Runtime, out_dir: Path, settings: EvalSettings = EvalSettings(),
+             progress: Progress | None = None, suite: Any = None,
+             preprocessed: PreprocessedSets | None = None, id_indices: Sequence[int] | None = None,
+             sequential: Mapping[str, Any] | None = None,
+             subsets: Mapping[str, Sequence[int]] | None = None, scored_by: Path | None = None) -> dict[str, Any]:
+    """Run a suite (``suite``, else ``settings.suite``) through ``runtime``; write and return ``metrics.json``
+    (``collect``, then ``finish``).
+
+    ``preprocessed`` keeps the preprocessed images for later evaluations in this process (sweep workers).
+    ``id_indices`` evaluates only those images of the ID set (``plan_sets``; ``subsets`` those of other sets)
+    and ``sequential`` (how they were chosen, ``lpmr_edge.suite.settle``) is recorded as ``metrics["sequential"]``.
+    ``scored_by``: a result whose metrics are taken when it scored these very outputs (``metrics_of_same_outputs``).
+    The results manifest's ``timing`` (``CallTimer``) says how much of this call's wall time was spent inside
+    the runtime's calls.
+    """
+    return finish(collect(runtime, out_dir, settings, progress, suite, preprocessed, id_indices, sequential,
+                          subsets), scored_by)
 
 
 def conventions(suite: Any, seed: int) -> dict[str, str]:
