@@ -200,11 +200,9 @@ def _prepend(value: float, array: np.ndarray) -> np.ndarray:
     return np.concatenate(([value], array))
 
 
-def _average_precision(true_positives: np.ndarray, false_positives: np.ndarray) -> float:
-    """sklearn's average precision from cumulative counts at each threshold (scores descending)."""
-    recall = true_positives / true_positives[-1]
-    precision = true_positives / (true_positives + false_positives)
-    return float(np.sum(np.diff(_prepend(0.0, recall)) * precision))
+def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """sklearn's average precision from recall (0 prepended) and precision at each threshold (scores descending)."""
+    return float(np.sum(np.diff(recall) * precision))
 
 
 def _ood_from_cumulative(id_above: np.ndarray, ood_above: np.ndarray, aupr: bool) -> dict[str, float]:
@@ -219,8 +217,8 @@ def _ood_from_cumulative(id_above: np.ndarray, ood_above: np.ndarray, aupr: bool
     # AUPR-out: OOD positive, thresholds ascending; "at or below" a tie group = total minus strictly above.
     ood_below = (n_ood - _prepend(0, ood_above[:-1]))[::-1]
     id_below = (n_id - _prepend(0, id_above[:-1]))[::-1]
-    return {**ranking, "aupr_in": _average_precision(id_above, ood_above),
-            "aupr_out": _average_precision(ood_below, id_below)}
+    return {**ranking, "aupr_in": _average_precision(tpr, id_above / (id_above + ood_above)),
+            "aupr_out": _average_precision(_prepend(0.0, ood_below / n_ood), ood_below / (ood_below + id_below))}
 
 
 def ood_metrics(id_scores: np.ndarray, ood_scores_: np.ndarray, aupr: bool = True) -> dict[str, float]:
@@ -257,7 +255,7 @@ def ood_metrics_per_set(id_scores: np.ndarray, ood_sets: Sequence[np.ndarray],
     """``ood_metrics(id_scores, ood, aupr)`` for each ``ood`` of ``ood_sets``, the same numbers; from integer
     ranks (``dense_ranks`` of the scores of all of them) by counting the samples per rank, O(n + ranks) with
     no sort and the ID samples counted once for all sets; float scores go to ``ood_metrics``."""
-    if not all(np.issubdtype(column.dtype, np.integer) for column in (id_scores, *ood_sets)):
+    if not all(column.dtype.kind in "iu" for column in (id_scores, *ood_sets)):
         return [ood_metrics(id_scores, ood, aupr) for ood in ood_sets]
     size = 1 + max(int(column.max(initial=-1)) for column in (id_scores, *ood_sets))
     id_counts = np.bincount(id_scores, minlength=size)
