@@ -18,8 +18,9 @@ Definitions:
   OOD   in-distribution is the positive class, higher score = more ID. AUROC as
         sklearn.roc_auc_score, AUPR-in/-out as sklearn.average_precision_score (OOD positive
         with negated scores for -out), FPR@95%TPR = FPR at the first ROC threshold (scores
-        descending) where TPR >= 0.95. Computed from one sort so bootstrapping is cheap;
-        tests check equality with scikit-learn.
+        descending) where TPR >= 0.95. Computed from one sort, or, for bootstrapping, from the
+        scores' dense ranks by counting (``ood_metrics_per_set``), which gives the same numbers;
+        tests check equality with scikit-learn and between the two.
 """
 from __future__ import annotations
 
@@ -199,21 +200,15 @@ def _prepend(value: float, array: np.ndarray) -> np.ndarray:
     return np.concatenate(([value], array))
 
 
-def _average_precision(true_positives: np.ndarray, false_positives: np.ndarray) -> float:
-    """sklearn's average precision from cumulative counts at each threshold (scores descending)."""
-    recall = true_positives / true_positives[-1]
-    precision = true_positives / (true_positives + false_positives)
-    return float(np.sum(np.diff(_prepend(0.0, recall)) * precision))
+def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """sklearn's average precision from recall (0 prepended) and precision at each threshold (scores descending)."""
+    return float(np.sum(np.diff(recall) * precision))
 
 
-def ood_metrics(id_scores: np.ndarray, ood_scores_: np.ndarray, aupr: bool = True) -> dict[str, float]:
-    """AUROC, FPR@95%TPR, AUPR-in and AUPR-out (unless not ``aupr``) with ID as the positive class (one sort)."""
-    n_id, n_ood = len(id_scores), len(ood_scores_)
-    scores = np.concatenate([id_scores, ood_scores_])
-    order = np.argsort(-scores, kind="stable")
-    last_of_tie = np.append(np.flatnonzero(np.diff(scores[order])), len(scores) - 1)
-    id_above = np.cumsum(order < n_id)[last_of_tie]          # ID samples scoring >= each threshold
-    ood_above = last_of_tie + 1 - id_above                    # OOD samples scoring >= each threshold
+def _ood_from_cumulative(id_above: np.ndarray, ood_above: np.ndarray, aupr: bool) -> dict[str, float]:
+    """The OOD metrics from the ID and OOD samples scoring at or above each distinct score, highest first (the
+    tie groups; the last entries are the totals)."""
+    n_id, n_ood = id_above[-1], ood_above[-1]
     tpr, fpr = _prepend(0.0, id_above / n_id), _prepend(0.0, ood_above / n_ood)
     ranking = {"auroc": float(np.trapezoid(tpr, fpr)),
                "fpr_at_95_tpr": float(fpr[np.flatnonzero(tpr >= TPR_LEVEL - 1e-12)[0]])}
@@ -222,8 +217,49 @@ def ood_metrics(id_scores: np.ndarray, ood_scores_: np.ndarray, aupr: bool = Tru
     # AUPR-out: OOD positive, thresholds ascending; "at or below" a tie group = total minus strictly above.
     ood_below = (n_ood - _prepend(0, ood_above[:-1]))[::-1]
     id_below = (n_id - _prepend(0, id_above[:-1]))[::-1]
-    return {**ranking, "aupr_in": _average_precision(id_above, ood_above),
-            "aupr_out": _average_precision(ood_below, id_below)}
+    return {**ranking, "aupr_in": _average_precision(tpr, id_above / (id_above + ood_above)),
+            "aupr_out": _average_precision(_prepend(0.0, ood_below / n_ood), ood_below / (ood_below + id_below))}
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores_: np.ndarray, aupr: bool = True) -> dict[str, float]:
+    """AUROC, FPR@95%TPR, AUPR-in and AUPR-out (unless not ``aupr``) with ID as the positive class (one sort)."""
+    n_id = len(id_scores)
+    scores = np.concatenate([id_scores, ood_scores_])
+    order = np.argsort(-scores, kind="stable")
+    last_of_tie = np.append(np.flatnonzero(np.diff(scores[order])), len(scores) - 1)
+    id_above = np.cumsum(order < n_id)[last_of_tie]          # ID samples scoring >= each threshold
+    return _ood_from_cumulative(id_above, last_of_tie + 1 - id_above, aupr)
+
+
+def dense_ranks(columns: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+    """Each column's scores as integer ranks among the distinct scores of all ``columns`` together (equal
+    scores share a rank, a higher score has a higher rank), so the OOD metrics of any rows of one column
+    against any rows of another are the same from ranks (``ood_metrics_per_set``) as from the scores (
+    ``ood_metrics``). None if a score is NaN or infinite (``ood_metrics`` orders ties among those by
+    position, which counts cannot reproduce)."""
+    joined = np.concatenate(columns)
+    if not np.isfinite(joined).all():
+        return None
+    ranks = np.unique(joined, return_inverse=True)[1].astype(np.int64, copy=False)
+    return np.split(ranks, np.cumsum([len(column) for column in columns])[:-1])
+
+
+def _ood_from_counts(id_counts: np.ndarray, ood_counts: np.ndarray, aupr: bool) -> dict[str, float]:
+    """The OOD metrics from ID and OOD samples per rank (``np.bincount`` of ``dense_ranks``)."""
+    present = np.flatnonzero(id_counts + ood_counts)[::-1]  # the tie groups, highest score first
+    return _ood_from_cumulative(np.cumsum(id_counts[present]), np.cumsum(ood_counts[present]), aupr)
+
+
+def ood_metrics_per_set(id_scores: np.ndarray, ood_sets: Sequence[np.ndarray],
+                        aupr: bool = True) -> list[dict[str, float]]:
+    """``ood_metrics(id_scores, ood, aupr)`` for each ``ood`` of ``ood_sets``, the same numbers; from integer
+    ranks (``dense_ranks`` of the scores of all of them) by counting the samples per rank, O(n + ranks) with
+    no sort and the ID samples counted once for all sets; float scores go to ``ood_metrics``."""
+    if not all(column.dtype.kind in "iu" for column in (id_scores, *ood_sets)):
+        return [ood_metrics(id_scores, ood, aupr) for ood in ood_sets]
+    size = 1 + max(int(column.max(initial=-1)) for column in (id_scores, *ood_sets))
+    id_counts = np.bincount(id_scores, minlength=size)
+    return [_ood_from_counts(id_counts, np.bincount(ood, minlength=size), aupr) for ood in ood_sets]
 
 
 def group_summary(correct_by_group: Sequence[np.ndarray]) -> dict[str, float]:

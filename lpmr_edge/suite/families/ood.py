@@ -34,7 +34,7 @@ import numpy as np
 
 from lpmr_edge.data.near_ood import split_class_indices
 from lpmr_edge.errors import UserError
-from lpmr_edge.metrics import OOD_SCORES, ood_metrics, ood_scores
+from lpmr_edge.metrics import OOD_SCORES, dense_ranks, ood_metrics_per_set, ood_scores
 from lpmr_edge.schema import require
 from lpmr_edge.stats import Table
 from lpmr_edge.suite.families import base
@@ -102,18 +102,31 @@ def ood_set_name(dataset: str) -> str:
     return "ood-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset).strip("_")
 
 
+def _ranked(tables: Sequence[Table]) -> list[Table]:
+    """The tables with each column replaced by its ``dense_ranks`` over every table holding that column (kept as
+    is if a score is NaN or infinite): the OOD metrics of any resampled rows are unchanged, and counted."""
+    ranked = [dict(table) for table in tables]
+    for name in dict.fromkeys(name for table in tables for name in table):
+        holding = [table for table in ranked if name in table]
+        for table, column in zip(holding, dense_ranks([table[name] for table in holding]) or []):
+            table[name] = column
+    return ranked
+
+
 def _all_values(tables: Sequence[Table]) -> dict[str, float]:
-    return ood_metrics(tables[0]["score"], tables[1]["score"])
+    return ood_metrics_per_set(tables[0]["score"], [tables[1]["score"]])[0]
 
 
 def _compared_values(tables: Sequence[Table]) -> dict[str, float]:
     """The values ``compare`` tests (``Ood.comparisons``): AUROC and FPR@95%TPR."""
-    return ood_metrics(tables[0]["score"], tables[1]["score"], aupr=False)
+    return ood_metrics_per_set(tables[0]["score"], [tables[1]["score"]], aupr=False)[0]
 
 
 def ood_probe(id_scores: np.ndarray, ood_scores_: np.ndarray) -> base.Probe:
-    """AUROC, FPR@95%TPR, AUPR-in/-out for one score; ID and OOD resampled separately."""
-    return base.Probe(_all_values, [{"score": id_scores}, {"score": ood_scores_}], "score")
+    """AUROC, FPR@95%TPR, AUPR-in/-out for one score; ID and OOD resampled separately. The tables hold the
+    scores' joint dense ranks (``_ranked``), pre-sorted by them (descending, as the stored results were
+    bootstrapped)."""
+    return base.Probe(_all_values, _ranked([{"score": id_scores}, {"score": ood_scores_}]), "score")
 
 
 def class_split_head(cosine: np.ndarray, labels: np.ndarray, id_classes: np.ndarray, logit_scale: float,
@@ -161,17 +174,17 @@ class OodProbes:
                          {name: values[~in_half] for name, values in columns.items()}]
         else:
             id_tables = [columns]
-        tables = id_tables + [{score: self.listed[name][score] for score in scores} for name in listed]
+        tables = _ranked(id_tables + [{score: self.listed[name][score] for score in scores} for name in listed])
 
         def summary(resampled: Sequence[Table]) -> dict[str, float]:
             ids, oods = resampled[:len(id_tables)], resampled[len(id_tables):]
             values: dict[str, float] = {}
             for score in scores:
                 id_scores = np.concatenate([table[score] for table in ids])
-                per_set = [ood_metrics(id_scores, table[score], aupr=False) for table in oods]
+                per_set = ood_metrics_per_set(id_scores, [table[score] for table in oods], aupr=False)
                 if with_split:
-                    per_set.append(ood_metrics(ids[0][f"{CLASS_SPLIT}/{score}"], ids[1][f"{CLASS_SPLIT}/{score}"],
-                                               aupr=False))
+                    per_set += ood_metrics_per_set(ids[0][f"{CLASS_SPLIT}/{score}"],
+                                                   [ids[1][f"{CLASS_SPLIT}/{score}"]], aupr=False)
                 for value in ("auroc", "fpr_at_95_tpr"):
                     values[f"{score}/{value}"] = float(np.mean([metrics[value] for metrics in per_set]))
             return values
