@@ -1,9 +1,10 @@
 """Latency and throughput of any runtime behind the ``Runtime`` interface, interleaved for fair ratios.
 
 Each runtime (an artifact of any backend, or the torch reference) is loaded in its own 'spawn' worker
-process, so its peak RSS is its own. All workers warm up, then take turns in rounds (the order rotating),
-so that load from other processes on a shared machine hits every runtime alike and the speed ratios
-measured in one run stay meaningful. Figures are printed, never asserted.
+process, so its peak RSS is its own. The workers load at once (their start-up overlaps); only when all are
+loaded do they warm up, then take turns in rounds (the order rotating), so that load from other processes on a
+shared machine hits every runtime alike and the speed ratios measured in one run stay meaningful. Figures are
+printed, never asserted.
 """
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ def _worker(connection: Connection, source: RuntimeSource, threads: int | None, 
 
 
 class _Worker:
-    """A runtime in its own process, driven over a pipe."""
+    """A runtime in its own process, driven over a pipe. The process starts loading at construction; call
+    ``wait_ready`` before driving it, and ``kill`` (a no-op once stopped) whatever happened."""
 
     def __init__(self, source: RuntimeSource, threads: int | None, tower: str, classes: int) -> None:
         context = get_context("spawn")
@@ -168,11 +170,15 @@ class _Worker:
         self.process = context.Process(target=_worker, args=(child, source, threads, tower, classes), daemon=True)
         self.process.start()
         child.close()  # only the worker holds its end: if it dies, recv() raises EOFError instead of waiting
+        self.description: dict[str, Any] = {}
+
+    def wait_ready(self) -> None:
+        """Wait until the runtime is loaded (its ``describe()`` in ``description``); a one-line UserError if
+        the worker reports an error or dies."""
         status, payload = self._receive()
         if status == "error":
-            self.process.join()
             raise UserError(payload)
-        self.description: dict[str, Any] = payload
+        self.description = payload
 
     def _receive(self) -> Any:
         try:
@@ -191,6 +197,12 @@ class _Worker:
         self.process.join()
         return peak
 
+    def kill(self) -> None:
+        """End the worker now, whatever it is doing, and reap its process."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+        self.connection.close()
 
 
 def _tower_megabytes(source: RuntimeSource, description: dict[str, Any], tower: str) -> float | None:
@@ -233,9 +245,12 @@ def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSetti
     report = log or (lambda message: None)
     workers: list[_Worker] = []
     try:
-        for source in sources:
-            report(f"loading {source.label}")
+        report(f"loading {len(sources)} runtime(s), each in its own process")
+        for source in sources:  # every worker starts loading at once, so the loads overlap on the cores
             workers.append(_Worker(source, settings.threads, settings.tower, settings.classes))
+        for worker in workers:
+            worker.wait_ready()
+            report(f"loaded {worker.source.label}")
         rows: list[dict[str, Any]] = []
         for batch in settings.batches:
             runnable = [worker for worker in workers
@@ -246,8 +261,10 @@ def benchmark(sources: list[RuntimeSource], settings: BenchSettings = BenchSetti
             durations = _measure_batch(runnable, batch, settings)
             rows += [_timing_row(worker.source, worker.description, batch, settings.tower, durations[index])
                      for index, worker in enumerate(runnable)]
+        peaks = {worker.source.label: worker.stop() for worker in workers}
     finally:
-        peaks = {worker.source.label: worker.stop() for worker in workers if worker.process.is_alive()}
+        for worker in workers:  # after a failure: the workers still loading or serving
+            worker.kill()
     for row in rows:
         row["peak_rss_mb"] = round(peaks.get(row["source"], float("nan")), 1)
     return {"machine": machine_info(), "settings": asdict(settings), "created": now_utc(), "results": rows,
