@@ -1,25 +1,28 @@
 """Child processes that do not outlive their parent.
 
-A spawn worker (a run step's pool worker, an export's isolated worker) keeps running when its parent is
+A worker (a run step's spawn pool worker, an export's forkserver child) keeps running when its parent is
 killed (SIGKILL, OOM killer, a closed terminal): it would go on exporting or evaluating for nobody. Each
-worker starts ``exit_with_parent`` in its initializer.
+worker starts ``exit_with_parent`` in its initializer. The parent is watched through a pidfd, not through
+``os.getppid()``: a forkserver child's parent process is the fork server, not the process that asked for it.
 """
 from __future__ import annotations
 
 import os
+import select
 import threading
-import time
-
-POLL_SECONDS = 1.0
 
 
 def _watch(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(POLL_SECONDS)
+    try:
+        watched = os.pidfd_open(parent)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+    select.select([watched], [], [])  # a pidfd becomes readable when its process ends
     os._exit(1)
 
 
 def exit_with_parent(parent: int) -> None:
-    """Start a daemon thread that ends this process (exit status 1) within ``POLL_SECONDS`` once its parent
-    ``parent`` (the pid the parent passed in) is gone. Call it in a worker's initializer."""
+    """Start a daemon thread that ends this process (exit status 1) as soon as the process ``parent`` (the pid
+    the parent passed in) is gone, whether or not it is this process's parent. Call it in a worker's
+    initializer. Linux only (pidfd)."""
     threading.Thread(target=_watch, args=(parent,), daemon=True, name="exit-with-parent").start()
