@@ -1,9 +1,10 @@
 """Child processes that do not outlive their parent.
 
-A worker (a run step's spawn pool worker, an export's forkserver child) keeps running when its parent is
+A worker (a run step's spawn pool worker, an export's isolated worker) keeps running when its parent is
 killed (SIGKILL, OOM killer, a closed terminal): it would go on exporting or evaluating for nobody. Each
-worker starts ``exit_with_parent`` in its initializer. The parent is watched through a pidfd, not through
-``os.getppid()``: a forkserver child's parent process is the fork server, not the process that asked for it.
+worker starts ``exit_with_parent`` in its initializer. The parent is watched through a pidfd (no polling), not
+through ``os.getppid()``, so the watched process need not be the OS parent (e.g. a forkserver child's is the
+fork server).
 """
 from __future__ import annotations
 
