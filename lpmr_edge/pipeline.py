@@ -19,8 +19,9 @@ covers the ID images it saw, and the host reference (evaluated after the targets
 
 Steps that do not need each other's output run concurrently (``RunPlan.jobs``): each export, each artifact's
 suite (two steps: its images through the runtime at the target's threads, then the single-threaded scoring at
-one thread, so that scoring runs beside the next artifact's images), each target's parity check, the host reference and each quantized result's paired comparison with its
-FP32 reference (kept for the report, ``lpmr_edge.compare.store_comparison``; one thread) are steps of a
+one thread, which can run beside other one-thread work or a suite of a target with fewer threads than cores),
+each target's parity check, the host reference and each quantized result's paired comparison with its FP32
+reference (kept for the report, ``lpmr_edge.compare.store_comparison``; one thread) are steps of a
 dependency graph run on the sweep's local engine (``lpmr_edge.sweep.engines.run_steps``) with at most
 ``os.cpu_count()`` threads in flight; a step counts as its target's threads (an export as ``EXPORT_THREADS``,
 the host reference as the smallest target's), caps its process at that many, and a latency benchmark runs
