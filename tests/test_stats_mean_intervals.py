@@ -16,7 +16,8 @@ from scipy.special import ndtr
 from lpmr_edge.compare import COMPARISON_FILE, compare, store_comparison, stored_comparison
 from lpmr_edge.metrics import ood_metrics
 from lpmr_edge.pick import Constraints, pick
-from lpmr_edge.pipeline import RunPlan, _compare_work
+from lpmr_edge.pipeline import RunPlan
+from lpmr_edge.pipeline.steps import compare_work
 from lpmr_edge.report import build_report, metric_margins
 from lpmr_edge.results import BONFERRONI_MEAN, JOINT_BOOTSTRAP, Estimate, bonferroni_mean, load_results
 from lpmr_edge.samples import joint_estimates, score_orders
@@ -265,7 +266,7 @@ def test_a_run_step_that_cannot_pair_two_results_says_so_and_leaves_the_report_t
     stored = dict(np.load(id_outputs))
     np.savez(id_outputs, **{**stored, "labels": np.roll(stored["labels"], 1)})  # not the reference's images
     lines: list[str] = []
-    _compare_work(RunPlan(model="lpmr-tiny-fmnist", targets=("x86",), out=tmp_path / "run"), "x86", "openvino-int8",
+    compare_work(RunPlan(model="lpmr-tiny-fmnist", targets=("x86",), out=tmp_path / "run"), "x86", "openvino-int8",
                   [results / "x86" / "openvino-fp32"], lines.append, None, {})
     assert len(lines) == 1 and "openvino-int8 vs x86/openvino fp32 not paired" in lines[0], lines
     assert "different samples" in lines[0] and not (results / "x86" / "openvino-int8" / COMPARISON_FILE).exists()
