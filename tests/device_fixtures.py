@@ -182,9 +182,14 @@ class SshServer:
 
     def assert_nothing_left(self) -> None:
         """Every device server and session started through this sshd has ended."""
+        def command(pid: int) -> str | None:
+            try:  # a process may end between being listed and being read
+                return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:80]
+            except OSError:
+                return None
+
         def left() -> list[str]:
-            return [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:80]
-                    for pid in self.servers() + self.sessions() if Path(f"/proc/{pid}").exists()]
+            return [line for pid in self.servers() + self.sessions() if (line := command(pid)) is not None]
 
         with contextlib.suppress(AssertionError):
             wait_until(lambda: not left(), "device servers and sessions to end")
