@@ -25,13 +25,14 @@ setup-run: $(STAMP) system
 setup: setup-run browser sshd cross
 
 # pip installs torch (it knows the configured wheel directory, uv does not) and uv; uv installs the rest of the
-# pinned set in seconds where pip takes minutes. uv reads UV_* settings, not pip's: if it fails, pip installs.
-# Modules are byte-compiled on first import (uv's default), not for all of torch at install time.
+# pinned set, downloading and byte-compiling in parallel (pip takes minutes more). uv reads UV_* settings, not
+# pip's: if it fails, pip installs. Byte-compiling at install matters where PYTHONDONTWRITEBYTECODE is set: every
+# process (each export is one) would compile every module it imports again.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP_HAS_SOURCE) || $(BIN)/pip install -q --no-compile -c constraints.txt torch --index-url $(TORCH_INDEX)
-	$(BIN)/pip install -q --no-compile -c constraints.txt torch uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[dev]' \
+	$(PIP_HAS_SOURCE) || $(BIN)/pip install -q -c constraints.txt torch --index-url $(TORCH_INDEX)
+	$(BIN)/pip install -q -c constraints.txt torch uv
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[dev]' \
 		|| { echo "uv could not install the pinned set: installing it with pip"; \
 		     $(BIN)/pip install -q -c constraints.txt -e '.[dev]'; }
 	$(BIN)/python -c "import torch, sys; sys.exit('a CUDA build of torch was installed' if torch.version.cuda else 0)"
