@@ -39,6 +39,7 @@ from lpmr_edge.suite.config import stored_suite
 from lpmr_edge.suite.families.base import Compared, MetricSpec
 from lpmr_edge.suite.families.spectrum import DEFAULT_HEAD_FRACTION, spectrum_of_results
 from lpmr_edge.suite.outputs import METRICS_FILE
+from lpmr_edge.suite.reuse import scored_alike
 from lpmr_edge.suite.run import load_suite_outputs, suite_probes
 
 
@@ -153,13 +154,25 @@ def stored_comparison(result_dir: Path, reference_dir: Path, n_resamples: int | 
 
 def store_comparison(result_dir: Path, reference_dir: Path, n_resamples: int | None,
                      margins: Mapping[str, float]) -> dict[str, Any]:
-    """The comparison of ``compare``, kept in ``result_dir`` (written atomically; an up-to-date one is read)."""
+    """The comparison of ``compare``, kept in ``result_dir`` (written atomically; an up-to-date one is read).
+    When either result took the per-sample outputs of another (``scored_alike``), the kept comparison of those
+    two is restated for these instead of computed again, and the file says ``taken_from``."""
     kept = stored_comparison(result_dir, reference_dir, n_resamples, margins)
     if kept is not None:
         return kept
     key = _comparison_key(result_dir, reference_dir, n_resamples, margins)
-    comparison = compare(result_dir, reference_dir, n_resamples, margins=margins)
-    atomic_write_json(Path(result_dir) / COMPARISON_FILE, {"inputs_sha256": key, "comparison": comparison})
+    sources = [scored_alike(Path(directory)) or Path(directory) for directory in (result_dir, reference_dir)]
+    taken = None if sources == [Path(result_dir), Path(reference_dir)] else \
+        stored_comparison(sources[0], sources[1], n_resamples, margins)
+    if taken is None:
+        comparison, origin = compare(result_dir, reference_dir, n_resamples, margins=margins), {}
+    else:  # the same outputs, metrics and settings: the same comparison, of these two results
+        comparison = {**taken, "result": _identity(read_result(result_dir).raw, Path(result_dir)),
+                      "reference": _identity(read_result(reference_dir).raw, Path(reference_dir))}
+        origin = {"taken_from": {"result": str(sources[0]), "reference": str(sources[1]),
+                                 "why": "both results hold the per-sample outputs and metrics of these (scored "
+                                        "alike): their kept comparison is this one's"}}
+    atomic_write_json(Path(result_dir) / COMPARISON_FILE, {"inputs_sha256": key, "comparison": comparison, **origin})
     return comparison
 
 

@@ -257,6 +257,49 @@ def test_a_kept_comparison_is_what_the_report_reads_until_a_result_changes(ood_r
     assert report_delta() == kept["deltas"]["ood.mean.msp.auroc"]["delta"]
 
 
+def _as_arm_reusing_x86(results: Path, variant: str, change_output: bool = False) -> Path:
+    """A copy of the x86 result as the arm target's result that took its per-sample outputs (``reused_outputs``),
+    written later; ``change_output`` alters one stored output (so the two are not scored alike)."""
+    source, directory = results / "x86" / variant, results / "arm" / variant
+    shutil.copytree(source, directory)
+    for name, changes in (("metrics.json", {"created": "2026-03-04T05:06:07+00:00"}),
+                          ("manifest.json", {"reused_outputs": {"from": f"results/x86/{variant}", "sets": []}})):
+        raw = json.loads((directory / name).read_text())
+        (directory / name).write_text(json.dumps({**raw, **changes}))
+    if change_output:
+        stored = dict(np.load(directory / "outputs" / "id.npz"))
+        stored["features"][0, 0] += 1e-3
+        np.savez(directory / "outputs" / "id.npz", **stored)
+    return directory
+
+
+@pytest.mark.parametrize("change_output", [False, True])
+def test_a_comparison_of_results_scored_alike_is_taken_from_theirs(ood_results: Path, tmp_path: Path,
+                                                                    change_output: bool):
+    results = tmp_path / "results"
+    shutil.copytree(ood_results, results)
+    margins = metric_margins(Constraints(objective="auroc"))
+    kept = store_comparison(results / "x86" / "openvino-int8", results / "x86" / "openvino-fp32", None, margins)
+    result = _as_arm_reusing_x86(results, "openvino-int8", change_output)
+    reference = _as_arm_reusing_x86(results, "openvino-fp32")
+    expected = compare(result, reference, margins=margins)
+    kept_file = json.loads((results / "x86" / "openvino-int8" / COMPARISON_FILE).read_text())
+    kept_file["comparison"]["deltas"]["ood.mean.msp.auroc"]["delta"] = 0.125  # marks what is taken, not computed
+    (results / "x86" / "openvino-int8" / COMPARISON_FILE).write_text(json.dumps(kept_file))
+    taken = store_comparison(result, reference, None, margins)
+    written = json.loads((result / COMPARISON_FILE).read_text())
+    assert taken["result"]["dir"] == str(result) and taken["reference"]["dir"] == str(reference)
+    if change_output:  # one output differs: computed from this result's own outputs
+        assert taken == expected and "taken_from" not in written
+        assert taken["deltas"]["ood.mean.msp.auroc"]["delta"] != 0.125
+    else:
+        assert taken["deltas"]["ood.mean.msp.auroc"]["delta"] == 0.125
+        kept_file["comparison"]["deltas"]["ood.mean.msp.auroc"]["delta"] = kept["deltas"]["ood.mean.msp.auroc"]["delta"]
+        assert {**kept_file["comparison"], "result": taken["result"], "reference": taken["reference"]} == expected
+        assert written["taken_from"]["result"] == str((results / "x86" / "openvino-int8").resolve())
+    assert stored_comparison(result, reference, None, margins) == taken
+
+
 def test_a_run_step_that_cannot_pair_two_results_says_so_and_leaves_the_report_to_fall_back(ood_results: Path,
                                                                                           tmp_path: Path):
     results = tmp_path / "run" / "results"

@@ -4,6 +4,7 @@ sha256, executed precision; the device for an on-device runtime) on this machine
 artifact byte-identical to another target's, both run here."""
 from __future__ import annotations
 
+import filecmp
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -73,3 +74,23 @@ def evaluate_reusing(runtime: Runtime, out_dir: Path, source: Path, suite: str, 
                    "evaluated the same suite on this machine: its per-sample outputs are this runtime's"}
         atomic_write_json(staging / MANIFEST_NAME, manifest)
     log(f"  suite: per-sample outputs of {origin} reused (same runtime identity)")
+
+
+def scored_alike(directory: Path) -> Path | None:
+    """The result whose per-sample outputs ``directory``'s evaluation took (its manifest's ``reused_outputs``), if
+    the two hold byte-identical outputs and the same metrics (apart from when they were written): whatever is
+    computed from one, e.g. a comparison, is then the other's. None otherwise."""
+    origin = read_json(directory / MANIFEST_NAME, "results manifest").get("reused_outputs", {}).get("from")
+    source = None if origin is None else Path(directory).resolve().parents[2] / origin
+    if source is None or not (source / METRICS_FILE).is_file():
+        return None
+
+    def scored(result: Path) -> dict[str, Any]:
+        return {key: value for key, value in read_json(result / METRICS_FILE, "metrics").items() if key != "created"}
+
+    names = sorted(path.name for path in (directory / OUTPUTS_DIR).glob("*.npz"))
+    alike = scored(directory) == scored(source) \
+        and names == sorted(path.name for path in (source / OUTPUTS_DIR).glob("*.npz")) \
+        and all(filecmp.cmp(directory / OUTPUTS_DIR / name, source / OUTPUTS_DIR / name, shallow=False)
+                for name in names)
+    return source if alike else None
