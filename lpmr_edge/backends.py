@@ -65,6 +65,13 @@ class Backend:
     option_check: str | None = None
     fused_head: bool = False  # can export a fused zero-shot head (--fuse-head)
     arch_warnings: Mapping[str, str] = field(default_factory=dict)  # target arch -> warning for integer precisions
+    # precision -> the precision whose files its export writes (they differ only in what the runtime sets on
+    # load): an export of one takes the other's files (lpmr_edge/export/__init__.py, ``same_files_artifact``)
+    same_files: Mapping[str, str] = field(default_factory=dict)
+
+    def files_precision(self, precision: str) -> str:
+        """The precision whose files an export at ``precision`` writes (itself unless ``same_files`` says)."""
+        return self.same_files.get(precision, precision)
 
     def runner(self, kind: str | None = None, strict: bool = True) -> Runner:
         """The runner of ``kind`` (default: the first); a UserError naming the kinds there are, or, not
@@ -109,7 +116,9 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({backend.name: backend for ba
             runners=_python_runner("openvino", ("openvino",), ("openvino",)),
             option_types={"performance_hint": str, "num_streams": int, "inference_precision": dict,
                           "dynamic_quantization_group_size": int, "cpu_pinning": bool},
-            option_check="lpmr_edge.runtimes.openvino.options:check_options", fused_head=True, arch_warnings={"aarch64": ARM_OPENVINO_INT8}),
+            option_check="lpmr_edge.runtimes.openvino.options:check_options", fused_head=True,
+            arch_warnings={"aarch64": ARM_OPENVINO_INT8},
+            same_files={"bf16": "fp32"}),  # FP32 IR; bf16 is INFERENCE_PRECISION_HINT (runtime_config)
     Backend(name="executorch", precisions=("fp32", "int8", "int8-dyn", "int4-w"), file_suffix=".pte",
             runtime_class="lpmr_edge.runtimes.executorch.runtime:ExecuTorchRuntime",
             exporter="lpmr_edge.runtimes.executorch.export", manifest_tools=("executorch", "torchao"),

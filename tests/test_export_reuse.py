@@ -1,6 +1,7 @@
 """An export whose files another target's artifact already holds (same export identity: model, weights, runtime,
-precision, quantization, calibration, batches, runtime options, tools) takes those files instead of exporting,
-with its own target's manifest; anything in the identity that differs makes it export."""
+the files' precision, quantization, calibration, batches, runtime options, tools) takes those files instead of
+exporting, with its own target's manifest; anything in the identity that differs makes it export. So does an
+export at a precision whose files another precision writes (OpenVINO bf16: the FP32 IR)."""
 from __future__ import annotations
 
 import json
@@ -28,9 +29,9 @@ UNSTATED = {"created", "lowering", "reused_from", "files"}
 RUNTIMES = ("openvino", "executorch")
 
 
-def _request(runtime: str, target: Any, options: QuantizationOptions = FAST) -> ExportRequest:
+def _request(runtime: str, target: Any, options: QuantizationOptions = FAST, precision: str = "fp32") -> ExportRequest:
     target = load_target(target) if isinstance(target, str) else target
-    return ExportRequest(model=MODEL, target=target, runtime=runtime, precision="fp32", options=options)
+    return ExportRequest(model=MODEL, target=target, runtime=runtime, precision=precision, options=options)
 
 
 def _manifest(artifact: Path) -> dict[str, Any]:
@@ -119,3 +120,25 @@ def test_an_identity_that_differs_in_anything_that_reaches_the_files_exports(run
     artifact, current = export_artifact(changed, run_root, isolate=False, clip=tiny_random)
     assert not current and "reused_from" not in _manifest(artifact)
     assert not os.path.samefile(artifact / "image.bin", run_root / "x86" / "openvino-fp32" / "image.bin")
+
+
+@pytest.mark.slow
+def test_openvino_bf16_takes_the_fp32_ir_with_its_own_runtime_settings(tmp_path: Path, run_root: Path, tiny_random,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    bf16 = _request("openvino", "x86", precision="bf16")
+    identities = {precision: export_identity(_request("openvino", "x86", precision=precision),
+                                             tiny_random.weights_sha256) for precision in ("fp32", "bf16", "fp16")}
+    assert identities["bf16"] == identities["fp32"] != identities["fp16"]
+    fresh, _ = export_artifact(bf16, tmp_path / "alone", isolate=False, clip=tiny_random)
+    with monkeypatch.context() as patch:
+        _refuse_exports(patch)
+        reused, current = export_artifact(bf16, run_root, isolate=False, clip=tiny_random)
+    assert export_outcome(reused, current) == "files of x86/openvino-fp32 reused"
+    manifest = verify_artifact(reused, "openvino")
+    assert manifest["precision"] == "bf16" and manifest["runtime_config"]["properties"]["INFERENCE_PRECISION_HINT"] \
+        == "bf16"
+    exported = _manifest(fresh)
+    assert {key: value for key, value in manifest.items() if key not in UNSTATED} == \
+        {key: value for key, value in exported.items() if key not in UNSTATED}
+    assert [sha256_file(fresh / name) for name in ("image.bin", "text.bin")] == \
+        [sha256_file(reused / name) for name in ("image.bin", "text.bin")]  # the same weights, bit for bit

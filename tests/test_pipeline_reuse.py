@@ -68,11 +68,13 @@ def test_an_export_another_target_makes_with_the_same_files_runs_after_it(tmp_pa
     graph = _Graph()
     _plan_graph(plan, [load_target(name) for name in plan.targets], graph, lambda line: None)
     exports = {step.name: step.after for step in graph.steps if step.name.startswith("export ")}
-    # arm's ExecuTorch precisions and OpenVINO fp32/fp16 are x86's files; x86 exports nothing twice
+    # arm's ExecuTorch precisions and OpenVINO fp32/fp16 are x86's files, x86's OpenVINO bf16 its fp32 files;
+    # nothing is exported twice
     assert {name: after for name, after in exports.items() if after} == {
-        f"export arm/{name}": (f"export x86/{name}",)
-        for name in ("executorch-fp32", "executorch-int8", "executorch-int8-dyn", "executorch-int4-w",
-                     "openvino-fp32", "openvino-fp16")}
+        "export x86/openvino-bf16": ("export x86/openvino-fp32",),
+        **{f"export arm/{name}": (f"export x86/{name}",)
+           for name in ("executorch-fp32", "executorch-int8", "executorch-int8-dyn", "executorch-int4-w",
+                        "openvino-fp32", "openvino-fp16")}}
     assert len(exports) == 16
     # their suites wait for x86's result of the same files (whose outputs they take); each suite is scored in
     # a one-thread step after it
@@ -85,6 +87,10 @@ def test_an_export_another_target_makes_with_the_same_files_runs_after_it(tmp_pa
     scores = {name: step for name, step in steps.items() if name.startswith("score ")}
     assert len(scores) == 16 and all(step.threads == 1 and step.after == (f"suite {name.split(' ', 1)[1]}",)
                                      for name, step in scores.items())
+    # and their comparisons wait for x86's of the same files (which they take over when scored alike)
+    assert {name: [after for after in step.after if after.startswith("compare ")] for name, step in steps.items()
+            if name.startswith("compare arm/")} == {f"compare arm/{name}": [f"compare x86/{name}"] for name in (
+                "executorch-int8", "executorch-int8-dyn", "executorch-int4-w", "openvino-fp16")}
     compares = [step.after for name, step in steps.items() if name.startswith("compare ")]
     assert compares and all(any(after.startswith("score ") for after in afters) and
                             not any(after.startswith("suite ") for after in afters) for afters in compares)

@@ -24,14 +24,17 @@ The common code here adds model, target, calibration, file hashes and tool versi
 directory into place atomically. Exports are resumable: an artifact whose manifest verifies and whose
 request hash matches is kept as is. What a runtime checks before loading an artifact is lpmr_edge/artifact.py.
 
-Files exported once serve every target that would export the same bytes: a backend whose files depend on the
-target only through its batches and its runtime's options defines (contract)::
+Files exported once serve every target, and every precision, that would export the same bytes: a backend whose
+files depend on the target only through its batches and its runtime's options, and on some precisions only
+through what the runtime sets on load (``Backend.same_files``: OpenVINO bf16 is the FP32 IR with a bf16
+inference hint), defines (contract)::
 
     def retarget(fields: dict, request: ExportRequest) -> dict
 
 which, given the backend manifest fields of an artifact with the same ``export_identity`` made for another
-target, returns ``request``'s (threads, architecture and the notes that depend on them restated). An export
-then hardlinks (or copies) that artifact's files instead of exporting, and its manifest says ``reused_from``.
+target or precision, returns ``request``'s (threads, architecture, runtime settings and the notes that depend
+on them restated). An export then hardlinks (or copies) that artifact's files instead of exporting, and its
+manifest says ``reused_from``.
 """
 from __future__ import annotations
 
@@ -235,9 +238,10 @@ def _hashed_with(request: ExportRequest, weights_sha256: str) -> dict[str, Any]:
 
 def _file_shaping(request: ExportRequest) -> dict[str, Any]:
     """``request.describe()`` with the target cut to what reaches the files: the towers' batches and the runtime's
-    options (its name, threads and architecture reach only the manifest)."""
-    return {**request.describe(), "target": {"batch": request.batch,
-                                             "options": dict(request.target.runtime(request.runtime).options)}}
+    options (its name, threads and architecture reach only the manifest), and the precision whose files the
+    request's precision writes (``Backend.same_files``: e.g. OpenVINO bf16 is FP32 IR run with a bf16 hint)."""
+    return {**request.describe(), "precision": BACKENDS[request.runtime].files_precision(request.precision),
+            "target": {"batch": request.batch, "options": dict(request.target.runtime(request.runtime).options)}}
 
 
 def fingerprints(request: ExportRequest, weights_sha256: str) -> tuple[str, str]:
@@ -254,15 +258,20 @@ def request_fingerprint(request: ExportRequest, weights_sha256: str) -> str:
 
 def export_identity(request: ExportRequest, weights_sha256: str) -> str:
     """Hash of what reaches an artifact's files: ``request_fingerprint`` with the target cut to the towers'
-    batches and the runtime's options."""
+    batches and the runtime's options, and the precision to the one whose files it writes."""
     return fingerprints(request, weights_sha256)[1]
 
 
 def same_files_artifact(out_root: Path, request: ExportRequest, identity: str) -> Path | None:
-    """An artifact under ``out_root/<other target>/`` of ``request``'s export ``identity`` whose files verify
-    (its files are what exporting ``request`` would write), if ``request``'s backend can ``retarget``; or None."""
+    """An artifact under ``out_root/<target>/`` (another target's, or another precision's that writes the same
+    files) of ``request``'s export ``identity`` whose files verify (its files are what exporting ``request``
+    would write), if ``request``'s backend can ``retarget``; or None."""
     destination = artifact_path(out_root, request).resolve()
-    for manifest in sorted(Path(out_root).glob(f"*/{glob.escape(request.name)}/{MANIFEST_NAME}")):
+    backend = BACKENDS[request.runtime]
+    names = sorted({replace(request, precision=precision).name for precision in backend.precisions
+                    if backend.files_precision(precision) == backend.files_precision(request.precision)})
+    for manifest in sorted(path for name in names
+                           for path in Path(out_root).glob(f"*/{glob.escape(name)}/{MANIFEST_NAME}")):
         candidate = manifest.parent.resolve()
         try:
             if candidate != destination and read_json(manifest, "manifest").get("export_identity") == identity \
@@ -291,8 +300,8 @@ def reuse_files(source: Path, destination: Path, request: ExportRequest, hashes:
     fields = backend.retarget({key: value for key, value in manifest.items() if key not in COMMON_FIELDS}, request)
     origin = {"artifact": source.relative_to(source.parents[1]).as_posix(),
               "manifest_sha256": sha256_file(source / MANIFEST_NAME),
-              "why": "same export identity (model, weights, runtime, precision, quantization and calibration, "
-                     "batches, runtime options, tools): the files are those this export would write"}
+              "why": "same export identity (model, weights, runtime, the files' precision, quantization and "
+                     "calibration, batches, runtime options, tools): the files are those this export would write"}
     with staged_directory(destination) as staging:
         for relative in manifest["files"]:
             _link_or_copy(source / relative, staging / relative)

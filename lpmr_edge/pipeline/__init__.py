@@ -33,10 +33,12 @@ Work a step would repeat is not redone: an export whose files another target's a
 not reach the files) runs after that artifact's export and takes its files (``lpmr_edge.export.reuse_files``);
 each process keeps the evaluation sets it preprocessed for its next suite (``PREPROCESSED_BYTES``); and an
 artifact whose runtime identity (runtime, precision, files' sha256, executed precision; the device for an
-on-device runtime) matches one already evaluated on this machine with the same suite (e.g. a target's ExecuTorch artifact byte-identical to another target's, both run here) takes
-that result's per-sample outputs instead of running its images again (``lpmr_edge.suite.reuse``); its manifest
-records ``reused_outputs`` (from which result directory, which sets) and its metrics are scored from them
-(taken from that result when it scored the very same outputs with the same suite and seed).
+on-device runtime) matches one already evaluated on this machine with the same suite (e.g. a target's
+ExecuTorch artifact byte-identical to another target's, both run here) takes that result's per-sample outputs
+instead of running its images again (``lpmr_edge.suite.reuse``); its manifest records ``reused_outputs`` (from
+which result directory, which sets) and its metrics are scored from them (taken from that result when it scored
+the very same outputs with the same suite and seed). A comparison of two such results takes the comparison of
+the two they were scored alike with (``store_comparison``), so it runs after that one.
 """
 
 from __future__ import annotations
@@ -158,9 +160,11 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
     on_device = not in_process(plan.device)  # what runs on the device runs alone
     settles = []
     first_exports: dict[str, str] = {}  # export identity -> the step exporting it first (later ones reuse its files)
-    first_results: dict[str, str] = {}  # export identity -> the step finishing its first result (later ones may reuse
-    # its per-sample outputs: ``same_outputs_result``, so their suites wait for it)
-    evaluated: dict[str, list[tuple[Path, str, str]]] = {}  # target -> (artifact, precision, its evaluating step)
+    # (export identity, precision) -> the step finishing its first result (later ones may reuse its per-sample
+    # outputs: ``same_outputs_result``, so their suites wait for it)
+    first_results: dict[tuple[str, str], str] = {}
+    evaluated: dict[str, list[tuple[Path, str, str, tuple[str, str]]]] = {}  # target -> (artifact, precision, its
+    # evaluating step, (export identity, precision))
     for target in targets:
         requests, notes = plan_exports(plan.model, target)
         log(f"target {target.name} ({target.arch}, {target.threads} threads, device {plan.device}): "
@@ -172,7 +176,7 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
         exports, identities = [], []
         for request in requests:
             hashes = fingerprints(request, clip.weights_sha256)
-            identities.append(hashes[1])
+            identities.append((hashes[1], request.precision))
             exports.append(graph.add(f"export {target.name}/{request.name}", prefix,
                                      functools.partial(export_work, request, out_root, hashes),
                                      EXPORT_THREADS, [first_exports[hashes[1]]] if hashes[1] in first_exports else []))
@@ -184,15 +188,15 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
             settles.append(graph.add(f"settle {target.name}", prefix,
                                      functools.partial(settle_work, plan, target, artifacts), target.threads,
                                      exports, on_device, weight=len(artifacts)))
-            evaluated[target.name] = [(artifact, request.precision, settles[-1])
-                                      for request, artifact in zip(requests, artifacts)]
+            evaluated[target.name] = [(artifact, request.precision, settles[-1], identity)
+                                      for request, artifact, identity in zip(requests, artifacts, identities)]
         else:
             if plan.until is not None:
                 log(f"  {target.name}: settling: one artifact, nothing to decide between; evaluating every image")
             evaluated[target.name] = [(artifact, request.precision, _add_suite(plan, graph, target, artifact, [
-                export, *([first_results[identity]] if identity in first_results else [])], on_device))
+                export, *([first_results[identity]] if identity in first_results else [])], on_device), identity)
                 for request, export, artifact, identity in zip(requests, exports, artifacts, identities)]
-            for identity, (_, _, step) in zip(identities, evaluated[target.name]):
+            for _, _, step, identity in evaluated[target.name]:
                 first_results.setdefault(identity, step)
         graph.add(f"bench {target.name}", prefix,
                   functools.partial(bench_work, target, artifacts, plan.device,
@@ -200,15 +204,20 @@ def _plan_graph(plan: RunPlan, targets: Sequence[Target], graph: _Graph, log: Lo
                   target.threads, exports, exclusive=True)
     if plan.until is not None:
         graph.add("reference", "reference: ", reference, _host_threads(targets), settles)
+    # (export identity, precision) -> its first comparison (later ones may take it over:
+    # ``lpmr_edge.compare.store_comparison``, so they wait for it)
+    first_compares: dict[tuple[str, str], str] = {}
     for target in targets:
         steps = evaluated[target.name]
-        candidates = [artifact for artifact, precision, _ in steps if precision == REFERENCE_PRECISION]
-        references = {step for _, precision, step in steps if precision == REFERENCE_PRECISION}
-        for artifact, precision, step in steps:
+        candidates = [artifact for artifact, precision, _, _ in steps if precision == REFERENCE_PRECISION]
+        references = {step for _, precision, step, _ in steps if precision == REFERENCE_PRECISION}
+        for artifact, precision, step, identity in steps:
             if precision != REFERENCE_PRECISION:
-                graph.add(f"compare {target.name}/{artifact.name}", f"{target.name}: ",
-                          functools.partial(compare_work, plan, target.name, artifact.name, candidates), 1,
-                          sorted({step, "reference", *references}))
+                first = [first_compares[identity]] if identity in first_compares else []
+                first_compares.setdefault(identity, graph.add(
+                    f"compare {target.name}/{artifact.name}", f"{target.name}: ",
+                    functools.partial(compare_work, plan, target.name, artifact.name, candidates), 1,
+                    sorted({step, "reference", *references, *first})))
 
 
 def open_step_engine(jobs: int | None, steps: int) -> tuple[Engine, int]:

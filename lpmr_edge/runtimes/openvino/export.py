@@ -237,8 +237,9 @@ def export_towers(clip: ClipModel, request: ExportRequest, calibration: Calibrat
 
 
 def retarget(fields: dict[str, Any], request: ExportRequest) -> dict[str, Any]:
-    """The manifest fields of ``request``'s artifact from those of the same IR files exported for another target:
-    the runtime configuration and its notes are the target's (the IR holds none of them)."""
+    """The manifest fields of ``request``'s artifact from those of the same IR files exported for another target
+    or precision (bf16 from fp32): the runtime configuration and its notes are the request's (the IR holds none
+    of them; the two precisions' quantization records are the same)."""
     config, notes = runtime_config(request)
     return {**fields, "runtime_config": config, "warnings": notes}
 
