@@ -142,3 +142,7 @@ def test_openvino_bf16_takes_the_fp32_ir_with_its_own_runtime_settings(tmp_path:
         {key: value for key, value in exported.items() if key not in UNSTATED}
     assert [sha256_file(fresh / name) for name in ("image.bin", "text.bin")] == \
         [sha256_file(reused / name) for name in ("image.bin", "text.bin")]  # the same weights, bit for bit
+    with monkeypatch.context() as patch:  # another target's fp32 takes fp32's files, though bf16's are the same
+        _refuse_exports(patch)
+        arm = export_artifact(_request("openvino", "arm"), run_root, isolate=False, clip=tiny_random)
+    assert export_outcome(*arm) == "files of x86/openvino-fp32 reused"

@@ -268,10 +268,10 @@ def same_files_artifact(out_root: Path, request: ExportRequest, identity: str) -
     would write), if ``request``'s backend can ``retarget``; or None."""
     destination = artifact_path(out_root, request).resolve()
     backend = BACKENDS[request.runtime]
-    names = sorted({replace(request, precision=precision).name for precision in backend.precisions
-                    if backend.files_precision(precision) == backend.files_precision(request.precision)})
-    for manifest in sorted(path for name in names
-                           for path in Path(out_root).glob(f"*/{glob.escape(name)}/{MANIFEST_NAME}")):
+    alike = {replace(request, precision=precision).name for precision in backend.precisions
+             if backend.files_precision(precision) == backend.files_precision(request.precision)}
+    for manifest in [path for name in [request.name, *sorted(alike - {request.name})]  # its own precision's first
+                     for path in sorted(Path(out_root).glob(f"*/{glob.escape(name)}/{MANIFEST_NAME}"))]:
         candidate = manifest.parent.resolve()
         try:
             if candidate != destination and read_json(manifest, "manifest").get("export_identity") == identity \
