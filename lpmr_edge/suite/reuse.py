@@ -80,7 +80,9 @@ def scored_alike(directory: Path) -> Path | None:
     """The result whose per-sample outputs ``directory``'s evaluation took (its manifest's ``reused_outputs``), if
     the two hold byte-identical outputs and the same metrics (apart from when they were written): whatever is
     computed from one, e.g. a comparison, is then the other's. None otherwise."""
-    origin = read_json(directory / MANIFEST_NAME, "results manifest").get("reused_outputs", {}).get("from")
+    manifest = directory / MANIFEST_NAME
+    origin = read_json(manifest, "results manifest").get("reused_outputs", {}).get("from") \
+        if manifest.is_file() else None
     source = None if origin is None else Path(directory).resolve().parents[2] / origin
     if source is None or not (source / METRICS_FILE).is_file():
         return None
