@@ -26,13 +26,14 @@ setup: setup-run browser sshd cross
 
 # pip installs torch (it knows the configured wheel directory, uv does not) and uv; uv installs the rest of the
 # pinned set, downloading and byte-compiling in parallel (pip takes minutes more). uv reads UV_* settings, not
-# pip's: if it fails, pip installs. Byte-compiling at install matters where PYTHONDONTWRITEBYTECODE is set: every
-# process (each export is one) would compile every module it imports again.
+# pip's: if uv cannot be installed or fails, pip installs. Byte-compiling at install matters where
+# PYTHONDONTWRITEBYTECODE is set: every process (each export is one) would compile every module it imports again.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_HAS_SOURCE) || $(BIN)/pip install -q -c constraints.txt torch --index-url $(TORCH_INDEX)
-	$(BIN)/pip install -q -c constraints.txt torch uv
-	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[dev]' \
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt uv \
+		&& $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[dev]' \
 		|| { echo "uv could not install the pinned set: installing it with pip"; \
 		     $(BIN)/pip install -q -c constraints.txt -e '.[dev]'; }
 	$(BIN)/python -c "import torch, sys; sys.exit('a CUDA build of torch was installed' if torch.version.cuda else 0)"

@@ -45,3 +45,27 @@ def test_demo_installs_only_what_the_run_uses(tmp_path: Path):
 def test_test_and_setup_install_every_system_package(tmp_path: Path):
     assert _installed(_dry_run("test", tmp_path)) == DEBIAN_PACKAGES
     assert _installed(_dry_run("setup", tmp_path)) == DEBIAN_PACKAGES
+
+
+@pytest.mark.parametrize("failing", ["nothing", "pip install uv", "uv pip install"])
+def test_uv_installs_the_venv_and_pip_does_when_uv_cannot_be_installed_or_fails(tmp_path: Path, failing: str):
+    """The virtualenv recipe, run with stand-ins for pip and uv that log their arguments and fail at ``failing``."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / name, project / name)
+    recipe = subprocess.run(["make", "-n", ".venv/.installed", "PYTHON=true"], cwd=project, capture_output=True,
+                            text=True, check=True).stdout
+    bin_dir, log = project / ".venv" / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir(parents=True)
+    for tool, fails in (("pip", failing == "pip install uv" and '[ "$*" = "install -q -c constraints.txt uv" ]'),
+                        ("uv", failing == "uv pip install" and "true"), ("python", False)):
+        (bin_dir / tool).write_text(f'#!/bin/bash\necho "{tool} $*" >> {log}\n'
+                                    + (f"if {fails}; then exit 1; fi\n" if fails else "") + "exit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    subprocess.run(["bash", "-ec", recipe], cwd=project, check=True, capture_output=True,
+                   env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+    calls = log.read_text().splitlines()
+    assert ("pip install -q -c constraints.txt -e .[dev]" in calls) == (failing != "nothing")  # pip's fallback
+    assert any(call.startswith("uv pip install -q --compile-bytecode") for call in calls) == \
+        (failing != "pip install uv")
