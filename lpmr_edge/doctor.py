@@ -36,6 +36,11 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def read_cpuinfo() -> str:
+    """This machine's /proc/cpuinfo text ("" where there is none)."""
+    return CPUINFO.read_text() if CPUINFO.is_file() else ""
+
+
 def cpu_features(cpuinfo: str) -> dict[str, bool]:
     """The features in CPU_FEATURES present in a /proc/cpuinfo text (x86 ``flags``, Arm ``Features``)."""
     flags: set[str] = set()
@@ -94,7 +99,7 @@ def python_info() -> dict[str, Any]:
 def diagnose(project_dir: Path | None = None) -> dict[str, Any]:
     """Everything ``lpmr-edge doctor`` reports. ``project_dir``: a source checkout, whose ``make test`` would
     also create ``.venv`` when it is not installed yet."""
-    cpuinfo = CPUINFO.read_text() if CPUINFO.is_file() else ""
+    cpuinfo = read_cpuinfo()
     root = emulated_root()
     compilers = native_runner_compilers()
     tools = {"chromium": shutil.which("chromium") or None, "sshd": shutil.which("sshd", path="/usr/sbin:/usr/bin"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lpmr_edge.doctor import CPUINFO, cpu_features
+from lpmr_edge.doctor import cpu_features, read_cpuinfo
 from lpmr_edge.quantize import QuantizationOptions, quantize_openvino
 from lpmr_edge.runtimes.openvino.export import convert_tower
 from lpmr_edge.runtimes.openvino.loader import executed_layers
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # one NNCF quantization (~20 s on 2 cores)
 # The plugin's int8 kernels for linear layers and attention, as on AVX-512 VNNI CPUs (on an AVX2-only Zen 3,
 # attention's matmuls run as MatMul nodes and no int8 attention kernel is used)
 AVX512_VNNI_KERNELS = pytest.mark.skipif(
-    not cpu_features(CPUINFO.read_text() if CPUINFO.is_file() else "")["AVX-512 VNNI"],
+    not cpu_features(read_cpuinfo())["AVX-512 VNNI"],
     reason="describes OpenVINO's int8 kernels on AVX-512 VNNI CPUs; this CPU has no AVX-512 VNNI")
 
 INTEGER = {"u8", "i8"}

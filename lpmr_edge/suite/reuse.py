@@ -50,6 +50,12 @@ def same_outputs_result(results_root: Path, identity: str, suite: str, out_dir: 
     return None
 
 
+def _run_directory(result: Path) -> Path:
+    """The run directory of a result directory (``<run>/results/<target>/<name>``): what ``reused_outputs``
+    names its source relative to."""
+    return Path(result).resolve().parents[2]
+
+
 def evaluate_reusing(runtime: Runtime, out_dir: Path, source: Path, suite: str, log: Callable[[str], None],
                      progress: Progress | None, preprocessed: PreprocessedSets | None = None) -> None:
     """Evaluate ``suite`` through ``runtime`` into ``out_dir`` starting from the per-sample outputs of ``source``
@@ -60,7 +66,7 @@ def evaluate_reusing(runtime: Runtime, out_dir: Path, source: Path, suite: str, 
     taken as they were. ``out_dir`` appears complete or not at all."""
     from lpmr_edge.export import staged_directory
 
-    origin = source.resolve().relative_to(source.resolve().parents[2]).as_posix()
+    origin = source.resolve().relative_to(_run_directory(source)).as_posix()
     with staged_directory(out_dir) as staging:
         shutil.copytree(source / OUTPUTS_DIR, staging / OUTPUTS_DIR)
         evaluate(runtime, staging, EvalSettings(suite=suite), progress=progress, preprocessed=preprocessed,
@@ -83,7 +89,7 @@ def scored_alike(directory: Path) -> Path | None:
     manifest = directory / MANIFEST_NAME
     origin = read_json(manifest, "results manifest").get("reused_outputs", {}).get("from") \
         if manifest.is_file() else None
-    source = None if origin is None else Path(directory).resolve().parents[2] / origin
+    source = None if origin is None else _run_directory(directory) / origin
     if source is None or not (source / METRICS_FILE).is_file():
         return None
 
