@@ -14,6 +14,15 @@ DEBIAN_PACKAGES = {"dataset-fashion-mnist", "chromium", "openssh-server", "g++-a
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 
 
+def _make_dry_run(project: Path, *arguments: str) -> str:
+    """The commands ``make -n`` prints in ``project``, as a top-level make prints them: under ``make test`` the
+    inherited MAKELEVEL/MAKEFLAGS would add "Entering directory" lines to them."""
+    outer_make = {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}
+    environment = {name: value for name, value in os.environ.items() if name not in outer_make}
+    return subprocess.run(["make", "-n", *arguments], cwd=project, env=environment, capture_output=True,
+                          text=True, check=True).stdout
+
+
 def _dry_run(target: str, tmp_path: Path) -> str:
     """``make -n target`` in a copy of the project's Makefile with an up-to-date virtualenv and every system
     file it checks pointed at a missing path, so each install it would make shows in the commands."""
@@ -27,9 +36,7 @@ def _dry_run(target: str, tmp_path: Path) -> str:
     later = stamp.stat().st_mtime + 10
     os.utime(stamp, (later, later))
     missing = {name: str(tmp_path / "missing" / name.lower()) for name in ("FMNIST", "CHROMIUM", "SSHD", "CROSS_CXX")}
-    done = subprocess.run(["make", "-n", target, *(f"{name}={path}" for name, path in missing.items())],
-                          cwd=project, capture_output=True, text=True, check=True)
-    return done.stdout
+    return _make_dry_run(project, target, *(f"{name}={path}" for name, path in missing.items()))
 
 
 def _installed(commands: str) -> set[str]:
@@ -54,8 +61,7 @@ def test_uv_installs_the_venv_and_pip_does_when_uv_cannot_be_installed_or_fails(
     project.mkdir()
     for name in ("Makefile", "pyproject.toml", "constraints.txt"):
         shutil.copy(ROOT / name, project / name)
-    recipe = subprocess.run(["make", "-n", ".venv/.installed", "PYTHON=true"], cwd=project, capture_output=True,
-                            text=True, check=True).stdout
+    recipe = _make_dry_run(project, ".venv/.installed", "PYTHON=true")
     bin_dir, log = project / ".venv" / "bin", tmp_path / "calls.log"
     bin_dir.mkdir(parents=True)
     for tool, fails in (("pip", failing == "pip install uv" and '[ "$*" = "install -q -c constraints.txt uv" ]'),
