@@ -15,11 +15,40 @@ EXPORTING_FIXTURES = frozenset({"artifacts", "openvino_artifact", "openvino_int8
                                 "killed_and_resumed"})
 
 
+# Test modules that use a machine-wide resource: on pytest-xdist workers each set runs on one worker, one test
+# at a time (the device tests wait for no process to be left in the emulated root; `ray stop` ends every Ray).
+SHARED_RESOURCE = {"test_emulated_arm64": "arm64-root", "test_emulated_eval": "arm64-root",
+                   "test_emulated_run": "arm64-root", "test_native_runner": "arm64-root",
+                   "test_sweep_run": "ray", "test_tune": "ray"}
+
+
+def worker_group(nodeid: str) -> str:
+    """What runs on one xdist worker with the test ``nodeid``: its module, or the modules sharing its resource."""
+    module = nodeid.split("::", 1)[0]
+    return SHARED_RESOURCE.get(Path(module).stem, module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``make test``'s workers (``pytest -n``) take a ``worker_group`` at a time, so a module's fixtures are
+    built once; groups go out in collection order (with ``--no-loadscope-reorder``), slow ones first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `slow` every test that exports real artifacts through one of ``EXPORTING_FIXTURES``."""
+    """Mark `slow` every test that exports real artifacts through one of ``EXPORTING_FIXTURES``, and put the
+    worker groups holding a slow test first, so the many quick groups even out the workers' ends."""
     for item in items:
         if EXPORTING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    slow_groups = {worker_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: worker_group(item.nodeid) not in slow_groups)  # stable: collection order otherwise
 
 
 @pytest.fixture(autouse=True)
