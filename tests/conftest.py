@@ -16,10 +16,9 @@ EXPORTING_FIXTURES = frozenset({"artifacts", "openvino_artifact", "openvino_int8
 
 
 # Test modules that use a machine-wide resource: on pytest-xdist workers each set runs on one worker, one test
-# at a time (the device tests wait for no process to be left in the emulated root; `ray stop` ends every Ray).
+# at a time (the device tests wait for no process to be left in the emulated root).
 SHARED_RESOURCE = {"test_emulated_arm64": "arm64-root", "test_emulated_eval": "arm64-root",
-                   "test_emulated_run": "arm64-root", "test_native_runner": "arm64-root",
-                   "test_sweep_run": "ray", "test_tune": "ray"}
+                   "test_emulated_run": "arm64-root", "test_native_runner": "arm64-root"}
 
 
 def worker_group(nodeid: str) -> str:
@@ -42,13 +41,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `slow` every test that exports real artifacts through one of ``EXPORTING_FIXTURES``, and put the
-    worker groups holding a slow test first, so the many quick groups even out the workers' ends."""
+    """Mark `slow` every test that exports real artifacts through one of ``EXPORTING_FIXTURES``, and order the
+    worker groups: the shared resource's (several slow modules) first, then those holding a slow test, then
+    the many quick ones, which even out the workers' ends."""
     for item in items:
         if EXPORTING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
     slow_groups = {worker_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: worker_group(item.nodeid) not in slow_groups)  # stable: collection order otherwise
+    shared = set(SHARED_RESOURCE.values())
+    items.sort(key=lambda item: (worker_group(item.nodeid) not in shared, worker_group(item.nodeid) not in slow_groups))
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 ``pytest_plugins``); always stopped."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 RAY = Path(sys.executable).with_name("ray")
@@ -27,7 +29,7 @@ def free_port() -> int:
 def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
     """A one-node Ray cluster on loopback (2 CPUs, no dashboard, no usage stats, its own auth token, not the
     one a local ``ray.init()`` may have left in ~/.ray); yields its address and the environment to reach it.
-    Always stopped."""
+    Always stopped, and only it: ``ray stop`` would end every Ray on the machine, another test worker's too."""
     state = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_AUTH_TOKEN_PATH", None)
@@ -38,5 +40,19 @@ def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
                        env=env, check=True, capture_output=True, timeout=180)
         yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+        _kill_cluster(state)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _kill_cluster(state: Path) -> None:
+    """Kill the processes of the cluster kept in ``state``: those naming it on their command line (GCS, raylet,
+    monitors) and their children (the raylet's agents and workers, which rename themselves)."""
+    named = [process for process in psutil.process_iter(["cmdline"])
+             if any(str(state) in argument for argument in process.info["cmdline"] or ())]
+    assert named, f"no process names the Ray cluster's directory {state}: it cannot be told from others"
+    family = {member for process in named for member in (process, *process.children(recursive=True))}
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    _, alive = psutil.wait_procs(family, timeout=60)
+    assert not alive, f"Ray processes left running: {alive}"
