@@ -64,10 +64,10 @@ $(CROSS_CXX):
 demo: setup-run
 	$(BIN)/lpmr-edge run --model lpmr-tiny-fmnist --target x86 --target arm --out lpmr-results/demo
 
-# pytest-xdist workers, one per core up to 4, each taking a module's tests (or a shared resource's) at a time
+# pytest-xdist workers, one per logical CPU up to 4, each taking a module's tests (or a shared resource's) at a time
 # (tests/conftest.py), slow modules first.
 test: setup arm-root
-	$(BIN)/pytest -q -n auto --maxprocesses 4 --no-loadscope-reorder
+	$(BIN)/pytest -q -n logical --maxprocesses 4 --no-loadscope-reorder
 
 bench: setup-run
 	$(BIN)/lpmr-edge bench --model random:ViT-B-32 --target x86 --runtime openvino --runtime executorch --batch 1 --batch 32 \
