@@ -40,19 +40,23 @@ def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
                        env=env, check=True, capture_output=True, timeout=180)
         yield f"127.0.0.1:{port}", env
     finally:
-        _kill_cluster(state)
+        killed = _kill_cluster(state)
         shutil.rmtree(state, ignore_errors=True)
+    assert killed, f"no process named the Ray cluster's directory {state}: it was not stopped"
 
 
-def _kill_cluster(state: Path) -> None:
+def _kill_cluster(state: Path) -> int:
     """Kill the processes of the cluster kept in ``state``: those naming it on their command line (GCS, raylet,
-    monitors) and their children (the raylet's agents and workers, which rename themselves)."""
+    monitors) and their children (the raylet's agents and workers, which rename themselves); how many."""
     named = [process for process in psutil.process_iter(["cmdline"])
              if any(str(state) in argument for argument in process.info["cmdline"] or ())]
-    assert named, f"no process names the Ray cluster's directory {state}: it cannot be told from others"
-    family = {member for process in named for member in (process, *process.children(recursive=True))}
+    family = set(named)
+    for process in named:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family.update(process.children(recursive=True))
     for member in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.kill()
     _, alive = psutil.wait_procs(family, timeout=60)
     assert not alive, f"Ray processes left running: {alive}"
+    return len(family)
