@@ -49,7 +49,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
     slow_groups = {worker_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
     shared = set(SHARED_RESOURCE.values())
-    items.sort(key=lambda item: (worker_group(item.nodeid) not in shared, worker_group(item.nodeid) not in slow_groups))
+
+    def rank(item: pytest.Item) -> tuple[bool, bool]:
+        group = worker_group(item.nodeid)
+        return group not in shared, group not in slow_groups
+
+    items.sort(key=rank)  # stable: collection order within a rank
 
 
 @pytest.fixture(autouse=True)
